@@ -1,0 +1,129 @@
+"""The contract between a trainable and whatever runs it (Ray Tune, a test, a notebook).
+
+A trainable is ``train(config: TrialConfig, report: Report, state: dict | None) -> None``.
+
+- ``config`` says what to train (workload, batch size, learning rate, seed, schedule,
+  budget, target, ...). It is plain data; nothing in it is a Ray or Optuna object.
+- ``report(metrics, checkpoint=None)`` is called at every eval point. ``metrics`` always
+  holds the keys in :data:`REQUIRED_METRICS`; workloads add their eval metrics
+  (``eval_loss``, ``eval_accuracy``, ...). ``checkpoint`` is an optional picklable dict
+  (torch tensors allowed) from which the trainable can resume; the runner stores it.
+- ``state`` is the last checkpoint dict handed to ``report``, when the runner restarts a
+  trial (lost worker, killed driver); ``None`` on a fresh start.
+
+A trainable ends by itself when the target is reached, when the loss diverges, or when the
+step budget is spent. It says which in the last report's ``status`` (see :class:`Status`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class Status(StrEnum):
+    """Final status of a trial, as recorded in the last report and in MLflow."""
+
+    RUNNING = "running"
+    REACHED = "reached"  # the target was met at step `steps_to_target`
+    NOT_REACHED = "not_reached"  # the step budget ran out first
+    DIVERGED = "diverged"  # loss became NaN/inf or grew far above its start: a result, not an error
+    STOPPED_EARLY = "stopped_early"  # the scheduler stopped it (set by the runner, not the trainable)
+    ERRORED = "errored"  # an exception (set by the runner)
+
+
+# Keys every report carries. Units: step = optimizer steps taken so far; examples = step *
+# batch_size; epoch = examples / training-set size (float); lr = learning rate used for the
+# last step; wall_time = seconds since the trial started (excluding restore time).
+REQUIRED_METRICS = (
+    "step",
+    "examples",
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_loss_ema",
+    "wall_time",
+    "status",
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """The goal a trial races to: ``metric`` reaching ``value`` in ``direction``."""
+
+    metric: str = "eval_loss"
+    value: float = 0.3
+    direction: str = "min"  # "min": reached when metric <= value; "max": when metric >= value
+
+    def reached(self, x: float) -> bool:
+        if x is None or not math.isfinite(x):
+            return False
+        return x <= self.value if self.direction == "min" else x >= self.value
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Learning-rate strategy of one trial (see :mod:`trainables.schedules`).
+
+    ``tuned``: constant ``lr`` (searched per batch size), optional linear warm-up.
+    ``blr``: the base LR at every batch size. ``lsr``: lr = base_lr * B / base_batch_size
+    with a linear warm-up of ``warmup_epochs``. ``srsr``: lr = base_lr * sqrt(B / base_batch_size).
+    ``decay_epochs``: epochs at which the LR is divided by ``decay_factor`` (the seed paper's
+    step decay); empty for none.
+    """
+
+    strategy: str = "tuned"
+    base_batch_size: int = 0
+    base_lr: float = 0.0
+    warmup_epochs: float = 0.0
+    warmup_steps: int = 0
+    decay_epochs: tuple[float, ...] = ()
+    decay_factor: float = 10.0
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one trial needs; plain data, serialisable with :func:`dataclasses.asdict`."""
+
+    workload: str
+    batch_size: int
+    lr: float  # peak learning rate actually used (strategies compute it before the trial)
+    seed: int = 0
+    max_steps: int = 1000  # step budget; trials stop here if the target is not reached
+    eval_every: int = 10  # steps between eval points (and reports)
+    target: Target = field(default_factory=Target)
+    schedule: Schedule = field(default_factory=Schedule)
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    ema_beta: float = 0.9  # smoothing of train_loss_ema, per report
+    divergence_factor: float = 10.0  # diverged when loss > factor * initial loss (or not finite)
+    checkpoint_every: int = 0  # eval points between checkpoints; 0 = never
+    data_fraction: float = 1.0  # fraction of the training set used (seed paper: 1.0/0.5/0.25)
+    data_root: str = ""  # where on-disk datasets live ("" = $CRITBATCH_DATA or ~/.critbatch/data)
+    device: str = "auto"  # "auto" = cuda if available, else cpu
+    noise_scale: bool = False  # also log the gradient noise scale estimate (B_simple)
+    options: dict[str, Any] = field(default_factory=dict)  # workload-specific knobs
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> TrialConfig:
+        d = dict(d)
+        d["target"] = Target(**d.get("target", {}))
+        sched = dict(d.get("schedule", {}))
+        sched["decay_epochs"] = tuple(sched.get("decay_epochs", ()))
+        d["schedule"] = Schedule(**sched)
+        return TrialConfig(**d)
+
+
+class Report(Protocol):
+    """Called by a trainable at each eval point; see the module docstring."""
+
+    def __call__(self, metrics: dict[str, Any], checkpoint: dict[str, Any] | None = None) -> None: ...
+
+
+class Trainable(Protocol):
+    def __call__(self, config: TrialConfig, report: Report, state: dict[str, Any] | None = None) -> None: ...

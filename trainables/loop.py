@@ -1,0 +1,225 @@
+"""The shared training loop for supervised workloads.
+
+A workload's ``build(config, device)`` returns a :class:`Task`; :func:`train_supervised`
+runs SGD on it under the trial's learning-rate schedule, evaluates every ``eval_every``
+steps, and reports. Losses are accumulated on the device and read back only at eval points,
+so a GPU never waits on the host between steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from trainables import schedules
+from trainables.api import Report, Status, TrialConfig
+
+
+class TensorBatches:
+    """Shuffled mini-batches over tensors that already live on the training device.
+
+    Each epoch is a fresh permutation drawn from a seeded generator; a batch that would run
+    past the end of an epoch is filled from the next one, so every batch has exactly
+    ``batch_size`` examples (batch size is the scientific variable: it must not wobble).
+    ``transform(batch, generator)`` applies on-device augmentation. The position in the
+    stream is part of the checkpoint, so a restored trial sees the same batches.
+    """
+
+    def __init__(
+        self,
+        tensors: tuple[torch.Tensor, ...],
+        batch_size: int,
+        seed: int,
+        transform: Callable[[tuple[torch.Tensor, ...], torch.Generator], tuple[torch.Tensor, ...]]
+        | None = None,
+    ):
+        self.tensors = tensors
+        self.n = int(tensors[0].shape[0])
+        self.batch_size = batch_size
+        self.transform = transform
+        device = tensors[0].device
+        self.gen = torch.Generator(device="cpu").manual_seed(seed)
+        self.aug_gen = torch.Generator(device=device).manual_seed(seed + 1)
+        self.perm = torch.randperm(self.n, generator=self.gen)
+        self.pos = 0
+        self.device = device
+
+    def __next__(self) -> tuple[torch.Tensor, ...]:
+        parts = []
+        need = self.batch_size
+        while need > 0:
+            if self.pos >= self.n:
+                self.perm = torch.randperm(self.n, generator=self.gen)
+                self.pos = 0
+            take = min(need, self.n - self.pos)
+            parts.append(self.perm[self.pos : self.pos + take])
+            self.pos += take
+            need -= take
+        idx = (parts[0] if len(parts) == 1 else torch.cat(parts)).to(self.device, non_blocking=True)
+        batch = tuple(t[idx] for t in self.tensors)
+        if self.transform is not None:
+            batch = self.transform(batch, self.aug_gen)
+        return batch
+
+    def __iter__(self):
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "gen": self.gen.get_state(),
+            "aug_gen": self.aug_gen.get_state(),
+            "perm": self.perm,
+            "pos": self.pos,
+        }
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self.gen.set_state(s["gen"])
+        self.aug_gen.set_state(s["aug_gen"])
+        self.perm = s["perm"]
+        self.pos = s["pos"]
+
+
+@dataclass
+class Task:
+    """What a supervised workload builds for one trial.
+
+    ``batches``: an iterator of training batches of exactly the trial's batch size, with
+    ``state_dict``/``load_state_dict`` (see :class:`TensorBatches`). ``loss(model, batch)``:
+    mean training loss of a batch (a scalar tensor). ``evaluate(model)``: eval metrics by
+    name (e.g. ``eval_loss``, ``eval_accuracy``), computed without gradients.
+    ``train_size``: training examples (after the data fraction), for the epoch counter.
+    """
+
+    model: torch.nn.Module
+    batches: Any
+    loss: Callable[[torch.nn.Module, Any], torch.Tensor]
+    evaluate: Callable[[torch.nn.Module], dict[str, float]]
+    train_size: int
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    # Same seed, same numbers on CPU; on GPU cuDNN autotuning stays on for speed.
+    torch.use_deterministic_algorithms(False)
+
+
+def train_supervised(workload, config: TrialConfig, report: Report, state: dict | None = None) -> None:
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    task: Task = workload.build(config, device)
+    model = task.model.to(device)
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=bool(config.options.get("nesterov", False)) and config.momentum > 0,
+    )
+    steps_per_epoch = task.train_size / config.batch_size
+    noise = None
+    if config.noise_scale:
+        from trainables.noise_scale import GradientNoiseScale
+
+        noise = GradientNoiseScale()
+
+    step, ema, initial_loss, wall = 0, None, None, 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        task.batches.load_state_dict(state["batches"])
+        step, ema, initial_loss, wall = state["step"], state["ema"], state["initial_loss"], state["wall"]
+        if noise is not None and "noise" in state:
+            noise.load_state_dict(state["noise"])
+
+    model.train()
+    t0 = time.perf_counter() - wall
+    loss_sum = torch.zeros((), device=device)
+    n_in_window = 0
+    evals_done = 0
+    while step < config.max_steps:
+        lr = schedules.lr_at(step, config.lr, config.schedule, steps_per_epoch)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        batch = next(task.batches)
+        opt.zero_grad(set_to_none=True)
+        if noise is None:
+            loss = task.loss(model, batch)
+            loss.backward()
+        else:
+            loss = noise.backward(model, task.loss, batch)
+        opt.step()
+        step += 1
+        loss_sum += loss.detach()
+        n_in_window += 1
+        if initial_loss is None:
+            initial_loss = float(loss.detach())
+
+        if step % config.eval_every and step < config.max_steps:
+            continue
+        train_loss = float(loss_sum) / n_in_window
+        loss_sum.zero_()
+        n_in_window = 0
+        ema = train_loss if ema is None else config.ema_beta * ema + (1 - config.ema_beta) * train_loss
+        diverged = not math.isfinite(train_loss) or train_loss > config.divergence_factor * max(
+            initial_loss, 1e-12
+        )
+        metrics: dict[str, Any] = {}
+        if not diverged:
+            model.eval()
+            with torch.no_grad():
+                metrics.update(task.evaluate(model))
+            model.train()
+            diverged = any(not math.isfinite(v) for v in metrics.values())
+        metrics.update(
+            step=step,
+            examples=step * config.batch_size,
+            epoch=step / steps_per_epoch,
+            lr=lr,
+            train_loss=train_loss,
+            train_loss_ema=ema,
+            wall_time=time.perf_counter() - t0,
+        )
+        if noise is not None:
+            metrics.update(noise.metrics())
+        status = _status(config, metrics, diverged)
+        metrics["status"] = str(status)
+        if status == Status.REACHED:
+            metrics["steps_to_target"] = step
+        evals_done += 1
+        checkpoint = None
+        if status == Status.RUNNING and config.checkpoint_every and evals_done % config.checkpoint_every == 0:
+            checkpoint = {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "batches": task.batches.state_dict(),
+                "step": step,
+                "ema": ema,
+                "initial_loss": initial_loss,
+                "wall": metrics["wall_time"],
+            }
+            if noise is not None:
+                checkpoint["noise"] = noise.state_dict()
+        report(metrics, checkpoint)
+        if status != Status.RUNNING:
+            return
+
+
+def _status(config: TrialConfig, metrics: dict[str, Any], diverged: bool) -> Status:
+    if diverged:
+        return Status.DIVERGED
+    if config.target.reached(metrics.get(config.target.metric, math.nan)):
+        return Status.REACHED
+    if metrics["step"] >= config.max_steps:
+        return Status.NOT_REACHED
+    return Status.RUNNING

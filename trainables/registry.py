@@ -1,0 +1,105 @@
+"""The workload registry: name -> :class:`Workload`.
+
+A workload is a model, its data, its loss and its eval metrics behind one small interface.
+Supervised workloads give a ``build`` that returns a :class:`trainables.loop.Task` and run in
+the shared loop (:func:`trainables.loop.train_supervised`); others (the exact noisy quadratic
+model) give their own ``train`` function. Modules register their workloads on import; the
+registry imports them lazily, so ``critbatch workloads`` does not import torchvision models
+it does not need.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainables.api import Report, Target, TrialConfig
+
+# Modules that define workloads. Each calls `register(...)` at import time.
+WORKLOAD_MODULES = (
+    "trainables.workloads.digits",
+    "trainables.workloads.synthetic",
+    "trainables.workloads.nqm",
+    "trainables.workloads.vision",
+    "trainables.workloads.language",
+    "trainables.workloads.segmentation",
+)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One entry of the registry.
+
+    ``metrics`` maps every metric the workload reports (beyond the required ones) to its
+    direction ("min" or "max"); a job's target must name one of these or ``train_loss`` /
+    ``train_loss_ema``. ``train_size`` is the number of training examples at data_fraction 1
+    (used to turn epochs into steps before a trial starts); ``None`` if it depends on data
+    on disk. ``build(config, device) -> Task`` for supervised workloads, or
+    ``train(config, report, state)`` for workloads with their own loop.
+    """
+
+    name: str
+    description: str
+    metrics: dict[str, str]
+    default_target: Target
+    train_size: int | None = None
+    build: Callable[..., Any] | None = None
+    train: Callable[[TrialConfig, Report, dict | None], None] | None = None
+    dataset: str | None = None  # on-disk dataset it reads (for `critbatch data`), if any
+    cpu_friendly: bool = True  # small enough to run on a laptop CPU
+    defaults: dict[str, Any] = field(default_factory=dict)  # suggested job settings
+
+    def all_metrics(self) -> dict[str, str]:
+        return {"train_loss": "min", "train_loss_ema": "min", **self.metrics}
+
+    def run(self, config: TrialConfig, report: Report, state: dict | None = None) -> None:
+        if self.train is not None:
+            self.train(config, report, state)
+            return
+        from trainables.loop import train_supervised
+
+        train_supervised(self, config, report, state)
+
+
+_REGISTRY: dict[str, Workload] = {}
+_loaded = False
+
+
+def register(workload: Workload) -> Workload:
+    if workload.build is None and workload.train is None:
+        raise ValueError(f"workload {workload.name!r} needs `build` or `train`")
+    _REGISTRY[workload.name] = workload
+    return workload
+
+
+def _load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    for mod in WORKLOAD_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:  # a module not written yet in this checkout
+            if e.name != mod:
+                raise
+    _loaded = True
+
+
+def get_workload(name: str) -> Workload:
+    _load_all()
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY))
+        raise KeyError(f"unknown workload {name!r}; known workloads: {known}")
+    return _REGISTRY[name]
+
+
+def workloads() -> dict[str, Workload]:
+    _load_all()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def run_trial(config: TrialConfig, report: Report, state: dict | None = None) -> None:
+    """Run one trial of ``config.workload``: the single entry point runners call."""
+    get_workload(config.workload).run(config, report, state)

@@ -1,0 +1,1 @@
+"""Workload definitions; each module registers its workloads on import."""
