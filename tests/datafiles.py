@@ -1,0 +1,155 @@
+"""Writers of tiny dataset files in the exact on-disk formats the real datasets use.
+
+Each ``write_*(root, ...)`` creates, under ``root``, the layout that the dataset's official
+download (through torchvision where it has one) leaves there, with a handful of examples, so
+the readers and the workloads run the same code path as on the real data. Pixel values are
+drawn from a seeded generator; labels cycle through every class so each one appears.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+
+# ---------------------------------------------------------------- image datasets (vision.py)
+
+
+def _images(rng: np.random.Generator, n: int, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
+
+
+def _pickle(path: Path, obj: dict) -> None:
+    # The official CIFAR pickles were written by Python 2 cPickle (protocol 2).
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+
+
+def write_cifar10(root: Path, n_train: int = 50, n_test: int = 20, seed: int = 0) -> Path:
+    """``root/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}``.
+
+    Each batch is a dict with ``data`` (N x 3072 uint8, rows of R then G then B planes of a
+    32x32 image), ``labels`` (list of int 0..9), ``batch_label`` and ``filenames``.
+    ``n_train`` examples are spread over the five training batches.
+    """
+    rng = np.random.default_rng(seed)
+    d = Path(root) / "cifar-10-batches-py"
+    d.mkdir(parents=True, exist_ok=True)
+    sizes = [len(a) for a in np.array_split(np.arange(n_train), 5)]
+    start = 0
+    for i, size in enumerate(sizes, 1):
+        labels = [(start + j) % 10 for j in range(size)]
+        _pickle(
+            d / f"data_batch_{i}",
+            {
+                "batch_label": f"training batch {i} of 5",
+                "labels": labels,
+                "data": _images(rng, size, (3072,)),
+                "filenames": [f"img_{start + j}.png" for j in range(size)],
+            },
+        )
+        start += size
+    _pickle(
+        d / "test_batch",
+        {
+            "batch_label": "testing batch 1 of 1",
+            "labels": [j % 10 for j in range(n_test)],
+            "data": _images(rng, n_test, (3072,)),
+            "filenames": [f"test_{j}.png" for j in range(n_test)],
+        },
+    )
+    names = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
+    _pickle(
+        d / "batches.meta", {"num_cases_per_batch": 10000, "label_names": names, "num_vis": 3072}
+    )
+    return d
+
+
+def write_cifar100(root: Path, n_train: int = 200, n_test: int = 100, seed: int = 0) -> Path:
+    """``root/cifar-100-python/{train, test, meta}`` with ``fine_labels`` 0..99 and ``coarse_labels`` 0..19."""
+    rng = np.random.default_rng(seed)
+    d = Path(root) / "cifar-100-python"
+    d.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        fine = [j % 100 for j in range(n)]
+        _pickle(
+            d / split,
+            {
+                "filenames": [f"{split}_{j}.png" for j in range(n)],
+                "batch_label": f"{split} batch",
+                "fine_labels": fine,
+                "coarse_labels": [f // 5 for f in fine],
+                "data": _images(rng, n, (3072,)),
+            },
+        )
+    _pickle(
+        d / "meta",
+        {
+            "fine_label_names": [f"fine_{i}" for i in range(100)],
+            "coarse_label_names": [f"coarse_{i}" for i in range(20)],
+        },
+    )
+    return d
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    # idx format: magic 0x0000 | type 0x08 (ubyte) | ndim, then big-endian int32 dims, then data.
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_mnist(
+    root: Path, n_train: int = 50, n_test: int = 20, seed: int = 0, gz: bool = False
+) -> Path:
+    """``root/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte`` (as torchvision's MNIST
+    leaves them), or only the ``.gz`` archives with ``gz=True`` (as the MNIST site serves them)."""
+    rng = np.random.default_rng(seed)
+    d = Path(root) / "MNIST" / "raw"
+    d.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        files = {
+            f"{prefix}-images-idx3-ubyte": _images(rng, n, (28, 28)),
+            f"{prefix}-labels-idx1-ubyte": np.arange(n, dtype=np.uint8) % 10,
+        }
+        for name, array in files.items():
+            data = _idx_bytes(array)
+            if gz:
+                with gzip.open(d / f"{name}.gz", "wb") as f:
+                    f.write(data)
+            else:
+                (d / name).write_bytes(data)
+    return d
+
+
+def write_svhn(
+    root: Path, n_train: int = 50, n_test: int = 20, n_extra: int = 0, seed: int = 0
+) -> Path:
+    """``root/svhn/{train,test[,extra]}_32x32.mat`` (MATLAB v5 as scipy writes it).
+
+    ``X`` is 32 x 32 x 3 x N uint8, ``y`` is N x 1 with labels 1..10, where 10 is the digit 0.
+    """
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(seed)
+    d = Path(root) / "svhn"
+    d.mkdir(parents=True, exist_ok=True)
+    splits = [("train", n_train), ("test", n_test)] + ([("extra", n_extra)] if n_extra else [])
+    for split, n in splits:
+        x = rng.integers(0, 256, size=(32, 32, 3, n), dtype=np.uint8)
+        y = (np.arange(n, dtype=np.uint8) % 10 + 1).reshape(n, 1)  # 1..10, 10 = digit 0
+        savemat(d / f"{split}_32x32.mat", {"X": x, "y": y})
+    return d
