@@ -1,0 +1,8 @@
+"""Analysis: from one tidy DataFrame of training curves to the critical batch size.
+
+Pure functions over the frame documented in `analysis.frame` (steps to target, speedup, the
+McCandlish and overhead fits with bootstrap intervals, best learning rate versus batch size),
+plots, and a self-contained HTML report. Reading MLflow, Ray folders and CSVs happens only in
+`analysis.loaders`; the `critbatch analyze` and `critbatch fit` commands live in
+`analysis.commands`.
+"""
