@@ -153,3 +153,49 @@ def write_svhn(
         y = (np.arange(n, dtype=np.uint8) % 10 + 1).reshape(n, 1)  # 1..10, 10 = digit 0
         savemat(d / f"{split}_32x32.mat", {"X": x, "y": y})
     return d
+
+
+# ------------------------------------------------- language and segmentation (language.py, segmentation.py)
+
+_WIKI_WORDS = (
+    "the", "of", "and", "in", "to", "a", "was", "The", ",", ".", "is", "for", "as", "on",
+    "with", "by", "he", "that", "from", "at", "his", "it", "an", "were", "which", "@-@", "@,@", "@.@",
+    "1", "2", "3", "first", "album", "game", "season", "river", "song", "team", "year", "<unk>",
+)  # fmt: skip
+
+
+def _wiki_lines(rng: np.random.Generator, n_paragraphs: int, title: str) -> list[str]:
+    # The real files: " = Title = " headings, " = = Section = = " subheadings, paragraphs of
+    # space-separated tokens, and a blank line " " between them (every line starts with a space).
+    lines = [" ", f" = {title} = ", " "]
+    for p in range(n_paragraphs):
+        if p % 3 == 2:
+            lines += [f" = = Section {p} = = ", " "]
+        words = rng.choice(_WIKI_WORDS, size=int(rng.integers(20, 40)))
+        lines += [" " + " ".join(words) + " . ", " "]
+    return lines
+
+
+def write_wikitext2(
+    root: Path, variant: str = "wikitext-2", seed: int = 0, train_paragraphs: int = 30
+) -> Path:
+    """``root/wikitext-2/wiki.{train,valid,test}.tokens`` (or ``root/wikitext-2-raw/wiki.*.raw``).
+
+    UTF-8 text in the WikiText layout. The training file holds every word of the word list,
+    so the tokenised variant's vocabulary is closed as the real one is; the raw variant's
+    validation file adds one word (``zyzzyva``) that the training file lacks.
+    """
+    rng = np.random.default_rng(seed)
+    d = Path(root) / variant
+    d.mkdir(parents=True, exist_ok=True)
+    ext = ".raw" if variant == "wikitext-2-raw" else ".tokens"
+    train = _wiki_lines(rng, train_paragraphs, "Train Article") + [
+        " " + " ".join([*_WIKI_WORDS, "Valid", "Test"]) + " "
+    ]
+    valid = _wiki_lines(rng, 6, "Valid Article")
+    if variant == "wikitext-2-raw":
+        valid.append(" zyzzyva . ")
+    test = _wiki_lines(rng, 6, "Test Article")
+    for split, lines in (("train", train), ("valid", valid), ("test", test)):
+        (d / f"wiki.{split}{ext}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return d
