@@ -125,8 +125,8 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def _idx_path(d: Path, name: str) -> Path:
-    raw = d / name
-    return raw if raw.is_file() else d / f"{name}.gz"
+    gz = d / f"{name}.gz"  # the archive as the MNIST site serves it; read when alone
+    return gz if gz.is_file() and not (d / name).is_file() else d / name
 
 
 def read_mnist(root: Path, train: bool, source: str = "") -> ImageSplit:
