@@ -199,3 +199,58 @@ def write_wikitext2(
     for split, lines in (("train", train), ("valid", valid), ("test", test)):
         (d / f"wiki.{split}{ext}").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return d
+
+
+def write_cityscapes(
+    root: Path,
+    splits: dict[str, dict[str, int]] | None = None,
+    size: tuple[int, int] = (64, 128),
+    seed: int = 0,
+) -> Path:
+    """``root/cityscapes/{leftImg8bit,gtFine}/<split>/<city>/...`` with small PNG pairs.
+
+    ``splits`` maps split -> city -> number of frames (default: train aachen 2 + bochum 1,
+    val frankfurt 2). Images are ``<city>_<seq>_<frame>_leftImg8bit.png`` (8-bit RGB,
+    ``size`` = (height, width)); labels ``..._gtFine_labelIds.png`` (8-bit grey, Cityscapes
+    label ids: sky 23 on top, building 11, a car 26, road 7 at the bottom, a parking patch 9
+    and an ego-vehicle strip 1 (both ignored in train ids), plus a ``..._gtFine_color.png``
+    beside it as in the real archive. Pixel colours follow the class, plus noise.
+    """
+    from PIL import Image
+
+    splits = splits or {"train": {"aachen": 2, "bochum": 1}, "val": {"frankfurt": 2}}
+    rng = np.random.default_rng(seed)
+    h, w = size
+    colours = {
+        23: (70, 130, 180),
+        11: (70, 70, 70),
+        26: (0, 0, 142),
+        7: (128, 64, 128),
+        9: (250, 170, 160),
+        1: (0, 0, 0),
+    }
+    base = Path(root) / "cityscapes"
+    for split, cities in splits.items():
+        for city, frames in cities.items():
+            img_dir = base / "leftImg8bit" / split / city
+            gt_dir = base / "gtFine" / split / city
+            img_dir.mkdir(parents=True, exist_ok=True)
+            gt_dir.mkdir(parents=True, exist_ok=True)
+            for f in range(frames):
+                labels = np.full((h, w), 11, dtype=np.uint8)
+                horizon = h // 3 + int(rng.integers(-3, 4))
+                labels[:horizon] = 23
+                labels[2 * h // 3 :] = 7
+                x0 = int(rng.integers(0, w - w // 4))
+                labels[h // 2 : 5 * h // 6, x0 : x0 + w // 4] = 26
+                labels[5 * h // 6 :, : w // 8] = 9
+                labels[-2:] = 1
+                rgb = np.zeros((h, w, 3), dtype=np.int16)
+                for label_id, colour in colours.items():
+                    rgb[labels == label_id] = colour
+                rgb = np.clip(rgb + rng.integers(-20, 21, size=rgb.shape), 0, 255).astype(np.uint8)
+                stem = f"{city}_{f:06d}_{19 + 10 * f:06d}"
+                Image.fromarray(rgb, "RGB").save(img_dir / f"{stem}_leftImg8bit.png")
+                Image.fromarray(labels, "L").save(gt_dir / f"{stem}_gtFine_labelIds.png")
+                Image.fromarray(rgb, "RGB").save(gt_dir / f"{stem}_gtFine_color.png")
+    return base
