@@ -1,0 +1,410 @@
+"""Job files: a sweep is data. YAML in, a validated, typed :class:`JobConfig` out.
+
+Every field is documented here once (``critbatch check --help`` points here). Validation
+happens before anything is launched: an unknown key, a wrong type or an impossible value
+raises :class:`JobError` naming the field (as a dotted path) and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainables.api import Schedule, Target, TrialConfig
+
+
+class JobError(ValueError):
+    """A job file (or flag) is invalid. The message names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    name: str = "tuned"
+    """LR strategy: `tuned` (LR searched per batch size), `blr` (base LR everywhere), `lsr`
+    (lr = base_lr * B / base_batch_size, linear warm-up), `srsr` (lr = base_lr * sqrt(B / base_batch_size))."""
+    base_batch_size: int = 0
+    """Batch size at which base_lr was chosen (blr/lsr/srsr)."""
+    base_lr: float = 0.0
+    """Learning rate at base_batch_size (blr/lsr/srsr)."""
+    warmup_epochs: float = 0.0
+    """Linear warm-up length in epochs (Goyal et al.; the seed paper's W)."""
+    warmup_steps: int = 0
+    """Linear warm-up length in steps (overrides warmup_epochs when > 0)."""
+    decay_epochs: list[float] = field(default_factory=list)
+    """Epochs at which the LR is divided by decay_factor (step decay); empty for none."""
+    decay_factor: float = 10.0
+    """Divisor applied at each decay epoch."""
+
+
+@dataclass(frozen=True)
+class LRSearchConfig:
+    min: float = 1e-3
+    """Lower end of the learning-rate search range."""
+    max: float = 1.0
+    """Upper end of the learning-rate search range."""
+    log: bool = True
+    """Search the LR on a log scale (almost always right)."""
+    trials_per_batch_size: int = 8
+    """Trials in each study (one study per batch size and seed)."""
+    seed: int = 0
+    """Seed of the samplers (each study gets seed + its index)."""
+    algorithm: str = "tpe"
+    """`tpe` (Optuna TPE seeded from neighbouring batch sizes), `random`, or `grid` (log grid)."""
+    widen_on_edge: bool = True
+    """Widen the range by 4x when a study's best LR sits at its edge (McCandlish, App. A)."""
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    metric: str = "eval_loss"
+    """Metric the trials race to (a metric the workload reports; see `critbatch workloads`)."""
+    value: float = 0.3
+    """Threshold of the metric."""
+    direction: str = "min"
+    """`min`: reached when metric <= value; `max`: when metric >= value."""
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    max_steps: int = 0
+    """Step budget per trial (recommended: compare batch sizes at equal steps, Shallue et al.)."""
+    epochs: float = 0.0
+    """Epoch budget per trial (as the seed paper did); converted to steps per batch size."""
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    cpus: float = 1.0
+    """CPUs per trial."""
+    gpus: float = 0.0
+    """GPUs per trial; fractions pack several trials on one GPU (e.g. 0.25)."""
+
+
+@dataclass(frozen=True)
+class EarlyStoppingConfig:
+    enabled: bool = True
+    """Stop unpromising trials (ASHA within each batch size, and trials that can no longer
+    beat the best steps-to-target of their batch size)."""
+    grace_steps: int = 0
+    """Steps before ASHA may stop a trial (0 = 5 eval intervals)."""
+    reduction_factor: float = 3.0
+    """ASHA reduction factor: keep the top 1/factor at each rung."""
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    uri: str = "sqlite:///mlflow.db"
+    """MLflow tracking URI: `sqlite:///path.db` (default, in the working directory), `http://host:port`, ..."""
+    experiment: str = ""
+    """MLflow experiment name (default: the job name)."""
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    momentum: float = 0.0
+    """Heavy-ball momentum of SGD."""
+    weight_decay: float = 0.0
+    """L2 weight decay."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    fraction: float = 1.0
+    """Fraction of the training set used (the seed paper's 100/50/25%)."""
+    root: str = ""
+    """Dataset root ('' = $CRITBATCH_DATA, else ~/.critbatch/data)."""
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    name: str
+    """Sweep name: the run folder and (by default) the MLflow experiment."""
+    workload: str
+    """Workload from the registry (`critbatch workloads`)."""
+    batch_sizes: list[int]
+    """Batch sizes to study (the scientific hyperparameter)."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Training seeds; one study per (batch size, seed)."""
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    lr_search: LRSearchConfig = field(default_factory=LRSearchConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+    budget: BudgetConfig = field(default_factory=lambda: BudgetConfig(max_steps=1000))
+    eval_every: int = 10
+    """Steps between evaluations and reports."""
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    options: dict[str, Any] = field(default_factory=dict)
+    """Workload-specific options (see the workload's docs)."""
+    max_concurrent: int = 0
+    """Trials running at once (0 = as many as the cluster's resources allow)."""
+    checkpoint_every: int = 0
+    """Eval points between trial checkpoints (0 = never; trials then restart from scratch)."""
+    max_failures: int = 1
+    """Retries of a trial that raised an exception or lost its worker."""
+    storage: str = "critbatch_runs"
+    """Folder (or URI) where run folders live; resume reads from here."""
+    divergence_factor: float = 10.0
+    """A trial diverged when its loss exceeds this multiple of its initial loss (or is NaN/inf)."""
+
+    # ---- derived --------------------------------------------------------------------------
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+    @property
+    def tuned(self) -> bool:
+        return self.strategy.name == "tuned"
+
+    @property
+    def trials_per_study(self) -> int:
+        return self.lr_search.trials_per_batch_size if self.tuned else 1
+
+    @property
+    def total_trials(self) -> int:
+        return len(self.batch_sizes) * len(self.seeds) * self.trials_per_study
+
+    def max_steps_for(self, batch_size: int, train_size: int | None) -> int:
+        if self.budget.max_steps > 0:
+            return self.budget.max_steps
+        if train_size is None:
+            raise JobError("budget.epochs needs a workload with a known training-set size; use budget.max_steps")
+        n = max(1, int(round(train_size * self.data.fraction)))
+        return max(1, math.ceil(self.budget.epochs * n / batch_size))
+
+    def schedule(self) -> Schedule:
+        s = self.strategy
+        return Schedule(
+            strategy=s.name,
+            base_batch_size=s.base_batch_size,
+            base_lr=s.base_lr,
+            warmup_epochs=s.warmup_epochs,
+            warmup_steps=s.warmup_steps,
+            decay_epochs=tuple(s.decay_epochs),
+            decay_factor=s.decay_factor,
+        )
+
+    def trial_config(self, batch_size: int, lr: float, seed: int, train_size: int | None) -> TrialConfig:
+        return TrialConfig(
+            workload=self.workload,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            max_steps=self.max_steps_for(batch_size, train_size),
+            eval_every=self.eval_every,
+            target=Target(self.target.metric, self.target.value, self.target.direction),
+            schedule=self.schedule(),
+            momentum=self.optimizer.momentum,
+            weight_decay=self.optimizer.weight_decay,
+            divergence_factor=self.divergence_factor,
+            checkpoint_every=self.checkpoint_every,
+            data_fraction=self.data.fraction,
+            data_root=self.data.root,
+            options=dict(self.options),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---- parsing -------------------------------------------------------------------------------
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}.get(
+            tp.__name__, tp.__name__
+        )
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0]).removeprefix('an ').removeprefix('a ')}s"
+    if origin is dict:
+        return "a mapping"
+    return str(tp)
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise JobError(f"{path}: expected a mapping of fields, got {value!r}; see `critbatch check --help`")
+        return _build(tp, value, path + ".")
+    if origin is list:
+        if not isinstance(value, list):
+            raise JobError(f"{path}: expected {_type_name(tp)}, got {value!r}; write e.g. [8, 16, 32]")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise JobError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if origin in (types.UnionType, typing.Union):
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise JobError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise JobError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise JobError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise JobError(f"{path}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean `{prefix}{close[0]}`?" if close else f"; known fields: {', '.join(fields)}"
+            raise JobError(f"{prefix}{key}: unknown field{hint}")
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise JobError(f"{prefix}{missing[0]}: required field is missing; add `{missing[0]}:` to the job file")
+    return cls(**kwargs)
+
+
+def parse_job(data: Any, source: str = "job") -> JobConfig:
+    """Validate a mapping (parsed YAML) into a :class:`JobConfig`; raises :class:`JobError`."""
+    if not isinstance(data, dict):
+        raise JobError(f"{source}: a job file is a YAML mapping of fields (name, workload, batch_sizes, ...)")
+    job = _build(JobConfig, data)
+    _check_values(job)
+    return job
+
+
+def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> JobConfig:
+    """Read and validate a YAML job file. ``overrides`` (dotted keys) replace fields."""
+    p = Path(path)
+    if not p.is_file():
+        raise JobError(f"job file {str(p)!r} does not exist; give the path to a YAML job (examples in tune_jobs/jobs/)")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise JobError(f"{p}: not valid YAML ({e}); fix the syntax at the line shown") from e
+    for key, value in (overrides or {}).items():
+        node = data
+        *parents, last = key.split(".")
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[last] = value
+    return parse_job(data, str(p))
+
+
+def _check_values(job: JobConfig) -> None:
+    from trainables.registry import workloads
+
+    if not job.name or not all(c.isalnum() or c in "-_." for c in job.name):
+        raise JobError(f"name: {job.name!r} must be non-empty letters, digits, '-', '_' or '.'; it names a folder")
+    known = workloads()
+    if job.workload not in known:
+        close = difflib.get_close_matches(job.workload, list(known), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise JobError(f"workload: unknown workload {job.workload!r}; {hint}known: {', '.join(known)} (`critbatch workloads`)")
+    if not job.batch_sizes:
+        raise JobError("batch_sizes: the list is empty; give at least one positive batch size, e.g. [8, 16, 32]")
+    for i, b in enumerate(job.batch_sizes):
+        if b <= 0:
+            raise JobError(f"batch_sizes[{i}]: {b} is not positive; batch sizes are counts of examples >= 1")
+    if len(set(job.batch_sizes)) != len(job.batch_sizes):
+        raise JobError("batch_sizes: contains duplicates; list each batch size once")
+    if not job.seeds or len(set(job.seeds)) != len(job.seeds):
+        raise JobError("seeds: give a non-empty list of distinct integer seeds, e.g. [0]")
+    s = job.strategy
+    if s.name not in ("tuned", "blr", "lsr", "srsr"):
+        raise JobError(f"strategy.name: unknown strategy {s.name!r}; use tuned, blr, lsr or srsr")
+    if s.name != "tuned" and (s.base_lr <= 0 or s.base_batch_size <= 0):
+        raise JobError(f"strategy: {s.name} needs base_lr > 0 and base_batch_size > 0 (the LR chosen at a small base batch size)")
+    if s.warmup_epochs < 0 or s.warmup_steps < 0:
+        raise JobError("strategy.warmup_epochs: must be >= 0")
+    r = job.lr_search
+    if not (r.min > 0 and r.max > 0 and math.isfinite(r.min) and math.isfinite(r.max)):
+        raise JobError(f"lr_search: min ({r.min}) and max ({r.max}) must be positive finite learning rates")
+    if r.min >= r.max:
+        raise JobError(f"lr_search: min ({r.min}) must be below max ({r.max}); swap them")
+    if r.trials_per_batch_size < 1:
+        raise JobError("lr_search.trials_per_batch_size: must be >= 1")
+    if r.algorithm not in ("tpe", "random", "grid"):
+        raise JobError(f"lr_search.algorithm: unknown {r.algorithm!r}; use tpe, random or grid")
+    t = job.target
+    if t.direction not in ("min", "max"):
+        raise JobError(f"target.direction: {t.direction!r}; use min (loss-like) or max (accuracy-like)")
+    metrics = known[job.workload].all_metrics()
+    if t.metric not in metrics:
+        raise JobError(f"target.metric: {job.workload} does not report {t.metric!r}; it reports: {', '.join(metrics)}")
+    if metrics[t.metric] != t.direction:
+        raise JobError(f"target.direction: {t.metric} improves towards {metrics[t.metric]}, not {t.direction}; set direction: {metrics[t.metric]}")
+    if not math.isfinite(t.value):
+        raise JobError("target.value: must be a finite number")
+    b = job.budget
+    if (b.max_steps > 0) == (b.epochs > 0):
+        raise JobError("budget: give exactly one of max_steps (recommended) or epochs, as a positive number")
+    if b.max_steps < 0 or b.epochs < 0:
+        raise JobError("budget: max_steps and epochs must be positive")
+    if job.eval_every < 1:
+        raise JobError("eval_every: must be >= 1 step")
+    if job.resources.cpus <= 0 or job.resources.gpus < 0:
+        raise JobError("resources: cpus must be > 0 and gpus >= 0 (fractions allowed, e.g. 0.25)")
+    if job.resources.gpus > 1 and job.resources.gpus != int(job.resources.gpus):
+        raise JobError("resources.gpus: above 1, ask for a whole number of GPUs")
+    if not 0 < job.data.fraction <= 1:
+        raise JobError(f"data.fraction: {job.data.fraction} must be in (0, 1], e.g. 0.5 for half the training set")
+    if job.early_stopping.reduction_factor <= 1:
+        raise JobError("early_stopping.reduction_factor: must be > 1 (3 keeps the top third at each rung)")
+    if job.max_concurrent < 0 or job.checkpoint_every < 0 or job.max_failures < 0:
+        raise JobError("max_concurrent, checkpoint_every and max_failures must be >= 0")
+    if job.divergence_factor <= 1:
+        raise JobError("divergence_factor: must be > 1 (10 = diverged when the loss is 10x its start)")
+    uri = job.tracking.uri
+    if not (uri.startswith(("sqlite:///", "http://", "https://", "databricks", "postgresql", "mysql"))):
+        raise JobError(
+            f"tracking.uri: {uri!r} is not a tracking URI MLflow 3 accepts here; use sqlite:///mlflow.db or http://127.0.0.1:5000"
+        )
+    if b.epochs > 0 and known[job.workload].train_size is None and not job.budget.max_steps:
+        pass  # resolved per trial when the data is read
+
+
+def field_docs(cls: type = JobConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted field, type, doc) for every field: the job file reference printed by --help."""
+    import ast
+    import inspect
+
+    src = inspect.getsource(cls)
+    tree = ast.parse(src)
+    docs: dict[str, str] = {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for a, b in zip(body, body[1:], strict=False):
+        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
+            docs[a.target.id] = " ".join(str(b.value.value).split())  # type: ignore[union-attr]
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out.extend(field_docs(tp, f"{prefix}{f.name}."))
+        else:
+            out.append((f"{prefix}{f.name}", _type_name(tp), docs.get(f.name, "")))
+    return out

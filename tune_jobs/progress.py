@@ -1,0 +1,67 @@
+"""Progress while a sweep runs: per batch size, trials done and the best steps-to-target."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from ray.tune import Callback
+
+from trainables.api import Status
+from tune_jobs.config import JobConfig
+
+
+class ProgressCallback(Callback):
+    """Prints one compact line per batch size when something changed (at most every few s)."""
+
+    def __init__(self, job: JobConfig, searcher, every_s: float = 3.0, stream=None):
+        self.job = job
+        self.searcher = searcher
+        self.every_s = every_s
+        self.stream = stream or sys.stdout
+        self.done: dict[int, int] = dict.fromkeys(job.batch_sizes, 0)
+        self.best: dict[int, tuple[float, float]] = {}
+        self.diverged: dict[int, int] = dict.fromkeys(job.batch_sizes, 0)
+        self._last_print = 0.0
+        self._dirty = False
+        self.t0 = time.time()
+
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["stream"] = None
+        return d
+
+    def __setstate__(self, d):
+        self.__dict__.update(d)
+        self.stream = sys.stdout
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        b = trial.config["batch_size"]
+        self.done[b] = self.done.get(b, 0) + 1
+        last = trial.last_result or {}
+        if last.get("status") == Status.DIVERGED:
+            self.diverged[b] = self.diverged.get(b, 0) + 1
+        s = last.get("steps_to_target")
+        if s is not None and (b not in self.best or s < self.best[b][0]):
+            self.best[b] = (s, trial.config["lr"])
+        self._dirty = True
+
+    def on_step_begin(self, iteration, trials, **info):
+        if self._dirty and time.time() - self._last_print > self.every_s:
+            self.print_table()
+
+    def on_experiment_end(self, trials, **info):
+        self.print_table()
+
+    def print_table(self) -> None:
+        self._dirty = False
+        self._last_print = time.time()
+        per = self.job.trials_per_study * len(self.job.seeds)
+        total = sum(self.done.values())
+        parts = []
+        for b in self.job.batch_sizes:
+            best = self.best.get(b)
+            best_s = f"{best[0]:.0f} steps @ lr {best[1]:.3g}" if best else "-"
+            parts.append(f"  bs {b:>6}: {self.done.get(b, 0):>3}/{per} trials  best {best_s}")
+        head = f"[{time.time() - self.t0:6.1f}s] {total}/{self.job.total_trials} trials done"
+        print(head + "\n" + "\n".join(parts), file=self.stream, flush=True)

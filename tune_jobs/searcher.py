@@ -1,0 +1,166 @@
+"""Ray Tune edge of the search: a Searcher that keeps one Optuna study per batch size, and a
+scheduler that early-stops a trial only against trials of its own batch size.
+
+Decision (recorded in the sweep note): one Tuner for the whole sweep, whose searcher keeps a
+study per (batch size, seed). All batch sizes then share one Ray cluster and one trial queue
+(no idle slots while a slow batch size finishes), one run folder, one resume; Ray's own
+OptunaSearch would refuse the batch-size grid.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from typing import Any
+
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.schedulers.async_hyperband import _Bracket
+from ray.tune.search import Searcher
+
+from trainables.api import Status
+from tune_jobs.config import JobConfig
+from tune_jobs.lr_search import LRSearch, Outcome, Proposal, study_name
+
+
+def trial_outcome(last: dict[str, Any], best_metric: float | None) -> Outcome:
+    status = last.get("status", Status.STOPPED_EARLY)
+    if status == Status.RUNNING:
+        status = Status.STOPPED_EARLY
+    return Outcome(str(status), last.get("steps_to_target"), best_metric, int(last.get("step", 0)))
+
+
+class SweepSearcher(Searcher):
+    """Proposes (batch size, seed, lr) trials from :class:`LRSearch` and tells it results.
+
+    Strategies other than ``tuned`` have no LR to search: one trial per (batch size, seed)
+    with the LR the strategy computes.
+    """
+
+    def __init__(self, job: JobConfig, storage: str | None, train_sizes: dict[int, int]):
+        # No metric declared to Tune: a diverged trial's report legitimately lacks eval
+        # metrics, and the searcher reads the target metric itself.
+        super().__init__(metric=None, mode=None)
+        self.job = job
+        self.train_sizes = train_sizes
+        r = job.lr_search
+        self.search = LRSearch(
+            job.batch_sizes, job.seeds, r.min, r.max, job.trials_per_study, r.seed,
+            r.algorithm if job.tuned else "grid", r.log, storage, r.widen_on_edge,
+        )  # fmt: skip
+        self.proposals: dict[str, Proposal] = {}
+        self.best_metric: dict[str, float] = {}
+
+    # ---- Tune API ------------------------------------------------------------------------
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        p = self.search.ask()
+        if p is None:
+            return Searcher.FINISHED
+        if not self.job.tuned:
+            from trainables.schedules import peak_lr
+
+            p = Proposal(p.study, p.batch_size, p.seed, peak_lr(self.job.schedule(), p.batch_size), p.number)
+        self.proposals[trial_id] = p
+        return {
+            "batch_size": p.batch_size,
+            "lr": p.lr,
+            "seed": p.seed,
+            "study": p.study,
+            "study_trial": p.number,
+            "strategy": self.job.strategy.name,
+            "max_steps": self.job.max_steps_for(p.batch_size, self.train_sizes.get(p.batch_size)),
+            "workload": self.job.workload,
+        }
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        v = result.get(self.job.target.metric)
+        if v is None or not math.isfinite(v):
+            return
+        old = self.best_metric.get(trial_id)
+        better = old is None or (v < old if self.job.target.direction == "min" else v > old)
+        if better:
+            self.best_metric[trial_id] = v
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        p = self.proposals.get(trial_id)
+        if p is None:
+            return
+        if error or not result:
+            self.search.fail(p)
+            return
+        self.on_trial_result(trial_id, result)
+        outcome = trial_outcome(result, self.best_metric.get(trial_id))
+        t = self.job.target
+        max_steps = self.job.max_steps_for(p.batch_size, self.train_sizes.get(p.batch_size))
+        self.search.tell(p, outcome, max_steps, t.value, t.direction)
+
+    def objective_for(self, trial_id: str, last: dict[str, Any]) -> float | None:
+        """The value this trial scores in its study (see :func:`tune_jobs.lr_search.objective`)."""
+        from tune_jobs.lr_search import objective
+
+        p = self.proposals.get(trial_id)
+        if p is None:
+            return None
+        best = self.best_metric.get(trial_id)
+        v = last.get(self.job.target.metric)
+        if v is not None and math.isfinite(v):
+            best = v if best is None else (min(best, v) if self.job.target.direction == "min" else max(best, v))
+        t = self.job.target
+        max_steps = self.job.max_steps_for(p.batch_size, self.train_sizes.get(p.batch_size))
+        return objective(trial_outcome(last, best), max_steps, t.value, t.direction)
+
+    # ---- resume --------------------------------------------------------------------------
+    def save(self, checkpoint_path: str) -> None:
+        state = {"search": self.search.state(), "proposals": self.proposals, "best_metric": self.best_metric}
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(state, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)
+        self.proposals = state["proposals"]
+        self.best_metric = state["best_metric"]
+        live: dict[str, set[int]] = {}
+        for p in self.proposals.values():
+            live.setdefault(p.study, set()).add(p.number)
+        self.search.load_state(state["search"], live)
+
+
+class PerBatchSizeScheduler(FIFOScheduler):
+    """Early stopping that compares a trial only with trials of the same study.
+
+    Two rules, both within a study (one batch size and seed): ASHA on the target metric at
+    step milestones (grace, grace*rf, grace*rf^2, ...), and a bound: a trial still running
+    past the best steps-to-target its study has already seen can no longer win.
+    """
+
+    def __init__(self, job: JobConfig, searcher: SweepSearcher, max_steps: int):
+        super().__init__()
+        es = job.early_stopping
+        self.enabled = es.enabled and job.tuned
+        self.grace = es.grace_steps or 5 * job.eval_every
+        self.rf = es.reduction_factor
+        self.max_steps = max(max_steps, self.grace)
+        self.sign = 1.0 if job.target.direction == "max" else -1.0
+        self.target_metric = job.target.metric
+        self.searcher = searcher
+        self.brackets: dict[str, _Bracket] = {}
+        self.stopped: set[str] = set()
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if not self.enabled or result.get("status") != Status.RUNNING:
+            return TrialScheduler.CONTINUE
+        study = trial.config.get("study") or study_name(trial.config["batch_size"], trial.config["seed"])
+        step = result.get("step", 0)
+        if step >= self.searcher.search.steps_bound(study):
+            self.stopped.add(trial.trial_id)
+            return TrialScheduler.STOP
+        value = result.get(self.target_metric)
+        if value is None or not math.isfinite(value):
+            return TrialScheduler.CONTINUE
+        bracket = self.brackets.get(study)
+        if bracket is None:
+            bracket = self.brackets[study] = _Bracket(self.grace, self.max_steps, self.rf, 0, stop_last_trials=False)
+        action = bracket.on_result(trial, step, self.sign * value)
+        if action == TrialScheduler.STOP:
+            self.stopped.add(trial.trial_id)
+        return action

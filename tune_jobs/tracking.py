@@ -1,0 +1,263 @@
+"""MLflow writing: one parent run per sweep, one nested child run per trial.
+
+Kept on the driver (a Tune callback), so workers never talk to the tracking server. Metric
+points are buffered and sent with ``log_batch``; when the server is unreachable the buffer
+is kept and retried, and nothing is lost even if the driver dies meanwhile: Tune's own
+per-trial ``result.json`` is the durable record, and :func:`reconcile` replays whatever MLflow
+is missing from it (idempotent: only steps above the last one MLflow holds are sent). Child
+runs are found by their ``critbatch.trial_id`` tag, so a resumed sweep never duplicates them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+from trainables.api import Status
+
+log = logging.getLogger("critbatch.tracking")
+
+PARAM_KEYS = ("batch_size", "lr", "seed", "strategy", "workload", "study", "study_trial", "max_steps")
+NON_METRICS = {"status", "steps_to_target", "step"}
+MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
+
+
+def metric_points(result: dict[str, Any], timestamp_ms: int) -> list[Metric]:
+    """The per-step metric points of one report, keyed by its step."""
+    step = int(result.get("step", 0))
+    out = []
+    for k, v in result.items():
+        if k in NON_METRICS or k.startswith(("config", "time_", "timestamp", "training_iteration")):
+            continue
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            continue
+        if k in ("time_this_iter_s", "time_total_s", "time_since_restore", "iterations_since_restore", "pid"):
+            continue
+        if k.startswith(("iterations_", "node_", "done", "hostname")):
+            continue
+        out.append(Metric(k, float(v) if math.isfinite(v) else float("nan"), timestamp_ms, step))
+    return out
+
+
+def final_status(last: dict[str, Any] | None, errored: bool = False) -> str:
+    """A trial that completed while still `running` was stopped by the scheduler."""
+    if errored:
+        return str(Status.ERRORED)
+    s = (last or {}).get("status", Status.RUNNING)
+    return str(Status.STOPPED_EARLY) if s == Status.RUNNING else str(s)
+
+
+class Tracker:
+    """Writes a sweep to MLflow; every call survives an unreachable server (buffer + retry)."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, job_params: dict[str, Any]):
+        self.uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.job_params = job_params
+        self._client: MlflowClient | None = None
+        self.runs: dict[str, str] = {}  # tune trial id -> mlflow run id
+        self.pending: dict[str, list[Metric]] = {}
+        self.pending_final: dict[str, tuple[str, dict[str, Any] | None, str | None]] = {}
+        self.last_failure = 0.0
+        self.failures = 0
+
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["_client"] = None
+        return d
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.uri)
+        return self._client
+
+    def _try(self, fn, *args, **kwargs) -> bool:
+        if self.failures and time.time() - self.last_failure < min(30.0, 2.0**self.failures):
+            return False  # back off while the server is down
+        try:
+            fn(*args, **kwargs)
+        except Exception as e:  # any transport or server error: keep the data, retry later
+            self.failures += 1
+            self.last_failure = time.time()
+            log.warning("MLflow unreachable (%s); buffering and retrying", type(e).__name__)
+            return False
+        self.failures = 0
+        return True
+
+    # ---- child runs ------------------------------------------------------------------------
+    def find_child(self, trial_id: str) -> str | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`critbatch.trial_id` = '{trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
+            max_results=5,
+        )
+        return runs[0].info.run_id if runs else None
+
+    def ensure_child(self, trial_id: str, trial_name: str, config: dict[str, Any]) -> str | None:
+        if trial_id in self.runs:
+            return self.runs[trial_id]
+        def create() -> None:
+            run_id = self.find_child(trial_id)
+            if run_id is None:
+                tags = {
+                    "mlflow.parentRunId": self.parent_run_id,
+                    "critbatch.role": "trial",
+                    "critbatch.trial_id": trial_id,
+                    "critbatch.status": Status.RUNNING,
+                }
+                run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"bs{config['batch_size']}-{trial_name}")
+                run_id = run.info.run_id
+                params = {k: config[k] for k in PARAM_KEYS if k in config}
+                params.update(self.job_params)
+                self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+            self.runs[trial_id] = run_id
+        self._try(create)
+        return self.runs.get(trial_id)
+
+    # ---- metrics ---------------------------------------------------------------------------
+    def add_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        self.pending.setdefault(trial_id, []).extend(metric_points(result, int(time.time() * 1000)))
+
+    def flush(self, force: bool = False) -> bool:
+        """Send buffered points; True when nothing is left pending."""
+        for trial_id in list(self.pending):
+            run_id = self.runs.get(trial_id)
+            points = self.pending[trial_id]
+            if run_id is None or not points:
+                continue
+            while points:
+                chunk = points[:MAX_BATCH]
+                if not self._try(self.client.log_batch, run_id, metrics=chunk):
+                    return False
+                del points[:MAX_BATCH]
+            del self.pending[trial_id]
+        for trial_id in list(self.pending_final):
+            if trial_id in self.runs and self._finish(trial_id, *self.pending_final[trial_id]):
+                del self.pending_final[trial_id]
+        return not self.pending and not self.pending_final
+
+    def finish(self, trial_id: str, status: str, last: dict[str, Any] | None, error: str | None = None) -> None:
+        self.pending_final[trial_id] = (status, last, error)
+        self.flush()
+
+    def _finish(self, trial_id: str, status: str, last: dict[str, Any] | None, error: str | None) -> bool:
+        run_id = self.runs[trial_id]
+        metrics, tags = [], [RunTag("critbatch.status", status)]
+        now = int(time.time() * 1000)
+        step = int((last or {}).get("step", 0))
+        if last and last.get("steps_to_target") is not None:
+            metrics.append(Metric("steps_to_target", float(last["steps_to_target"]), now, step))
+        if last and last.get("objective") is not None:
+            metrics.append(Metric("objective", float(last["objective"]), now, step))
+        if error:
+            tags.append(RunTag("critbatch.error", error[-4900:]))
+
+        def write() -> None:
+            self.client.log_batch(run_id, metrics=metrics, tags=tags)
+            self.client.set_terminated(run_id, "FAILED" if status == Status.ERRORED else "FINISHED")
+
+        return self._try(write)
+
+
+class MlflowCallback(Callback):
+    """Tune callback on the driver: feeds :class:`Tracker` from trial events."""
+
+    def __init__(self, tracker: Tracker, objective_fn=None, flush_every_s: float = 2.0):
+        self.tracker = tracker
+        self.objective_fn = objective_fn  # (trial_id, last result) -> objective value
+        self.flush_every_s = flush_every_s
+        self._last_flush = 0.0
+        self.last: dict[str, dict[str, Any]] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.tracker.ensure_child(trial.trial_id, str(trial), trial.config)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.last[trial.trial_id] = result
+        self.tracker.ensure_child(trial.trial_id, str(trial), trial.config)
+        self.tracker.add_result(trial.trial_id, result)
+        if time.time() - self._last_flush > self.flush_every_s:
+            self._last_flush = time.time()
+            self.tracker.flush()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = self.last.pop(trial.trial_id, None) or trial.last_result
+        status = final_status(last)
+        if last is not None and self.objective_fn is not None:
+            last = dict(last)
+            last["objective"] = self.objective_fn(trial.trial_id, last)
+        self.tracker.ensure_child(trial.trial_id, str(trial), trial.config)
+        self.tracker.finish(trial.trial_id, status, last)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        last = self.last.pop(trial.trial_id, None) or trial.last_result
+        err = None
+        if trial.error_file and Path(trial.error_file).exists():
+            err = Path(trial.error_file).read_text()
+        self.tracker.ensure_child(trial.trial_id, str(trial), trial.config)
+        self.tracker.finish(trial.trial_id, Status.ERRORED, last, err or "error")
+
+    def on_experiment_end(self, trials, **info):
+        self.tracker.failures = 0
+        self.tracker.flush(force=True)
+
+
+# ---- replay from Tune's durable records -----------------------------------------------------
+def read_results(trial_dir: Path) -> list[dict[str, Any]]:
+    f = trial_dir / "result.json"
+    if not f.exists():
+        return []
+    rows = []
+    for line in f.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a killed process
+            continue
+    return rows
+
+
+def last_logged_step(client: MlflowClient, run_id: str, key: str = "train_loss") -> int:
+    hist = client.get_metric_history(run_id, key)
+    return max((m.step for m in hist), default=-1)
+
+
+def reconcile(tracker: Tracker, run_dir: Path, statuses: dict[str, tuple[str, str | None]]) -> dict[str, int]:
+    """Make MLflow hold every report Tune recorded, once. ``statuses``: trial id -> (final
+    status, error text) for finished trials. Returns counts of runs created and points sent."""
+    created = sent = 0
+    for trial_dir in sorted(p for p in run_dir.iterdir() if p.is_dir() and (p / "result.json").exists()):
+        rows = read_results(trial_dir)
+        if not rows:
+            continue
+        trial_id = rows[-1].get("trial_id")
+        config = rows[-1].get("config", {})
+        had = trial_id in tracker.runs or tracker.find_child(trial_id) is not None
+        run_id = tracker.ensure_child(trial_id, trial_dir.name.split("_")[0] + "_" + trial_id, config)
+        if run_id is None:
+            raise ConnectionError(f"MLflow at {tracker.uri} is unreachable; run `critbatch sync` when it is back")
+        created += not had
+        done = last_logged_step(tracker.client, run_id)
+        points = []
+        now = int(time.time() * 1000)
+        for r in rows:
+            if int(r.get("step", 0)) > done:
+                points.extend(metric_points(r, now))
+        for i in range(0, len(points), MAX_BATCH):
+            tracker.client.log_batch(run_id, metrics=points[i : i + MAX_BATCH])
+        sent += len(points)
+        if trial_id in statuses:
+            status, err = statuses[trial_id]
+            run = tracker.client.get_run(run_id)
+            if run.data.tags.get("critbatch.status") != status or run.info.status == "RUNNING":
+                tracker._finish(trial_id, status, rows[-1], err)
+    return {"runs_created": created, "points_sent": sent}
