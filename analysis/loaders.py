@@ -1,0 +1,403 @@
+"""Read a sweep into the tidy frame: the one module in ``analysis/`` that reads MLflow or Ray.
+
+``load(source)`` returns one row per (trial, step) with the columns documented in
+``analysis/frame.py``: ``trial, batch_size, lr, strategy, seed, step, examples, status``,
+then one float column per logged metric. ``source`` is an MLflow experiment name, a parent
+(sweep) run id, or a Ray Tune run folder. Two names clash with trial columns and are renamed:
+the per-step ``lr`` metric (the LR the schedule used at that step) becomes ``lr_at_step``
+(``lr`` is the trial's peak LR), and the per-report ``status`` is replaced by the final one.
+
+MLflow histories are fetched in bulk: one SQL query per 500 runs for SQL stores, the server's
+``get-history-bulk`` endpoint (100 runs per request, on a thread pool) for ``http(s)://``
+servers, and one ``get_metric_history`` call per run and metric only as the fallback
+(``fetch="per-metric"``). ``docs/loading.md`` has the details and the measured speed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import warnings
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+from mlflow.entities import Run, ViewType
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from analysis.frame import REQUIRED_COLUMNS as TRIAL_COLUMNS
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+ROLE_TAG, PARENT_TAG = "critbatch.role", "mlflow.parentRunId"
+TRIAL_ID_TAG, STATUS_TAG = "critbatch.trial_id", "critbatch.status"
+STEP_LR = "lr_at_step"  # the per-step `lr` metric; `lr` is the trial's (peak) learning rate
+FINAL_STATUSES = {"reached", "not_reached", "diverged", "stopped_early", "errored"}
+# Tune's own keys in result.json: bookkeeping, not metrics.
+TUNE_KEYS = {
+    "config", "trial_id", "date", "timestamp", "time_this_iter_s", "time_total_s", "pid",
+    "hostname", "node_ip", "time_since_restore", "iterations_since_restore", "done",
+    "training_iteration", "checkpoint_dir_name", "should_checkpoint", "experiment_tag",
+    "episodes_total", "timesteps_total", "timesteps_since_restore", "experiment_id",
+}  # fmt: skip
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+BULK_ENDPOINT = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
+BULK_MAX_RUNS, BULK_MAX_POINTS = 100, 25_000  # limits of the server's bulk endpoint
+Fetch = Literal["auto", "sql", "rest-bulk", "per-metric"]
+
+
+class SweepNotFoundError(LookupError):
+    """The source names no sweep: no such folder, experiment or run, or no trials in it."""
+
+
+def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
+    """The argument, else $MLFLOW_TRACKING_URI, else ``sqlite:///mlflow.db`` in the cwd."""
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def open_client(tracking_uri: str | None = None) -> MlflowClient:
+    """A client on the resolved tracking URI; a SQLite file that does not exist is an error
+    (MLflow would silently create an empty store there)."""
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise SweepNotFoundError(
+            f"no MLflow store at {uri} (relative to {Path.cwd()}). Pass the store that holds the "
+            "sweep (tracking_uri= / --tracking-uri / $MLFLOW_TRACKING_URI, e.g. the job's "
+            "tracking.uri), or the run folder (critbatch_runs/<name>)."
+        )
+    return MlflowClient(uri)
+
+
+def load(
+    source: str | os.PathLike, tracking_uri: str | None = None, *, fetch: Fetch = "auto"
+) -> pd.DataFrame:
+    """The tidy frame of a sweep; see the module docstring for ``source`` and ``fetch``."""
+    path = Path(source)
+    if path.is_dir():
+        return load_ray_folder(path)
+    if path.is_file():
+        raise SweepNotFoundError(
+            f"{path} is a file, not a run folder. A `batch_size,steps` CSV loads with "
+            "load_steps_csv(); a sweep loads from its run folder (e.g. critbatch_runs/<name>)."
+        )
+    return load_mlflow(str(source), tracking_uri, fetch=fetch)
+
+
+# ---------------------------------------------------------------- Ray Tune run folder
+def load_ray_folder(path: str | os.PathLike) -> pd.DataFrame:
+    """Every trial folder's ``result.json`` under ``path`` (a Tune experiment directory)."""
+    path = Path(path)
+    results = sorted(path.rglob("result.json"))
+    if not results:
+        raise SweepNotFoundError(
+            f"no trial results (*/result.json) under {path}. Pass the Tune experiment folder "
+            "(<storage>/<name>, default critbatch_runs/<name>) of a sweep that has started."
+        )
+    frames = [_ray_trial_frame(f) for f in results]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        raise SweepNotFoundError(f"every result.json under {path} is empty: no trial reported yet")
+    return _tidy(pd.concat(frames, ignore_index=True))
+
+
+def _ray_trial_frame(result_json: Path) -> pd.DataFrame:
+    rows = [json.loads(line) for line in result_json.read_text().splitlines() if line.strip()]
+    if not rows:
+        return pd.DataFrame()
+    cfg = rows[-1].get("config", {})
+    missing = [k for k in ("batch_size", "lr") if k not in cfg]
+    if missing:
+        raise ValueError(f"{result_json}: trial config lacks {missing}; not a critbatch trial")
+    last = rows[-1].get("status")
+    errored = any((result_json.parent / n).exists() for n in ("error.txt", "error.pkl"))
+    # A trial whose last report still says `running` was stopped by the scheduler.
+    status = "errored" if errored else last if last in FINAL_STATUSES else "stopped_early"
+    metrics = pd.DataFrame([{k: v for k, v in r.items() if k not in TUNE_KEYS} for r in rows])
+    metrics = metrics.rename(columns={"lr": STEP_LR}).drop(columns=["status"], errors="ignore")
+    if "step" not in metrics:
+        metrics["step"] = [r.get("training_iteration", i + 1) for i, r in enumerate(rows)]
+    strategy = cfg.get("strategy", "tuned")
+    return metrics.assign(
+        trial=str(rows[-1].get("trial_id", result_json.parent.name)),
+        batch_size=cfg["batch_size"],
+        lr=cfg["lr"],
+        strategy=strategy.get("name", "tuned") if isinstance(strategy, dict) else strategy,
+        seed=cfg.get("seed", 0),
+        status=status,
+    )
+
+
+# ---------------------------------------------------------------- MLflow
+def find_parent_run(source: str, tracking_uri: str | None = None) -> Run:
+    """The sweep's parent run (tag ``critbatch.role=sweep``): ``source`` is its run id or the
+    experiment name (the latest sweep in it when there are several)."""
+    client = open_client(tracking_uri)
+    uri = resolve_tracking_uri(tracking_uri)
+    if RUN_ID.match(source):
+        try:
+            run = client.get_run(source)
+        except MlflowException:
+            run = None
+        if run is not None:
+            if run.data.tags.get(ROLE_TAG) == "trial" and PARENT_TAG in run.data.tags:
+                return client.get_run(run.data.tags[PARENT_TAG])
+            return run
+    experiment = client.get_experiment_by_name(source)
+    if experiment is None:
+        names = [e.name for e in client.search_experiments(max_results=20)]
+        raise SweepNotFoundError(
+            f"no MLflow experiment or run {source!r} at tracking URI {uri}. Experiments there: "
+            f"{names}. Pass the experiment name (the job's tracking.experiment) or the parent run "
+            "id, and the store that holds it (tracking_uri= / --tracking-uri / "
+            "$MLFLOW_TRACKING_URI), or the run folder."
+        )
+    parents = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{ROLE_TAG}` = 'sweep'",
+        order_by=["attributes.start_time DESC"],
+        max_results=50,
+    )
+    if not parents:
+        raise SweepNotFoundError(
+            f"experiment {source!r} at {uri} has no sweep run (tag {ROLE_TAG}=sweep): was it "
+            "written by critbatch? Pass a parent run id or a run folder instead."
+        )
+    if len(parents) > 1:
+        others = ", ".join(p.info.run_id for p in parents[1:])
+        warnings.warn(
+            f"experiment {source!r} holds {len(parents)} sweeps; loading the latest, "
+            f"{parents[0].info.run_id}. Pass a parent run id to pick another ({others}).",
+            stacklevel=2,
+        )
+    return parents[0]
+
+
+def find_trial_runs(client: MlflowClient, parent: Run) -> list[Run]:
+    """The child (trial) runs of a sweep's parent run, every page of them."""
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1000,
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def load_mlflow(
+    source: str, tracking_uri: str | None = None, *, fetch: Fetch = "auto"
+) -> pd.DataFrame:
+    """The tidy frame of the sweep ``source`` (experiment name or parent run id) in MLflow."""
+    uri = resolve_tracking_uri(tracking_uri)
+    parent = find_parent_run(source, uri)
+    client = open_client(uri)
+    runs = find_trial_runs(client, parent)
+    if not runs:
+        raise SweepNotFoundError(
+            f"sweep run {parent.info.run_id} ({source!r} at {uri}) has no trial runs yet"
+        )
+    history = fetch_histories(client, runs, fetch)
+    return _tidy(_mlflow_frame(runs, history))
+
+
+def fetch_histories(
+    client: MlflowClient, runs: Sequence[Run], fetch: Fetch = "auto"
+) -> pd.DataFrame:
+    """Every logged point of every metric of ``runs``: columns run_id, key, step, timestamp,
+    value (NaN where a NaN was logged, as ``get_metric_history`` returns it)."""
+    from mlflow.store.tracking.rest_store import RestStore
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    store = client._tracking_client.store  # the store behind the client; no public accessor
+    if fetch == "auto":
+        fetch = (
+            "sql" if isinstance(store, SqlAlchemyStore)
+            else "rest-bulk" if isinstance(store, RestStore)
+            else "per-metric"
+        )  # fmt: skip
+    wanted = {r.info.run_id: sorted(r.data.metrics) for r in runs}
+    if fetch == "sql":
+        rows = _fetch_sql(store, list(wanted))
+    elif fetch == "rest-bulk":
+        rows = _fetch_rest_bulk(client, store, wanted)
+    elif fetch == "per-metric":
+        rows = _fetch_per_metric(client, wanted)
+    else:
+        raise ValueError(f"fetch={fetch!r}; use auto, sql, rest-bulk or per-metric")
+    cols = ["run_id", "key", "step", "timestamp", "value"]
+    return pd.DataFrame.from_records(rows, columns=cols)
+
+
+def _fetch_sql(store, run_ids: list[str]) -> list[tuple]:
+    from mlflow.store.tracking.dbmodels.models import SqlMetric
+    from sqlalchemy import select
+
+    m = SqlMetric
+    rows: list[tuple] = []
+    with store.ManagedSessionMaker() as session:
+        for i in range(0, len(run_ids), 500):  # stay far below any DB's bound-parameter limit
+            q = select(m.run_uuid, m.key, m.step, m.timestamp, m.value, m.is_nan).where(
+                m.run_uuid.in_(run_ids[i : i + 500])
+            )
+            rows += [
+                (r, k, s, t, math.nan if nan else v) for r, k, s, t, v, nan in session.execute(q)
+            ]
+    return rows
+
+
+def _fetch_rest_bulk(client: MlflowClient, store, wanted: dict[str, list[str]]) -> list[tuple]:
+    from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+    creds = store.get_host_creds()
+
+    def one_request(run_ids: list[str], key: str) -> list[dict]:
+        params = {"run_id": run_ids, "metric_key": key, "max_results": BULK_MAX_POINTS}
+        resp = http_request(creds, BULK_ENDPOINT, "GET", params=params)
+        return verify_rest_response(resp, BULK_ENDPOINT).json().get("metrics", [])
+
+    def one_key(key: str, run_ids: list[str]) -> list[tuple]:
+        rows, pending = [], sorted(run_ids)
+        while pending:
+            chunk = pending[:BULK_MAX_RUNS]
+            got = one_request(chunk, key)
+            if len(got) < BULK_MAX_POINTS:
+                pending = pending[len(chunk) :]
+            else:  # cut off at the limit: the server sorts by run id, so runs before the last
+                last = got[-1]["run_id"]  # one are whole; fetch from the last one on again
+                got = [m for m in got if m["run_id"] != last]
+                pending = pending[chunk.index(last) :]
+                if not got:  # one run alone has more points than a bulk request returns
+                    rows += _fetch_per_metric(client, {last: [key]})
+                    pending = pending[1:]
+            rows += [(m["run_id"], key, m["step"], m["timestamp"], m["value"]) for m in got]
+        return rows
+
+    by_key: dict[str, list[str]] = {}
+    for run_id, keys in wanted.items():
+        for key in keys:
+            by_key.setdefault(key, []).append(run_id)
+    with ThreadPoolExecutor(4) as pool:  # the server overlaps SQL and JSON of 4 requests
+        parts = pool.map(lambda kv: one_key(*kv), by_key.items())
+        return [row for part in parts for row in part]
+
+
+def _fetch_per_metric(client: MlflowClient, wanted: dict[str, list[str]]) -> list[tuple]:
+    """The reference path: one ``get_metric_history`` per run and metric."""
+    return [
+        (run_id, m.key, m.step, m.timestamp, m.value)
+        for run_id, keys in wanted.items()
+        for key in keys
+        for m in client.get_metric_history(run_id, key)
+    ]
+
+
+def _mlflow_frame(runs: Sequence[Run], history: pd.DataFrame) -> pd.DataFrame:
+    # A point logged twice at one step (a resumed trial) keeps its latest value.
+    history = history.sort_values(["run_id", "key", "step", "timestamp"], kind="stable")
+    history = history.drop_duplicates(["run_id", "key", "step"], keep="last")
+    wide = history.pivot(index=["run_id", "step"], columns="key", values="value")
+    wide = wide.rename(columns={"lr": STEP_LR}).reset_index()
+    wide.columns.name = None
+    meta = pd.DataFrame([_trial_meta(r) for r in runs])
+    return meta.merge(wide, on="run_id", how="left").drop(columns=["run_id"])
+
+
+def _trial_meta(run: Run) -> dict:
+    p, t = run.data.params, run.data.tags
+    missing = [k for k in ("batch_size", "lr") if k not in p]
+    if missing:
+        raise ValueError(
+            f"trial run {run.info.run_id} lacks params {missing}; not a critbatch trial"
+        )
+    status = t.get(STATUS_TAG) or {"RUNNING": "running", "FAILED": "errored"}.get(
+        run.info.status, "stopped_early"
+    )
+    return {
+        "run_id": run.info.run_id,
+        "trial": t.get(TRIAL_ID_TAG, run.info.run_id),
+        "batch_size": int(p["batch_size"]),
+        "lr": float(p["lr"]),
+        "strategy": p.get("strategy", "tuned"),
+        "seed": int(p.get("seed", 0)),
+        "status": status,
+    }
+
+
+def _tidy(df: pd.DataFrame) -> pd.DataFrame:
+    """Column order and dtypes of the tidy frame; rows sorted by batch size, trial, step."""
+    if "examples" not in df:
+        df["examples"] = df["step"] * df["batch_size"]
+    df = df.dropna(subset=["step"])
+    metrics = sorted(c for c in df.columns if c not in TRIAL_COLUMNS)
+    out = df[list(TRIAL_COLUMNS) + metrics].copy()
+    out["examples"] = out["examples"].fillna(out["step"] * out["batch_size"])
+    types = {"trial": str, "batch_size": int, "lr": float, "strategy": str, "seed": int}
+    out = out.astype({**types, "step": int, "examples": int, "status": str})
+    out[metrics] = out[metrics].apply(pd.to_numeric, errors="coerce").astype(float)
+    out = out.sort_values(["batch_size", "trial", "step"], kind="stable")
+    return out.reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- CSV and report artifacts
+def load_steps_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """A ``batch_size,steps`` table measured anywhere (optional ``seed`` column)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no steps CSV at {path}")
+    df = pd.read_csv(path, dtype=str, skipinitialspace=True)  # str: errors quote the raw text
+    df.columns = [str(c).strip() for c in df.columns]
+    missing = [c for c in ("batch_size", "steps") if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"{path}: missing column(s) {missing}; found {list(df.columns)}. A steps CSV has a "
+            "header `batch_size,steps` (and optionally `seed`), one row per measurement."
+        )
+    if df.empty:
+        raise ValueError(f"{path}: no rows under the header")
+    cols = ["batch_size", "steps"] + (["seed"] if "seed" in df.columns else [])
+    for col in cols:
+        values = pd.to_numeric(df[col], errors="coerce")
+        low = 0 if col == "seed" else 1
+        bad = df.index[values.isna() | (values < low) | (values != values.round())]
+        if len(bad):
+            row = int(bad[0])
+            kind = "a non-negative integer" if col == "seed" else "a positive integer"
+            raise ValueError(
+                f"{path}: row {row + 2}: {col}={df[col].iloc[row]} is not {kind}"
+            )  # row + 2: 1-based, after the header line
+        df[col] = values.astype(int)
+    return df[cols].reset_index(drop=True)
+
+
+def log_report_artifacts(
+    source: str | os.PathLike,
+    files: Iterable[str | os.PathLike],
+    tracking_uri: str | None = None,
+    artifact_path: str = "report",
+) -> str | None:
+    """Log report files on the sweep's parent run when ``source`` is in MLflow; return that
+    run's id. A folder or CSV source has no run to log to: nothing is done, None returned."""
+    if Path(source).exists():
+        return None
+    files = [Path(f) for f in files]
+    if absent := [str(f) for f in files if not f.exists()]:
+        raise FileNotFoundError(f"report files not found: {absent}")
+    uri = resolve_tracking_uri(tracking_uri)
+    parent = find_parent_run(str(source), uri)
+    client = open_client(uri)
+    for f in files:
+        if f.is_dir():
+            client.log_artifacts(parent.info.run_id, str(f), f"{artifact_path}/{f.name}")
+        else:
+            client.log_artifact(parent.info.run_id, str(f), artifact_path)
+    return parent.info.run_id

@@ -1,0 +1,220 @@
+"""Time ``analysis.loaders.load`` against the naive per-run, per-metric loop on a real server.
+
+Builds a sweep in the documented MLflow layout (a parent run, N child runs x P eval points of
+6 per-step metrics, plus ``steps_to_target``/``objective`` on reached trials) on a real
+``mlflow server`` (SQLite backend) started here on 127.0.0.1, then times, side by side:
+
+- ``load(experiment, server_uri)``: the bulk path (``get-history-bulk``, 100 runs a request);
+- the naive loop (one ``get_metric_history`` per run and metric), on ``--naive-trials`` runs
+  and extrapolated linearly to N when that is fewer than N (the table says so);
+- ``load`` straight from the server's SQLite file (the path for a local ``sqlite:///`` store).
+
+It checks that the bulk and naive histories agree on the naive subset, prints a table, and
+exits 1 if ``load`` through the server takes longer than ``--limit`` seconds (default 30).
+
+    .venv/bin/python benchmarks/load_mlflow.py                 # 1000 trials x 200 points
+    .venv/bin/python benchmarks/load_mlflow.py --smoke-test    # 20 trials x 20 points
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+PER_STEP = ("train_loss", "train_loss_ema", "lr", "examples", "epoch", "eval_loss")
+BATCH_SIZES = (8, 16, 32, 64, 128, 256, 512, 1024)
+EVAL_EVERY = 10  # steps between logged points
+TARGET = 0.3  # eval_loss target (min)
+MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
+
+
+def log_sweep(
+    client: MlflowClient, experiment: str, trials: int, points: int, seed: int = 0, workers: int = 4
+) -> str:
+    """Log a finished sweep in the layout of docs/architecture.md; return the parent run id.
+
+    Trial ``i`` has batch size ``BATCH_SIZES[i % 8]`` and a random LR; every third trial
+    diverges (its last ``train_loss`` is NaN), the others reach the target at a step that
+    shrinks with batch size, or run out of steps. Values are random floats, so a round trip
+    that loses precision shows.
+    """
+    exp_id = client.create_experiment(experiment)
+    max_steps = points * EVAL_EVERY
+    job = {
+        "workload": "synthetic", "strategy": "tuned", "target_metric": "eval_loss",
+        "target_value": TARGET, "target_direction": "min", "max_steps": max_steps,
+        "eval_every": EVAL_EVERY, "batch_sizes": ",".join(map(str, BATCH_SIZES)),
+    }  # fmt: skip
+    parent = client.create_run(exp_id, run_name=experiment, tags={"critbatch.role": "sweep"})
+    parent_id = parent.info.run_id
+    client.log_batch(parent_id, params=[Param(k, str(v)) for k, v in job.items()])
+    t0 = int(time.time() * 1000)
+
+    def log_trial(i: int) -> None:
+        rng = np.random.default_rng([seed, i])
+        bs = BATCH_SIZES[i % len(BATCH_SIZES)]
+        lr = float(10 ** rng.uniform(-3, 0.5))
+        reach_at = (
+            max_steps if i % 3 == 1 else int(max_steps * 8 / bs**0.5) // EVAL_EVERY * EVAL_EVERY
+        )
+        status = "diverged" if i % 3 == 0 else "reached" if reach_at < max_steps else "not_reached"
+        last = reach_at if status == "reached" else max_steps
+        tags = {
+            "mlflow.parentRunId": parent_id, "critbatch.role": "trial",
+            "critbatch.trial_id": f"trial_{i:05d}", "critbatch.status": status,
+        }  # fmt: skip
+        run = client.create_run(exp_id, run_name=f"bs{bs}-t{i}", tags=tags)
+        params = {
+            **{k: job[k] for k in ("workload", "strategy", "max_steps", "eval_every")},
+            **{k: job[k] for k in ("target_metric", "target_value", "target_direction")},
+            "batch_size": bs, "lr": repr(lr), "seed": 0, "study": f"bs{bs}-seed0",
+        }  # fmt: skip
+        client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        metrics = []
+        for step in range(EVAL_EVERY, last + 1, EVAL_EVERY):
+            ts = t0 + step
+            values = dict(zip(PER_STEP, rng.random(len(PER_STEP)), strict=True))
+            values.update(examples=step * bs, lr=lr, epoch=step * bs / 50_000)
+            if status == "diverged" and step == last:
+                values["train_loss"] = math.nan
+            metrics += [Metric(k, float(v), ts, step) for k, v in values.items()]
+        if status == "reached":
+            metrics += [Metric("steps_to_target", float(last), t0 + last, last)]
+            metrics += [Metric("objective", float(last), t0 + last, last)]
+        for j in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+            client.log_batch(run.info.run_id, metrics=metrics[j : j + MAX_METRICS_PER_BATCH])
+        client.set_terminated(run.info.run_id)
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(log_trial, range(trials)))
+    client.set_terminated(parent_id)
+    return parent_id
+
+
+def start_server(db: Path) -> tuple[subprocess.Popen, str]:
+    """A real `mlflow server` on 127.0.0.1 over the SQLite file ``db``; its log beside it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_path = db.with_suffix(".server.log")
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                "--backend-store-uri", f"sqlite:///{db}",
+                "--default-artifact-root", str(db.parent / "artifacts"), "--workers", "1",
+            ],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(log_path.read_text()[-2000:])
+        try:
+            with urllib.request.urlopen(uri + "/health", timeout=2):
+                return proc, uri
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError("mlflow server did not become healthy in 300 s")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def main(argv: list[str] | None = None) -> int:
+    from analysis.loaders import fetch_histories, find_parent_run, find_trial_runs, load
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--trials", type=int, default=1000, help="child runs in the sweep")
+    ap.add_argument("--points", type=int, default=200, help="logged eval points per trial")
+    ap.add_argument("--naive-trials", type=int, default=100, help="runs timed with the naive loop")
+    ap.add_argument("--limit", type=float, default=30.0, help="seconds load() may take")
+    ap.add_argument("--db", help="SQLite file to build the sweep in, or reuse (default: temp)")
+    ap.add_argument("--smoke-test", action="store_true", help="20 trials x 20 points")
+    args = ap.parse_args(argv)
+    if args.smoke_test:
+        args.trials, args.points, args.naive_trials = 20, 20, 20
+    n_naive = min(args.naive_trials, args.trials)
+
+    with tempfile.TemporaryDirectory(prefix="critbatch-bench-") as tmp:
+        db = Path(args.db).resolve() if args.db else Path(tmp) / "server.db"
+        db.parent.mkdir(parents=True, exist_ok=True)
+        direct = MlflowClient(f"sqlite:///{db}")
+        if direct.get_experiment_by_name("bench") is None:
+            # Written straight into the server's SQLite file (the same SqlAlchemyStore code the
+            # server runs) before it starts: through HTTP this takes ~10x longer on 2 cores.
+            _, t_write = timed(
+                lambda: log_sweep(direct, "bench", args.trials, args.points, workers=1)
+            )
+            print(f"wrote {args.trials} trials x {args.points} points into {db} in {t_write:.0f} s")
+        proc, uri = start_server(db)
+        try:
+            client = MlflowClient(uri)
+            df, t_load = timed(lambda: load("bench", uri))
+            _, t_sql = timed(lambda: load("bench", f"sqlite:///{db}"))
+            runs = find_trial_runs(client, find_parent_run("bench", uri))[:n_naive]
+            naive, t_naive = timed(lambda: fetch_histories(client, runs, "per-metric"))
+            bulk, t_bulk = timed(lambda: fetch_histories(client, runs, "rest-bulk"))
+        finally:
+            stop_server(proc)
+    key = ["run_id", "key", "step", "timestamp"]
+    same = (
+        naive.sort_values(key)
+        .reset_index(drop=True)
+        .equals(bulk.sort_values(key).reset_index(drop=True))
+    )
+    scale = args.trials / n_naive
+    points = len(df)
+    print(
+        f"\n{args.trials} trials x {args.points} points, {points} frame rows, {len(naive)} naive points on {n_naive} runs"
+    )
+    print(f"| path | runs timed | seconds | seconds for {args.trials} runs |")
+    print("|---|---|---|---|")
+    print(f"| load() via server (bulk endpoint) | {args.trials} | {t_load:.2f} | {t_load:.2f} |")
+    print(f"| load() on the server's SQLite file | {args.trials} | {t_sql:.2f} | {t_sql:.2f} |")
+    print(
+        f"| bulk fetch only, naive subset | {n_naive} | {t_bulk:.2f} | {t_bulk * scale:.2f} (x{scale:g}) |"
+    )
+    print(
+        f"| naive get_metric_history loop | {n_naive} | {t_naive:.2f} | {t_naive * scale:.2f} (x{scale:g}) |"
+    )
+    print(
+        f"\nnaive / load() = {t_naive * scale / t_load:.1f}x; bulk == naive on the subset: {same}"
+    )
+    if not same:
+        print("FAIL: bulk and naive histories differ")
+        return 1
+    if t_load > args.limit:
+        print(f"FAIL: load() took {t_load:.1f} s > {args.limit:g} s")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
