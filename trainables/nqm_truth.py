@@ -1,0 +1,454 @@
+"""Exact ground truth of the noisy quadratic model (NQM; ../shared/SCIENCE.md §6).
+
+Loss L(theta) = 1/2 sum_i h_i theta_i^2, stochastic gradient g_i = h_i theta_i + noise_i with
+Var(noise_i) = c_i / B. Everything here is a pure function of (problem, batch size, LR,
+momentum): no sampling, no torch.
+
+- Plain SGD: s_i(k) = E theta_i^2 = r_i^k s_i(0) + q_i (1 - r_i^k) / (1 - r_i), with
+  r_i = (1 - eta h_i)^2, q_i = eta^2 c_i / B. Each s_i is monotone in k (real k too), so on an
+  interval [k1, k2] the loss lies between 1/2 sum h_i min(s_i(k1), s_i(k2)) and the same with max:
+  :meth:`SGDPath.first_step` finds the first integer step below a target (or above a limit)
+  exactly by branch and bound, in O(log k) evaluations, for any k.
+- Heavy-ball momentum (torch form v' = beta v + g, theta' = theta - eta v'): the moments
+  x = (E theta^2, E v^2, E theta v) follow x' = M x + n exactly (Zhang et al. 2019, eq. 21 in
+  this parametrisation; derived in docs/nqm.md), so x(k) = x* + M^k (x(0) - x*).
+  :class:`MomentumPath` scans a grid of relative resolution 1/64 by jumping with powers of M,
+  then bisects inside the first grid interval that ends below the target.
+
+``critbatch nqm`` prints the optimal LR and minimal steps per batch size and the fitted
+critical batch size (McCandlish et al.: S = S_min (1 + B_crit / B)).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import optimize
+
+REFERENCE_BATCH_SIZES = tuple(2**j for j in range(2, 22))
+K_MAX = 10**12  # step horizon of the exact searches: "never" for every practical setup
+
+
+@dataclass(frozen=True)
+class NQM:
+    """The quadratic: h_i = i^-exponent, c_i = noise_scale * h_i, s_i(0) = s0 (i = 1..dim)."""
+
+    dim: int = 10_000
+    exponent: float = 1.0
+    noise_scale: float = 1.0
+    s0: float = 1.0
+
+    @property
+    def h(self) -> np.ndarray:
+        return np.arange(1, self.dim + 1, dtype=np.float64) ** -self.exponent
+
+    @property
+    def c(self) -> np.ndarray:
+        return self.noise_scale * self.h
+
+    def initial_loss(self) -> float:
+        return 0.5 * self.s0 * float(self.h.sum())
+
+    def max_stable_lr(self, momentum: float = 0.0) -> float:
+        """Largest stable LR: eta h_max < 2 (1 + beta)."""
+        return 2.0 * (1.0 + momentum) / float(self.h.max())
+
+
+class SGDPath:
+    """Exact expected loss of constant-LR SGD from second moments ``s_init`` (defaults s0)."""
+
+    def __init__(self, nqm: NQM, batch_size: int, lr: float, s_init: np.ndarray | None = None):
+        self.h = nqm.h
+        self.s_init = np.full(nqm.dim, nqm.s0) if s_init is None else np.asarray(s_init, float)
+        x = lr * self.h
+        self.one_minus_r = x * (2.0 - x)  # 1 - (1 - eta h)^2, without cancellation
+        self.q = lr**2 * nqm.c / batch_size
+        with np.errstate(divide="ignore"):
+            self.log_r = np.log1p(-self.one_minus_r)  # -inf where eta h = 1 (r = 0)
+
+    def moments(self, k: float) -> np.ndarray:
+        if k == 0:
+            return self.s_init.copy()
+        with np.errstate(over="ignore", invalid="ignore"):
+            rk = np.exp(k * self.log_r)
+            geom = np.where(
+                self.one_minus_r == 0.0, k, -np.expm1(k * self.log_r) / self.one_minus_r
+            )
+            return rk * self.s_init + self.q * geom
+
+    def loss(self, k: float) -> float:
+        return 0.5 * float(self.h @ self.moments(k))
+
+    def losses(self, ks) -> np.ndarray:
+        return np.array([self.loss(float(k)) for k in ks])
+
+    def first_step(
+        self, below: float | None = None, above: float | None = None, k_max: int = K_MAX
+    ) -> int | None:
+        """Smallest integer k in [0, k_max] with L(k) < ``below`` or L(k) > ``above`` (or not finite).
+
+        Exact: each s_i is monotone in k, so the loss over [k1, k2] is bounded by the
+        coordinate-wise min / max of the moments at the ends; intervals that cannot hold an
+        event are pruned, the rest split (left first).
+        """
+        lo_t = -math.inf if below is None else below
+        hi_t = math.inf if above is None else above
+        if above is None and below is not None and self._decreasing_bound(below) is not None:
+            t = self.crossing_time(below, k_max)  # monotone: first step = floor(t) + 1, checked
+            if not math.isfinite(t):
+                return None
+            k = 0 if t == 0 else math.floor(t) + 1
+            while k > 0 and self.loss(k - 1) < below:
+                k -= 1
+            while self.loss(k) >= below:
+                k += 1
+            return k if k <= k_max else None
+        cache: dict[int, np.ndarray] = {}
+
+        def mom(k: int) -> np.ndarray:
+            if k not in cache:
+                cache[k] = self.moments(float(k))
+            return cache[k]
+
+        def may_hold(k1: int, k2: int) -> bool:
+            a, b = mom(k1), mom(k2)
+            with np.errstate(invalid="ignore"):
+                lower = 0.5 * float(self.h @ np.minimum(a, b))
+                upper = 0.5 * float(self.h @ np.maximum(a, b))
+            return not (math.isfinite(upper) and lower >= lo_t and upper <= hi_t)
+
+        stack = [(0, int(k_max))]
+        while stack:
+            k1, k2 = stack.pop()
+            if not may_hold(k1, k2):
+                continue
+            if k1 == k2:
+                return k1
+            mid = (k1 + k2) // 2
+            stack.append((mid + 1, k2))
+            stack.append((k1, mid))
+        return None
+
+    def crossing_time(self, target: float, k_max: int = K_MAX) -> float:
+        """Real t in (k-1, k] with L(t) = target, k the first integer step below target; inf if none.
+
+        Smooth in the LR wherever the crossing is transversal, so a scalar optimiser can
+        minimise it; the first integer step is floor(t) + 1 when L is decreasing there.
+        """
+        f = lambda t: self.loss(t) - target  # noqa: E731
+        if f(0.0) < 0:
+            return 0.0
+        t_hi = self._decreasing_bound(target)
+        if t_hi is not None:  # fast path: L decreasing in t, one root, bracketed in closed form
+            return (
+                optimize.brentq(f, 0.0, t_hi, xtol=1e-9, rtol=1e-15) if t_hi < k_max else math.inf
+            )
+        k = self.first_step(below=target, k_max=k_max)
+        if k is None:
+            return math.inf
+        return optimize.brentq(f, k - 1, k, xtol=1e-9, rtol=1e-15) if f(k - 1) > 0 else float(k)
+
+    def _decreasing_bound(self, target: float) -> float | None:
+        """t with L(t) < target when every s_i decreases in t (else None); inf if never reached.
+
+        Then L(t) - L* = sum_i w_i r_i^t <= (sum_i w_i) r_max^t with w_i >= 0.
+        """
+        if not (self.one_minus_r > 0).all():
+            return None
+        s_star = self.q / self.one_minus_r
+        w = 0.5 * self.h * (self.s_init - s_star)
+        if (w < 0).any():
+            return None
+        gap = target - 0.5 * float(self.h @ s_star)
+        if gap <= 0:
+            return math.inf
+        total = float(w.sum())
+        if total <= gap:
+            return 1.0
+        return max(1.0, math.log(gap / total) / float(self.log_r.max()) * (1 + 1e-9) + 1)
+
+
+def momentum_matrix(
+    nqm: NQM, batch_size: int, lr: float, beta: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(M, n), shapes (3, 3, dim) and (3, dim), with x' = M x + n per coordinate.
+
+    x = (E theta^2, E v^2, E theta v). theta' = a theta - eta beta v - eta xi and
+    v' = h theta + beta v + xi with a = 1 - eta h, xi ~ N(0, c / B) independent of (theta, v);
+    squaring and taking expectations gives M (docs/nqm.md). beta = 0 is plain SGD.
+    """
+    h, s2 = nqm.h, nqm.c / batch_size
+    a = 1.0 - lr * h
+    one = np.ones_like(h)
+    m = np.array(
+        [
+            [a * a, (lr * beta) ** 2 * one, -2 * a * lr * beta],
+            [h * h, beta**2 * one, 2 * h * beta],
+            [a * h, -lr * beta**2 * one, beta * (a - lr * h)],
+        ]
+    )
+    return m, np.array([lr**2 * s2, s2, -lr * s2])
+
+
+def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-coordinate 3x3 products of (3, 3, dim) stacks (last axis: coordinate, contiguous)."""
+    return (a[:, :, None, :] * b[None, :, :, :]).sum(1)
+
+
+def _matvec(a: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return (a * x[None]).sum(1)
+
+
+class MomentumPath:
+    """Exact expected loss of heavy-ball SGD (constant LR) from moments ``x_init`` (3, dim)."""
+
+    GRID = 64  # grid points per doubling of k in :meth:`first_step`: relative resolution 1/64
+
+    def __init__(
+        self, nqm: NQM, batch_size: int, lr: float, beta: float, x_init: np.ndarray | None = None
+    ):
+        self.h = nqm.h
+        self.m, self.n = momentum_matrix(nqm, batch_size, lr, beta)
+        if x_init is None:
+            x_init = np.zeros((3, nqm.dim))
+            x_init[0] = nqm.s0
+        self.x_init = np.asarray(x_init, float)
+        self._pow: dict[int, tuple[np.ndarray, np.ndarray]] = {1: (self.m, self.n)}
+
+    def affine_power(self, d: int) -> tuple[np.ndarray, np.ndarray]:
+        """(M^d, n_d) with x(k + d) = M^d x(k) + n_d, by repeated squaring (cached)."""
+        if d not in self._pow:
+            m_h, n_h = self.affine_power(d // 2)
+            with np.errstate(over="ignore", invalid="ignore"):
+                m2, n2 = _matmul(m_h, m_h), _matvec(m_h, n_h) + n_h
+                if d % 2:
+                    m2, n2 = _matmul(self.m, m2), _matvec(self.m, n2) + self.n
+            self._pow[d] = (m2, n2)
+        return self._pow[d]
+
+    def jump(self, x: np.ndarray, d: int) -> np.ndarray:
+        if d == 0:
+            return x
+        md, nd = self.affine_power(d)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return _matvec(md, x) + nd
+
+    def state_loss(self, x: np.ndarray) -> float:
+        return 0.5 * float(self.h @ x[0])
+
+    def loss(self, k: int) -> float:
+        return self.state_loss(self.jump(self.x_init, int(k)))
+
+    def losses(self, ks) -> np.ndarray:
+        """Losses at increasing integer steps ``ks``, stepping from one to the next."""
+        out, x, k_prev = [], self.x_init, 0
+        for k in ks:
+            x = self.jump(x, int(k) - k_prev)
+            k_prev = int(k)
+            out.append(self.state_loss(x))
+        return np.array(out)
+
+    def first_step(
+        self, below: float | None = None, above: float | None = None, k_max: int = 10**8
+    ) -> int | None:
+        """First step with L < below or L > above (or not finite), up to ``k_max``.
+
+        Grid spacing d = 2^floor(log2(k / GRID)) (>= 1), then bisection (jumps of 2^j) inside
+        the first grid interval whose end holds the event: exact when the loss crosses into the
+        event once inside that interval, i.e. unless it oscillates across the target faster
+        than k / GRID steps.
+        """
+        lo_t = -math.inf if below is None else below
+        hi_t = math.inf if above is None else above
+
+        def hit(x: np.ndarray) -> bool:
+            v = self.state_loss(x)
+            return not math.isfinite(v) or v < lo_t or v > hi_t
+
+        x, k = self.x_init, 0
+        if hit(x):
+            return 0
+        while k < k_max:
+            d = 2 ** int(math.log2(k / self.GRID)) if k >= 2 * self.GRID else 1
+            x_next = self.jump(x, d)
+            if hit(x_next):
+                for j in reversed(range(int(math.log2(d)))):
+                    x_try = self.jump(x, 2**j)
+                    if not hit(x_try):
+                        x, k = x_try, k + 2**j
+                return k + 1 if k + 1 <= k_max else None
+            x, k = x_next, k + d
+        return None
+
+
+def steps_to_target(
+    nqm: NQM, batch_size: int, lr: float, target: float, momentum: float = 0.0, k_max: int = K_MAX
+) -> int | None:
+    """Exact first step with expected loss < ``target`` (None: not by ``k_max``, e.g. unstable)."""
+    if momentum == 0.0:
+        return SGDPath(nqm, batch_size, lr).first_step(below=target, k_max=k_max)
+    return MomentumPath(nqm, batch_size, lr, momentum).first_step(below=target, k_max=k_max)
+
+
+def optimal_lr(
+    nqm: NQM, batch_size: int, target: float, momentum: float = 0.0, grid: int = 24
+) -> tuple[float, int]:
+    """(LR, steps): the LR minimising steps-to-target at ``batch_size`` and its exact steps.
+
+    SGD: a log grid over (lr_max * 1e-7, lr_max) brackets the optimum; a bounded scalar
+    optimisation of the smooth crossing time in log LR refines it (min over LR of the integer
+    steps floor(t) + 1 is reached where t is minimal); the exact integer steps are then
+    taken at the optimum and at the best grid point. tests/test_nqm_truth.py shows the result
+    within 0.5% of a dense scan. Momentum beta: the same on integer steps, over a grid of
+    0.1x..10x the SGD optimum times (1 - beta) (the effective LR eta / (1 - beta) matches SGD
+    for small eta), with a horizon of 20x the SGD steps.
+    """
+    lr_max = nqm.max_stable_lr(momentum) * (1 - 1e-9)
+    k_max = K_MAX
+    if momentum == 0.0:
+        log_lrs = np.linspace(math.log(lr_max * 1e-7), math.log(lr_max), grid)
+    else:
+        lr_sgd, k_sgd = optimal_lr(nqm, batch_size, target, 0.0, grid)
+        guess = lr_sgd * (1 - momentum)
+        log_lrs = np.linspace(math.log(guess / 10), math.log(min(10 * guess, lr_max)), grid // 2)
+        k_max = 20 * k_sgd
+
+    def cost(log_lr: float) -> float:
+        lr = math.exp(log_lr)
+        if momentum == 0.0:
+            return SGDPath(nqm, batch_size, lr).crossing_time(target)
+        k = steps_to_target(nqm, batch_size, lr, target, momentum, k_max)
+        return math.inf if k is None else float(k)
+
+    costs = np.array([cost(x) for x in log_lrs])
+    if not np.isfinite(costs).any():
+        raise ValueError(f"target {target} is unreachable at batch size {batch_size}")
+    j = int(np.argmin(costs))
+    lo, hi = log_lrs[max(j - 1, 0)], log_lrs[min(j + 1, len(log_lrs) - 1)]
+    xatol = 1e-7 if momentum == 0.0 else 1e-4
+    res = optimize.minimize_scalar(
+        lambda x: min(cost(x), 1e300), bounds=(lo, hi), method="bounded", options={"xatol": xatol}
+    )
+    best: tuple[float, int] | None = None
+    for x in (res.x, log_lrs[j]):
+        k = steps_to_target(nqm, batch_size, math.exp(x), target, momentum, k_max)
+        if k is not None and (best is None or k < best[1]):
+            best = (math.exp(x), k)
+    assert best is not None
+    return best
+
+
+def fit_critical_batch(batch_sizes, steps) -> dict[str, float]:
+    """Least squares on log S = log(S_min + E_min / B); returns b_crit = E_min / S_min and both.
+
+    ``b_crit_rel_se``: relative standard error of B_crit from the Jacobian (a fit-quality
+    figure; the NQM curve is exact, so it measures model misfit, not noise).
+    """
+    b = np.asarray(batch_sizes, float)
+    s = np.asarray(steps, float)
+    x0 = np.log([s.min(), (b * s).min()])
+    res = optimize.least_squares(lambda p: np.log(np.exp(p[0]) + np.exp(p[1]) / b) - np.log(s), x0)
+    s_min, e_min = (float(v) for v in np.exp(res.x))
+    dof = max(len(b) - 2, 1)
+    cov = np.linalg.pinv(res.jac.T @ res.jac) * float(res.fun @ res.fun) / dof
+    rel_se = math.sqrt(max(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1], 0.0))  # se of log(E_min/S_min)
+    return {"b_crit": e_min / s_min, "s_min": s_min, "e_min": e_min, "b_crit_rel_se": rel_se}
+
+
+def ground_truth(
+    nqm: NQM, batch_sizes=REFERENCE_BATCH_SIZES, target: float = 0.01, momentum: float = 0.0
+) -> dict:
+    """Optimal LR and minimal steps per batch size, and the fitted critical batch size."""
+    best = [optimal_lr(nqm, int(b), target, momentum) for b in batch_sizes]
+    out = {
+        "dim": nqm.dim,
+        "exponent": nqm.exponent,
+        "noise_scale": nqm.noise_scale,
+        "s0": nqm.s0,
+        "target": target,
+        "momentum": momentum,
+        "batch_sizes": [int(b) for b in batch_sizes],
+        "best_lr": [lr for lr, _ in best],
+        "steps": [k for _, k in best],
+    }
+    out.update(fit_critical_batch(out["batch_sizes"], out["steps"]))
+    return out
+
+
+def _parse_batch_sizes(text: str) -> list[int]:
+    from tune_jobs.cli import UsageError
+
+    try:
+        sizes = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(
+            f"--batch-sizes {text!r}: give comma-separated integers, e.g. 4,8,16"
+        ) from None
+    if not sizes or min(sizes) < 1:
+        raise UsageError(f"--batch-sizes {text!r}: give one or more positive integers, e.g. 4,8,16")
+    return sorted(set(sizes))
+
+
+def _command(args) -> int:
+    from tune_jobs.cli import UsageError
+
+    checks = [
+        ("--dim", args.dim >= 1, "give a positive integer, e.g. --dim 10000"),
+        ("--exponent", args.exponent >= 0, "give a value >= 0 (h_i = i^-exponent), e.g. 1"),
+        ("--noise-scale", args.noise_scale > 0, "give a value > 0 (c_i = scale * h_i), e.g. 1"),
+        ("--s0", args.s0 > 0, "give a value > 0 (initial E theta_i^2), e.g. 1"),
+        ("--momentum", 0 <= args.momentum < 1, "give a value in [0, 1), e.g. 0.9"),
+    ]
+    for flag, ok, fix in checks:
+        if not ok:
+            raise UsageError(f"{flag} {getattr(args, flag[2:].replace('-', '_'))}: {fix}")
+    nqm = NQM(args.dim, args.exponent, args.noise_scale, args.s0)
+    if not 0 < args.target < nqm.initial_loss():
+        raise UsageError(
+            f"--target {args.target}: give a loss in (0, {nqm.initial_loss():.4g}) (the initial loss)"
+        )
+    sizes = (
+        _parse_batch_sizes(args.batch_sizes) if args.batch_sizes else list(REFERENCE_BATCH_SIZES)
+    )
+    if len(sizes) < 2:
+        raise UsageError("--batch-sizes: give at least two batch sizes to fit B_crit")
+    try:
+        truth = ground_truth(nqm, sizes, args.target, args.momentum)
+    except ValueError as e:
+        raise UsageError(
+            f"--target {args.target}: {e}; raise the target or the batch sizes"
+        ) from None
+    if args.json:
+        print(json.dumps(truth, indent=2))
+        return 0
+    print(f"NQM dim={nqm.dim} h_i=i^-{nqm.exponent:g} c_i={nqm.noise_scale:g}*h_i s0={nqm.s0:g} "
+          f"target={args.target:g} momentum={args.momentum:g}")  # fmt: skip
+    print(f"{'batch_size':>10} {'best_lr':>12} {'steps':>12} {'examples':>14}")
+    for b, lr, k in zip(truth["batch_sizes"], truth["best_lr"], truth["steps"], strict=True):
+        print(f"{b:>10} {lr:>12.5g} {k:>12} {b * k:>14}")
+    print(
+        f"B_crit = {truth['b_crit']:.5g}  S_min = {truth['s_min']:.5g}  E_min = {truth['e_min']:.5g}"
+    )
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "nqm",
+        help="exact ground truth of the noisy quadratic model: best LR, steps, B_crit",
+        description="Optimal learning rate and minimal steps-to-target per batch size of the "
+        "noisy quadratic model (exact expected-loss recurrence), and the fitted critical batch "
+        "size. Defaults: the reference setup of Zhang et al. 2019.",
+    )
+    p.add_argument("--dim", type=int, default=10_000, help="number of coordinates (10000)")
+    p.add_argument("--exponent", type=float, default=1.0, help="curvature h_i = i^-exponent (1)")
+    p.add_argument("--noise-scale", type=float, default=1.0, help="noise c_i = scale * h_i (1)")
+    p.add_argument("--s0", type=float, default=1.0, help="initial E theta_i^2 (1)")
+    p.add_argument("--target", type=float, default=0.01, help="target expected loss (0.01)")
+    p.add_argument("--batch-sizes", default="", help="comma-separated, e.g. 4,8,16 (2^2..2^21)")
+    p.add_argument("--momentum", type=float, default=0.0, help="heavy-ball momentum beta (0)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_command)

@@ -1,0 +1,272 @@
+"""`nqm_exact` and `nqm_sgd`: the noisy quadratic model as trainables (SCIENCE.md §6).
+
+Both train L(theta) = 1/2 sum_i h_i theta_i^2 with h_i = i^-exponent and gradient noise of
+variance c_i / B, c_i = noise_scale * h_i, from E theta_i^2 = s0. Options: ``dim`` (10000),
+``exponent`` (1.0), ``noise_scale`` (1.0), ``s0`` (1.0); ``nqm_exact`` also ``max_reports``.
+
+- ``nqm_exact`` follows the exact expected loss (:mod:`trainables.nqm_truth`): milliseconds
+  per trial at any step count. ``train_loss`` = ``eval_loss`` = the expected loss E L(theta_k).
+  Target and divergence are found at the exact step (not only at eval points), so a reached
+  trial's ``steps_to_target`` is the exact first step below the target (for momentum: see
+  :meth:`MomentumPath.first_step`), and its last report is at that step. Eval points are the
+  multiples of ``eval_every``, thinned to every m-th so that at most ``max_reports`` (100)
+  reports are made. Linear LR warm-up is followed step by step, then the closed form takes
+  over; step decay is not supported (constant LR after warm-up).
+- ``nqm_sgd`` samples the same SGD (heavy-ball momentum as in ``torch.optim.SGD``), float64,
+  seeded, and reports the loss L(theta_k) of its iterate at eval points (the target is checked
+  there, as in the supervised loop); its mean over seeds is the exact curve. Each step draws
+  the two halves of the batch separately (b = B // 2), so with ``noise_scale=True`` it logs
+  the B_simple estimate of :mod:`trainables.noise_scale` (EMA over steps, ``noise_ema``
+  0.99), next to the same EMA of the closed forms at the iterates: ``noise_scale_trsigma_true``
+  (sum c_i), ``noise_scale_gsq_true`` (sum h_i^2 theta_i^2), ``noise_scale_bsimple_true``.
+
+Epochs: the NQM has no data set; an epoch is a nominal ``EPOCH_EXAMPLES`` = 10^6 examples
+(``train_size`` of both workloads), so epoch-based budgets and warm-ups have a fixed meaning.
+Targets: any loss metric (``eval_loss``, ``train_loss``, ``train_loss_ema``) is taken as the
+expected loss for ``nqm_exact``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainables import schedules
+from trainables.api import Report, Status, Target, TrialConfig
+from trainables.noise_scale import NoiseScaleEMA, two_batch_estimates
+from trainables.nqm_truth import NQM, MomentumPath, SGDPath, momentum_matrix
+from trainables.registry import Workload, register
+
+EPOCH_EXAMPLES = 10**6
+
+
+def problem(config: TrialConfig) -> NQM:
+    o = config.options
+    return NQM(
+        dim=int(o.get("dim", 10_000)),
+        exponent=float(o.get("exponent", 1.0)),
+        noise_scale=float(o.get("noise_scale", 1.0)),
+        s0=float(o.get("s0", 1.0)),
+    )
+
+
+def _check(config: TrialConfig) -> None:
+    if config.schedule.decay_epochs:
+        raise ValueError(
+            "nqm workloads: step decay (decay_epochs) is not supported; use a constant LR"
+        )
+    if config.target.direction != "min":
+        raise ValueError("nqm workloads: the target is a loss; use direction 'min'")
+
+
+def _eval_points(config: TrialConfig, end: int, start: int) -> list[int]:
+    """Multiples of eval_every in (start, end), thinned to at most max_reports - 1."""
+    max_reports = int(config.options.get("max_reports", 100))
+    n = (end - 1) // config.eval_every
+    stride = max(1, math.ceil(n / max(max_reports - 1, 1)))
+    step = config.eval_every * stride
+    first = (start // step + 1) * step
+    return list(range(first, end, step))
+
+
+def train_exact(config: TrialConfig, report: Report, state: dict | None = None) -> None:
+    _check(config)
+    t0 = time.perf_counter()
+    nqm = problem(config)
+    B, beta = config.batch_size, config.momentum
+    steps_per_epoch = EPOCH_EXAMPLES / B
+    warm = min(schedules.warmup_steps(config.schedule, steps_per_epoch), config.max_steps)
+    loss0 = nqm.initial_loss()
+    limit = config.divergence_factor * loss0
+    target = config.target.value
+
+    # Warm-up: the LR changes every step, so follow the 3-state recurrence step by step.
+    x = np.zeros((3, nqm.dim))
+    x[0] = nqm.s0
+    warm_losses = [loss0]
+    end, status = None, Status.RUNNING
+    for k in range(warm):
+        lr = schedules.lr_at(k, config.lr, config.schedule, steps_per_epoch)
+        m, n = momentum_matrix(nqm, B, lr, beta)
+        with np.errstate(over="ignore", invalid="ignore"):
+            x = (m * x[None]).sum(1) + n
+        loss = 0.5 * float(nqm.h @ x[0])
+        warm_losses.append(loss)
+        if not math.isfinite(loss) or loss > limit:
+            end, status = k + 1, Status.DIVERGED
+        elif loss < target:
+            end, status = k + 1, Status.REACHED
+        if end is not None:
+            break
+
+    path: SGDPath | MomentumPath
+    if beta == 0.0:
+        path = SGDPath(nqm, B, config.lr, s_init=x[0])
+    else:
+        path = MomentumPath(nqm, B, config.lr, beta, x_init=x)
+    if end is None:
+        horizon = config.max_steps - warm
+        k_t = path.first_step(below=target, k_max=horizon)
+        k_d = path.first_step(above=limit, k_max=horizon)
+        end, status = config.max_steps, Status.NOT_REACHED
+        if k_d is not None and (k_t is None or k_d <= k_t):
+            end, status = warm + k_d, Status.DIVERGED
+        elif k_t is not None:
+            end, status = warm + k_t, Status.REACHED
+
+    def losses_at(ks: list[int]) -> list[float]:
+        late = [k - warm for k in ks if k > warm]
+        tail = [float(v) for v in path.losses(late)] if late else []
+        return [float(warm_losses[k]) for k in ks if k <= warm] + tail
+
+    done = int(state["step"]) if state else 0
+    ks = _eval_points(config, end, done) + [end]
+    ema = state["ema"] if state else None
+    for i, (k, loss) in enumerate(zip(ks, losses_at(ks), strict=True)):
+        ema = loss if ema is None else config.ema_beta * ema + (1 - config.ema_beta) * loss
+        last = i == len(ks) - 1
+        metrics: dict[str, Any] = {
+            "step": k,
+            "examples": k * B,
+            "epoch": k * B / EPOCH_EXAMPLES,
+            "lr": schedules.lr_at(k - 1, config.lr, config.schedule, steps_per_epoch),
+            "train_loss": loss,
+            "train_loss_ema": ema,
+            "eval_loss": loss,
+            "wall_time": time.perf_counter() - t0,
+            "status": str(status if last else Status.RUNNING),
+        }
+        if last and status == Status.REACHED:
+            metrics["steps_to_target"] = k
+        ckpt = None
+        if not last and config.checkpoint_every and (i + 1) % config.checkpoint_every == 0:
+            ckpt = {"step": k, "ema": ema}  # the path is recomputed in milliseconds
+        report(metrics, ckpt)
+
+
+def train_sgd(config: TrialConfig, report: Report, state: dict | None = None) -> None:
+    _check(config)
+    t0 = time.perf_counter()
+    nqm = problem(config)
+    B, beta = config.batch_size, config.momentum
+    device = torch.device(
+        "cuda" if config.device == "auto" and torch.cuda.is_available() else
+        ("cpu" if config.device == "auto" else config.device)
+    )  # fmt: skip
+    h = torch.as_tensor(nqm.h, device=device)
+    std = torch.as_tensor(np.sqrt(nqm.c), device=device)  # per-example noise std
+    b1, b2 = B // 2, B - B // 2
+    gen = torch.Generator(device=device).manual_seed(config.seed)
+    theta = torch.full_like(h, math.sqrt(nqm.s0))  # E theta_i^2 = s0 exactly, as in the recurrence
+    v = torch.zeros_like(h)
+    noise_beta = float(config.options.get("noise_ema", 0.99))
+    noise = NoiseScaleEMA(noise_beta) if config.noise_scale else None
+    truth = NoiseScaleEMA(noise_beta)  # the same average of the closed forms, for comparison
+    trsigma = float(nqm.c.sum())
+    step, ema = 0, None
+    if state is not None:
+        theta, v = state["theta"].to(device), state["v"].to(device)
+        gen.set_state(state["gen"])
+        step, ema = state["step"], state["ema"]
+        if noise is not None:
+            noise.load_state_dict(state["noise"])
+            truth.load_state_dict(state["noise_true"])
+    steps_per_epoch = EPOCH_EXAMPLES / B
+    loss0 = nqm.initial_loss()
+    evals = 0
+    while step < config.max_steps:
+        lr = schedules.lr_at(step, config.lr, config.schedule, steps_per_epoch)
+        grad = h * theta
+        if b1 == 0:  # B = 1: one draw of variance c
+            g = grad + std * torch.randn(h.shape, generator=gen, device=device, dtype=h.dtype)
+        else:  # the two halves' mean gradients; their weighted mean has noise variance c / B
+            g1 = grad + std / math.sqrt(b1) * torch.randn(
+                h.shape, generator=gen, device=device, dtype=h.dtype
+            )
+            g2 = grad + std / math.sqrt(b2) * torch.randn(
+                h.shape, generator=gen, device=device, dtype=h.dtype
+            )
+            g = (b1 * g1 + b2 * g2) / B
+            if noise is not None:
+                sq_big = g.square().sum()
+                e1 = two_batch_estimates(g1.square().sum(), sq_big, b1, B)
+                e2 = two_batch_estimates(g2.square().sum(), sq_big, b2, B)
+                noise.update((e1[0] + e2[0]) / 2, (e1[1] + e2[1]) / 2)
+                truth.update(grad.square().sum(), trsigma)
+        v = beta * v + g if beta else g
+        theta = theta - lr * v
+        step += 1
+        if step % config.eval_every and step < config.max_steps:
+            continue
+        loss = 0.5 * float(h @ theta.square())
+        ema = loss if ema is None else config.ema_beta * ema + (1 - config.ema_beta) * loss
+        metrics: dict[str, Any] = {
+            "step": step,
+            "examples": step * B,
+            "epoch": step * B / EPOCH_EXAMPLES,
+            "lr": lr,
+            "train_loss": loss,
+            "train_loss_ema": ema,
+            "eval_loss": loss,
+            "wall_time": time.perf_counter() - t0,
+        }
+        if noise is not None:
+            metrics.update(noise.metrics())
+            metrics.update({f"{k}_true": v for k, v in truth.metrics().items()})
+        if not math.isfinite(loss) or loss > config.divergence_factor * loss0:
+            status = Status.DIVERGED
+        elif config.target.reached(metrics.get(config.target.metric, math.nan)):
+            status = Status.REACHED
+            metrics["steps_to_target"] = step
+        else:
+            status = Status.NOT_REACHED if step >= config.max_steps else Status.RUNNING
+        metrics["status"] = str(status)
+        evals += 1
+        ckpt = None
+        if (
+            status == Status.RUNNING
+            and config.checkpoint_every
+            and evals % config.checkpoint_every == 0
+        ):
+            ckpt = {
+                "theta": theta.cpu(),
+                "v": v.cpu(),
+                "gen": gen.get_state(),
+                "step": step,
+                "ema": ema,
+            }
+            if noise is not None:
+                ckpt["noise"], ckpt["noise_true"] = noise.state_dict(), truth.state_dict()
+        report(metrics, ckpt)
+        if status != Status.RUNNING:
+            return
+
+
+_OPTIONS = {"dim": 10_000, "exponent": 1.0, "noise_scale": 1.0, "s0": 1.0}
+
+register(
+    Workload(
+        name="nqm_exact",
+        description="noisy quadratic model, exact expected loss (ms per trial; known answer)",
+        metrics={"eval_loss": "min"},
+        default_target=Target("eval_loss", 0.01, "min"),
+        train_size=EPOCH_EXAMPLES,
+        train=train_exact,
+        defaults={"lr_min": 1e-4, "lr_max": 2.0, "options": {**_OPTIONS, "max_reports": 100}},
+    )
+)
+register(
+    Workload(
+        name="nqm_sgd",
+        description="noisy quadratic model, sampled SGD (seeded; mean over seeds = nqm_exact)",
+        metrics={"eval_loss": "min"},
+        default_target=Target("eval_loss", 0.01, "min"),
+        train_size=EPOCH_EXAMPLES,
+        train=train_sgd,
+        defaults={"lr_min": 1e-4, "lr_max": 2.0, "options": dict(_OPTIONS)},
+    )
+)
