@@ -1,0 +1,404 @@
+"""`critbatch submit` (a job file to a Ray cluster) and `critbatch cluster-check` (a cluster.yaml).
+
+``submit`` sends the job as a Ray Job: the repo is the job's working_dir, the entrypoint is
+``python -m tune_jobs.cli run JOB``, and the driver runs on the head node, next to the MLflow
+server. The job is validated here first, including what only matters on a cluster: its run
+folder and tracking store must outlive the job's temporary working_dir.
+
+``cluster-check`` is its own subcommand, not a flag of ``submit``: a cluster file is checked
+before ``ray up``, when there is neither a cluster nor a job to submit. It runs Ray's own
+offline validation (defaults, schema, node types) and critbatch's rules for a safe cluster
+(dashboard and MLflow bound to 127.0.0.1, no ports but SSH open to the internet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tune_jobs.cli import UsageError
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DASHBOARD = "http://127.0.0.1:8265"  # `ray dashboard cluster.yaml` forwards it here
+# Not uploaded with the code: environments, local results, data (Ray also honours .gitignore).
+WORKING_DIR_EXCLUDES = [
+    ".venv",
+    ".git",
+    "critbatch_runs",
+    "mlruns",
+    "*.db",
+    "test-artifacts",
+    "data",
+]
+PROVIDERS = ("aws", "gcp", "azure", "local", "kuberay", "vsphere", "aliyun", "external")
+
+
+class ClusterConfigError(UsageError):
+    """A cluster.yaml that `ray up` would reject, or that would expose a port: names the field and the fix."""
+
+
+# ---- cluster-check ------------------------------------------------------------------------
+def _field(path: Any) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def _schema_error(e: Any) -> str:
+    """A jsonschema error as `field: what is wrong; the fix`."""
+    where = _field(e.absolute_path)
+    if e.validator == "additionalProperties":
+        extra = re.findall(r"'([^']+)' was unexpected", e.message) or re.findall(
+            r"'([^']+)'", e.message
+        )
+        allowed = list((e.schema.get("properties") or {}).keys())
+        name = extra[0] if extra else "?"
+        close = difflib.get_close_matches(name, allowed, n=1)
+        hint = (
+            f"did you mean `{close[0]}`?"
+            if close
+            else f"allowed here: {', '.join(allowed) or 'none'}"
+        )
+        field = f"{where}.{name}" if where != "(top level)" else name
+        return f"{field}: unknown field; {hint}"
+    if e.validator == "required":
+        missing = re.findall(r"'([^']+)' is a required property", e.message)
+        name = missing[0] if missing else "?"
+        field = f"{where}.{name}" if where != "(top level)" else name
+        fix = {
+            "resources": "give the node's Ray resources, e.g. resources: {CPU: 4, GPU: 1} (whole numbers)",
+            "node_config": "give the provider's instance settings, e.g. node_config: {InstanceType: g5.xlarge}",
+            "provider": "add provider: {type: aws, region: us-west-2} (or gcp, local)",
+        }.get(name, f"add `{name}:`")
+        return f"{field}: required field is missing; {fix}"
+    if e.validator == "type":
+        return f"{where}: {e.instance!r} should be {e.validator_value}; fix its type (resources are whole numbers)"
+    if e.validator == "minimum":
+        return f"{where}: {e.instance!r} is below {e.validator_value}; use a value >= {e.validator_value}"
+    return f"{where}: {e.message}"
+
+
+def _critbatch_rules(cfg: dict[str, Any]) -> list[str]:
+    """critbatch's own rules: nothing but SSH reachable from outside the cluster."""
+    problems = []
+    head_cmds = " ".join(str(c) for c in cfg.get("head_start_ray_commands") or [])
+    m = re.search(r"--dashboard-host[= ]+(\S+)", head_cmds)
+    if re.search(r"\bray start\b[^;&|]*--head", head_cmds) and (
+        m is None or m.group(1) not in ("127.0.0.1", "localhost")
+    ):
+        problems.append(
+            "head_start_ray_commands: `ray start --head` must bind the dashboard to 127.0.0.1 "
+            "(add --dashboard-host=127.0.0.1); reach it with `ray dashboard cluster.yaml`"
+        )
+    every_cmd = [
+        str(c) for k, v in cfg.items() if k.endswith("commands") and isinstance(v, list) for c in v
+    ]
+    for c in every_cmd:
+        if "mlflow server" in c or "mlflow ui" in c:
+            h = re.search(r"--host[= ]+(\S+)", c)
+            if h is None or h.group(1) not in ("127.0.0.1", "localhost"):
+                problems.append(
+                    "head_start_ray_commands: the MLflow server must listen on 127.0.0.1 only "
+                    "(`mlflow server --host 127.0.0.1 --port 5000`); reach it with `ray attach cluster.yaml -p 5000`"
+                )
+    sg = (cfg.get("provider") or {}).get("security_group") or {}
+    for i, rule in enumerate(sg.get("IpPermissions") or []):
+        public = any(r.get("CidrIp") == "0.0.0.0/0" for r in rule.get("IpRanges", [])) or any(
+            r.get("CidrIpv6") == "::/0" for r in rule.get("Ipv6Ranges", [])
+        )
+        if public and not (rule.get("FromPort") == 22 and rule.get("ToPort") == 22):
+            problems.append(
+                f"provider.security_group.IpPermissions[{i}]: opens ports {rule.get('FromPort')}-{rule.get('ToPort')} "
+                "to the internet; remove the rule (Ray already allows SSH, and traffic between nodes) and use SSH forwards"
+            )
+    return problems
+
+
+def check_cluster_config(path: str | Path) -> dict[str, Any]:
+    """Validate a Ray cluster launcher file offline; returns the config as `ray up` would fill it.
+
+    Runs Ray's own ``prepare_config`` (provider defaults, on-prem node types, per-type worker
+    limits) and ``validate_config`` (the launcher's JSON schema and node-type rules), then
+    critbatch's exposure rules. Cloud look-ups (`bootstrap_config`: key pairs, subnets,
+    resources of an instance type) need credentials and are left to `ray up`.
+    Raises :class:`ClusterConfigError` naming the field and the fix.
+    """
+    import logging
+
+    import jsonschema
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    logging.getLogger("ray.autoscaler").setLevel(
+        logging.WARNING
+    )  # "setting max workers ..." chatter
+
+    p = Path(path)
+    if not p.is_file():
+        raise ClusterConfigError(
+            f"cluster file {str(p)!r} does not exist; give the path to a cluster.yaml (see cluster/ for variants)"
+        )
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ClusterConfigError(
+            f"{p}: not valid YAML ({e}); fix the syntax at the line shown"
+        ) from None
+    if not isinstance(raw, dict):
+        raise ClusterConfigError(
+            f"{p}: a cluster file is a YAML mapping (cluster_name, provider, available_node_types, ...)"
+        )
+    if not isinstance(raw.get("cluster_name"), str) or not raw.get("cluster_name"):
+        raise ClusterConfigError(
+            f"{p}: cluster_name: required; give the cluster a name, e.g. cluster_name: critbatch"
+        )
+    provider = raw.get("provider")
+    if not isinstance(provider, dict) or "type" not in provider:
+        raise ClusterConfigError(
+            f"{p}: provider: required field is missing; add provider: {{type: aws, region: us-west-2}} (or gcp, local)"
+        )
+    if provider["type"] not in PROVIDERS:
+        close = difflib.get_close_matches(str(provider["type"]), PROVIDERS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ClusterConfigError(
+            f"{p}: provider.type: unknown provider {provider['type']!r}; {hint}use one of {', '.join(PROVIDERS)}"
+        )
+    if provider["type"] == "local" and ("head_ip" not in provider or "worker_ips" not in provider):
+        raise ClusterConfigError(
+            f"{p}: provider.head_ip / provider.worker_ips: an on-prem (local) cluster lists its machines; add both"
+        )
+    if provider["type"] == "local" and raw.get("available_node_types"):
+        raise ClusterConfigError(
+            f"{p}: available_node_types: not allowed with provider.type local (Ray detects each machine's CPUs and GPUs); remove it"
+        )
+    for name, nt in (raw.get("available_node_types") or {}).items():
+        if isinstance(nt, dict) and nt.get("min_workers", 0) > nt.get(
+            "max_workers", nt.get("min_workers", 0)
+        ):
+            raise ClusterConfigError(
+                f"{p}: available_node_types.{name}.min_workers: above its max_workers; lower min_workers or raise max_workers"
+            )
+    try:
+        cfg = prepare_config(raw)
+        validate_config(cfg)
+    except jsonschema.ValidationError as e:
+        raise ClusterConfigError(f"{p}: {_schema_error(e)}") from None
+    except (ValueError, KeyError, AssertionError, RuntimeError) as e:
+        raise ClusterConfigError(
+            f"{p}: {e}; see the fields of cluster.yaml in docs/cluster.md"
+        ) from None
+    except Exception as e:  # cli_logger.abort raises click's exception with Ray's own message
+        raise ClusterConfigError(f"{p}: rejected by Ray's cluster launcher: {e}") from None
+    problems = _critbatch_rules(cfg)
+    if problems:
+        raise ClusterConfigError(f"{p}: " + f"\n{p}: ".join(problems))
+    return cfg
+
+
+def _summary(cfg: dict[str, Any]) -> str:
+    lines = [
+        f"cluster {cfg['cluster_name']!r} on {cfg['provider']['type']}: max {cfg.get('max_workers')} workers"
+    ]
+    if cfg["provider"]["type"] == "local":
+        ips = cfg["provider"]["worker_ips"]
+        return (
+            lines[0]
+            + f"\n  head {cfg['provider']['head_ip']}, workers {', '.join(ips)}; resources detected by Ray"
+        )
+    for name, nt in cfg["available_node_types"].items():
+        role = (
+            "head"
+            if name == cfg["head_node_type"]
+            else f"workers {nt.get('min_workers', 0)}..{nt.get('max_workers')}"
+        )
+        kind = (
+            nt.get("node_config", {}).get("InstanceType")
+            or nt.get("node_config", {}).get("machineType")
+            or ""
+        )
+        nc = nt.get("node_config", {})
+        spot = (
+            " spot"
+            if "InstanceMarketOptions" in nc or "preemptible" in str(nc.get("scheduling", ""))
+            else ""
+        )
+        lines.append(
+            f"  {name}: {role} {kind}{spot} resources={nt.get('resources') or 'detected by Ray'}"
+        )
+    return "\n".join(lines)
+
+
+def cluster_check_command(args: argparse.Namespace) -> int:
+    for path in args.cluster:
+        cfg = check_cluster_config(path)
+        print(f"{path}: ok\n{_summary(cfg)}")
+    return 0
+
+
+# ---- submit -------------------------------------------------------------------------------
+def check_job_for_cluster(job: Any) -> None:
+    """What a job needs on a cluster that a local run does not: results that outlive the Ray
+    job's temporary working_dir, in places every node can reach."""
+    from tune_jobs.config import JobError
+
+    if "://" not in job.storage and not Path(job.storage).expanduser().is_absolute():
+        raise JobError(
+            f"storage: {job.storage!r} is relative, so the run folder would land in the Ray job's temporary "
+            "working_dir and be lost; use a folder every node mounts, e.g. storage: /shared/critbatch_runs"
+        )
+    uri = job.tracking.uri
+    if uri.startswith("sqlite:///") and not uri.removeprefix("sqlite:///").startswith(("/", "~")):
+        raise JobError(
+            f"tracking.uri: {uri!r} is relative to the Ray job's temporary working_dir; use the head node's "
+            "MLflow server, tracking.uri: http://127.0.0.1:5000 (or an absolute sqlite:////path.db)"
+        )
+
+
+def submit_job(
+    job_path: str | Path,
+    *,
+    address: str | None = None,
+    overrides: list[str] | None = None,
+    working_dir: str | Path = REPO,
+    python: str = "python",
+    submission_id: str | None = None,
+) -> tuple[Any, str]:
+    """Validate a job file and submit it as a Ray Job; returns (client, submission id)."""
+    from tune_jobs.commands import _overrides
+    from tune_jobs.config import JobError, load_job
+
+    overrides = overrides or []
+    wd = Path(working_dir).resolve()
+    job_file = Path(job_path).resolve()
+    try:
+        rel = job_file.relative_to(wd)
+    except ValueError:
+        raise UsageError(
+            f"JOB: {str(job_path)!r} is outside the working_dir {wd} that is uploaded to the cluster; "
+            "put the job file in the repo (e.g. tune_jobs/jobs/) or pass --working-dir"
+        ) from None
+    try:
+        job = load_job(job_file, _overrides(overrides))
+        check_job_for_cluster(job)
+    except JobError as e:
+        raise UsageError(str(e)) from None
+
+    from ray.job_submission import JobSubmissionClient
+
+    address = address or os.environ.get("RAY_ADDRESS") or DEFAULT_DASHBOARD
+    if not address.startswith(("http://", "https://")):
+        raise UsageError(
+            f"--address: {address!r} is not a dashboard URL; `critbatch submit` talks to the Ray Jobs API, "
+            f"e.g. --address {DEFAULT_DASHBOARD} after `ray dashboard cluster.yaml`"
+        )
+    try:
+        client = JobSubmissionClient(address)
+    except Exception as e:  # ConnectionError, or a RuntimeError from the auth handshake
+        raise UsageError(
+            f"--address: no Ray dashboard answers at {address} ({e.__class__.__name__}); run "
+            f"`ray dashboard cluster.yaml` (it forwards {DEFAULT_DASHBOARD}) or give --address"
+        ) from None
+    args = " ".join(["run", str(rel)] + [f"--set {o}" for o in overrides])
+    sid = submission_id or f"critbatch-{job.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    client.submit_job(
+        entrypoint=f"{python} -m tune_jobs.cli {args}",
+        submission_id=sid,
+        runtime_env={"working_dir": str(wd), "excludes": WORKING_DIR_EXCLUDES},
+        metadata={"critbatch.job": job.name, "critbatch.experiment": job.experiment},
+    )
+    return client, sid
+
+
+def wait_for_job(client: Any, sid: str, timeout: float = 24 * 3600, echo: bool = True) -> str:
+    """Follow a submitted job until it ends; returns its final status (SUCCEEDED, FAILED, STOPPED)."""
+    from ray.job_submission import JobStatus
+
+    deadline = time.time() + timeout
+    shown = 0
+    while time.time() < deadline:
+        status = client.get_job_status(sid)
+        if echo:
+            logs = client.get_job_logs(sid)
+            print(logs[shown:], end="", flush=True)
+            shown = len(logs)
+        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            return str(status.value if hasattr(status, "value") else status)
+        time.sleep(2.0)
+    raise TimeoutError(f"job {sid} still running after {timeout:.0f} s")
+
+
+def submit_command(args: argparse.Namespace) -> int:
+    client, sid = submit_job(args.job, address=args.address, overrides=args.set,
+                             working_dir=args.working_dir, python=args.python)  # fmt: skip
+    addr = args.address or os.environ.get("RAY_ADDRESS") or DEFAULT_DASHBOARD
+    print(
+        f"submitted {sid}\n"
+        f"  follow:  ray job logs --address {addr} --follow {sid}\n"
+        f"  status:  ray job status --address {addr} {sid}    (stop: ray job stop ... {sid})\n"
+        f"  trials:  the Ray dashboard at {addr} (Jobs, Cluster)\n"
+        f"  MLflow:  ray attach cluster.yaml -p 5000, then http://127.0.0.1:5000\n"
+        f"  resume after a head-node restart: critbatch submit again is NOT a resume; run\n"
+        f"           ray job submit --address {addr} --working-dir . -- python -m tune_jobs.cli resume NAME --storage STORAGE"
+    )
+    if not args.wait:
+        return 0
+    status = wait_for_job(client, sid)
+    print(f"\n{sid}: {status}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "submit",
+        help="submit a job file to a Ray cluster as a Ray Job (the repo is its working_dir)",
+        description="Validate JOB locally, then run `python -m tune_jobs.cli run JOB` on the cluster as a Ray Job. "
+        "The job's storage must be a path every node mounts and its tracking.uri must outlive the job "
+        "(the head node's MLflow server: http://127.0.0.1:5000). See docs/cluster.md.",
+    )
+    p.add_argument(
+        "job", type=Path, help="YAML job file inside the working_dir (e.g. tune_jobs/jobs/...)"
+    )
+    p.add_argument(
+        "--address", help=f"Ray dashboard URL (default: $RAY_ADDRESS, else {DEFAULT_DASHBOARD})"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a job field (as in `critbatch run`)",
+    )
+    p.add_argument(
+        "--working-dir",
+        default=str(REPO),
+        help="folder uploaded as the job's working_dir (default: this repo)",
+    )
+    p.add_argument(
+        "--python",
+        default="python",
+        help="interpreter on the cluster (default: `python` on the head's PATH)",
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the job's logs until it ends; exit 1 unless it succeeded",
+    )
+    p.set_defaults(func=submit_command)
+
+    p = sub.add_parser(
+        "cluster-check",
+        help="validate Ray cluster files offline (Ray's own validator + critbatch's exposure rules)",
+        description="Check cluster.yaml files before `ray up`: provider defaults, the launcher's schema, node types, "
+        "and that the dashboard and MLflow listen on 127.0.0.1 only. Needs no cloud credentials.",
+    )
+    p.add_argument(
+        "cluster", nargs="+", type=Path, help="cluster files (cluster.yaml, cluster/*.yaml)"
+    )
+    p.set_defaults(func=cluster_check_command)
