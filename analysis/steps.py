@@ -55,12 +55,13 @@ def smooth_ema(df: pd.DataFrame, metric: str, beta: float | None) -> pd.Series:
         return df[metric].astype(float)
     if not 0 < beta < 1:
         raise AnalysisError(f"EMA beta must be in [0, 1), got {beta}")
-    ordered = df[[metric, "trial", "step"]].dropna(subset=[metric]).sort_values(["trial", "step"])
+    flat = df[[metric, "trial", "step"]].reset_index(drop=True)  # positional: index may repeat
+    ordered = flat.dropna(subset=[metric]).sort_values(["trial", "step"], kind="stable")
     # pandas' adjust=True EMA is exactly the bias-corrected form above
     smoothed = ordered.groupby("trial", sort=False)[metric].transform(
         lambda x: x.ewm(alpha=1.0 - beta, adjust=True).mean()
     )
-    return smoothed.reindex(df.index).astype(float)
+    return pd.Series(smoothed.reindex(flat.index).to_numpy(float), index=df.index, name=metric)
 
 
 def crossing_step(
@@ -104,17 +105,18 @@ def paper_threshold(
     lower losses are reachable only by small ones.
     """
     validate_frame(df, [metric])
-    values = smooth_ema(df, metric, ema)
+    values = smooth_ema(df, metric, ema).to_numpy(float)
     largest = df["batch_size"].max()
-    rows = df[(df["batch_size"] == largest) & np.isfinite(values)]
-    if rows.empty:
+    keep = (df["batch_size"] == largest).to_numpy() & np.isfinite(values)
+    if not keep.any():
         raise AnalysisError(
             f"the largest batch size ({largest}) has no finite {metric} values; the paper "
             "threshold needs them (give a fixed --target-value instead)"
         )
-    per_trial = values[rows.index].groupby(rows["trial"])
+    rows = pd.DataFrame({"trial": df["trial"].to_numpy()[keep], "v": values[keep]})
+    per_trial = rows.groupby("trial")["v"]
     best = per_trial.min().idxmin() if direction == "min" else per_trial.max().idxmax()
-    curve = values[rows.index][rows["trial"] == best].to_numpy()
+    curve = rows.loc[rows["trial"] == best, "v"].to_numpy()
     q = quantile if direction == "min" else 1.0 - quantile
     value = float(np.quantile(curve, q))
     rule = f"paper rule: {q:.0%} quantile of the {metric} curve of the best trial at B={largest}"
@@ -129,8 +131,8 @@ def steps_to_target(df: pd.DataFrame, target: Target, ema: float | None = None) 
     metric), last_step (steps trained).
     """
     validate_frame(df, [target.metric])
-    smoothed = smooth_ema(df, target.metric, ema)
-    frame = df.assign(_value=smoothed).sort_values(["trial", "step"])
+    smoothed = smooth_ema(df, target.metric, ema).to_numpy(float)
+    frame = df.reset_index(drop=True).assign(_value=smoothed).sort_values(["trial", "step"])
     out = []
     for trial, g in frame.groupby("trial", sort=True):
         vals = g["_value"].to_numpy(dtype=float)
