@@ -85,6 +85,7 @@ def loss_contours(
     finite = values[np.isfinite(values)]
     norm = colors.LogNorm(finite.min(), finite.max()) if positive else None
     y = np.geomspace(curves["step"].min(), curves["step"].max(), 200)
+    levels = np.geomspace(finite.min(), finite.max(), 17) if positive else 16
     fig, axes = plt.subplots(
         1, len(strategies), figsize=(5.2 * len(strategies), 4.2), squeeze=False,
         layout="constrained",
@@ -98,16 +99,18 @@ def loss_contours(
                 v = np.interp(y, c["step"], c[metric], left=np.nan, right=np.nan)
                 z[:, j] = np.where(np.isfinite(v), v, np.nan)
         zm = np.ma.masked_invalid(np.clip(z, finite.min(), finite.max()))
-        levels = np.geomspace(finite.min(), finite.max(), 17) if positive else 16
         kw = dict(levels=levels, norm=norm) if positive else {"levels": levels}
-        cs = ax.contourf(sizes, y, zm, cmap="viridis", **kw)
+        cs = ax.contourf(sizes, y, zm, cmap="viridis_r", **kw)  # lighter = lower, as in the paper
         ax.set_yscale("log")
         _log2_axis(ax, sizes)
         ax.set(
             xlabel=BATCH_LABEL, ylabel=STEPS_LABEL, title=f"{metric} at the best LR ({strategy})"
         )
         ax.grid(False)
-    fig.colorbar(cs, ax=axes[0].tolist(), label=f"{metric}" + (" (log scale)" if positive else ""))
+    bar = fig.colorbar(cs, ax=axes[0].tolist(), label=metric + (" (log scale)" if positive else ""))
+    if positive:  # label every other level, 3 significant digits, not 2.99726 x 10^0
+        bar.set_ticks(levels[::2], labels=[f"{v:.3g}" for v in levels[::2]])
+        bar.minorticks_off()
     return _save(fig, out_dir, name)
 
 

@@ -103,7 +103,7 @@ auto;padding:0 1em;color:#222;line-height:1.45}h1{font-size:1.6em}h2{border-bott
 padding-bottom:.2em;margin-top:1.8em}.headline{background:#f3f6fb;border-left:4px solid #2a6fdb;
 padding:.8em 1em;font-size:1.05em}table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
 td,th{padding:.25em .6em;border-bottom:1px solid #eee;text-align:right}th{background:#fafafa}
-figure{margin:1em 0}img{max-width:100%}figcaption{font-size:.85em;color:#555}.note{color:#a33}"""
+figure{margin:1em 0}img{width:100%;max-width:900px}figcaption{font-size:.85em;color:#555}.note{color:#a33}"""
 
 
 def write_report(
