@@ -3,11 +3,16 @@
 Milliseconds per trial; it reaches a low loss at moderate learning rates and diverges (the
 loss grows without bound) above about 2 / lambda_max of the input covariance, so tests can
 provoke a real divergence. Options: ``dim`` (16), ``n_train`` (4096), ``noise`` (0.5),
-``data_seed`` (0), ``sleep_per_step`` (seconds, 0: lets fault tests stretch a trial).
+``data_seed`` (0), ``sleep_per_step`` (seconds, 0: lets fault tests stretch a trial),
+``fail_at_step`` (0 = never: raise RuntimeError at that optimizer step of an attempt, counted
+from the attempt's start) with ``fail_marker`` (a file path: only the first attempt of any trial
+that creates it raises, so exactly one trial fails once and its retry succeeds; without a
+marker every attempt raises).
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -31,8 +36,14 @@ def build(config: TrialConfig, device: torch.device) -> Task:
     xva, yva = x[n:].to(device), y[n:].to(device)
     model = nn.Linear(dim, 1)
     sleep = float(o.get("sleep_per_step", 0.0))
+    fail_at, marker = int(o.get("fail_at_step", 0)), str(o.get("fail_marker", ""))
+    steps = 0
 
     def loss(m: nn.Module, batch) -> torch.Tensor:
+        nonlocal steps
+        steps += 1
+        if steps == fail_at and _claim(marker):
+            raise RuntimeError(f"synthetic: fail_at_step={fail_at} (an injected fault)")
         if sleep:
             time.sleep(sleep)
         xb, yb = batch
@@ -42,6 +53,18 @@ def build(config: TrialConfig, device: torch.device) -> Task:
         return {"eval_loss": float(0.5 * ((m(xva) - yva) ** 2).mean())}
 
     return Task(model, TensorBatches((xtr, ytr), config.batch_size, config.seed), loss, evaluate, n_used)
+
+
+def _claim(marker: str) -> bool:
+    """True for the one caller that creates ``marker`` (atomic across processes); True always
+    without a marker."""
+    if not marker:
+        return True
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
 
 
 register(
