@@ -111,6 +111,9 @@ def test_sgd_first_step_divergence_and_monotone_fast_path():
     brute = _brute_sgd(nqm, 16, 2.02, 2000)
     limit = 10 * brute[0]
     assert SGDPath(nqm, 16, 2.02).first_step(above=limit) == _first(brute, above=limit)
+    # An overflowing (unstable) run never counts as below the target.
+    assert SGDPath(nqm, 16, 2.02).first_step(below=0.01, k_max=10**6) is None
+    assert MomentumPath(nqm, 16, 4.0, 0.5).first_step(below=0.01, k_max=10**6) is None
     brute = _brute_sgd(nqm, 16, 0.8, 5000)
     for target in (brute[0] * 0.5, 0.05, brute[-1] * 1.01):
         assert SGDPath(nqm, 16, 0.8).first_step(below=target) == _first(brute, below=target)

@@ -57,7 +57,10 @@ class NoiseScaleEMA:
         self.n += 1
 
     def metrics(self) -> dict[str, float]:
-        """``noise_scale_gsq``, ``noise_scale_trsigma``, ``noise_scale_bsimple`` (nan before data)."""
+        """``noise_scale_gsq``, ``noise_scale_trsigma``, ``noise_scale_bsimple`` (nan before data).
+
+        B_simple is inf while the averaged |G|^2 estimate is <= 0 (noise swamps the gradient).
+        """
         if self.n == 0:
             return {
                 "noise_scale_gsq": math.nan,

@@ -88,7 +88,7 @@ class SGDPath:
     def first_step(
         self, below: float | None = None, above: float | None = None, k_max: int = K_MAX
     ) -> int | None:
-        """Smallest integer k in [0, k_max] with L(k) < ``below`` or L(k) > ``above`` (or not finite).
+        """Smallest integer k <= k_max with L(k) < ``below`` or L(k) > ``above`` (or inf, if above).
 
         Exact: each s_i is monotone in k, so the loss over [k1, k2] is bounded by the
         coordinate-wise min / max of the moments at the ends; intervals that cannot hold an
@@ -118,7 +118,9 @@ class SGDPath:
             with np.errstate(invalid="ignore"):
                 lower = 0.5 * float(self.h @ np.minimum(a, b))
                 upper = 0.5 * float(self.h @ np.maximum(a, b))
-            return not (math.isfinite(upper) and lower >= lo_t and upper <= hi_t)
+            if above is not None and not math.isfinite(upper):
+                return True  # overflow counts as "above" only when looking for divergence
+            return lower < lo_t or upper > hi_t
 
         stack = [(0, int(k_max))]
         while stack:
@@ -254,7 +256,7 @@ class MomentumPath:
     def first_step(
         self, below: float | None = None, above: float | None = None, k_max: int = 10**8
     ) -> int | None:
-        """First step with L < below or L > above (or not finite), up to ``k_max``.
+        """First step with L < below or L > above (or inf, if above), up to ``k_max``.
 
         Grid spacing d = 2^floor(log2(k / GRID)) (>= 1), then bisection (jumps of 2^j) inside
         the first grid interval whose end holds the event: exact when the loss crosses into the
@@ -266,7 +268,7 @@ class MomentumPath:
 
         def hit(x: np.ndarray) -> bool:
             v = self.state_loss(x)
-            return not math.isfinite(v) or v < lo_t or v > hi_t
+            return (above is not None and not math.isfinite(v)) or v < lo_t or v > hi_t
 
         x, k = self.x_init, 0
         if hit(x):
