@@ -119,3 +119,36 @@ def test_analyze_usage_errors(tmp_path, capsys):
     assert "not both" in capsys.readouterr().err
     rc = main(["analyze", str(run_dir), "--target-metric", "no_such_metric", "--target-value", "1"])
     assert rc == 2 and "no_such_metric" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # MLflow import and SQLite migrations: ~2 min on 2 busy cores
+def test_analyze_an_mlflow_sweep_logs_the_report_on_the_parent_run(sqlite_uri, tmp_path, capsys):
+    """A real SQLite MLflow store in the documented layout: parent run + one child per trial."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(sqlite_uri)
+    exp = client.create_experiment("cli-sweep", artifact_location=str(tmp_path / "artifacts"))
+    parent = client.create_run(exp, tags={"critbatch.role": "sweep"}).info.run_id
+    sweep = make_sweep_frame([8, 64, 512], lr_multipliers=(1.0,), eval_every=100)
+    for trial, g in sweep.groupby("trial"):
+        first = g.iloc[0]
+        tags = {"mlflow.parentRunId": parent, "critbatch.role": "trial",
+                "critbatch.trial_id": trial, "critbatch.status": "reached"}  # fmt: skip
+        run = client.create_run(exp, tags=tags).info.run_id
+        params = {"batch_size": int(first["batch_size"]), "lr": float(first["lr"]),
+                  "strategy": "tuned", "seed": 0}  # fmt: skip
+        metrics = [Metric(k, float(r[k]), 0, int(r["step"])) for _, r in g.iterrows()
+                   for k in ("train_loss", "eval_accuracy")]  # fmt: skip
+        client.log_batch(run, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()])
+        client.set_terminated(run)
+    out = tmp_path / "report"
+    args = ["analyze", "cli-sweep", "--tracking-uri", sqlite_uri, "--out", str(out),
+            "--target-metric", "train_loss", "--target-value", "1.0", "--bootstrap", "50"]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert f"parent run {parent}" in printed and "B_crit = 128" in printed
+    logged = {a.path for a in client.list_artifacts(parent, "report")}
+    assert {"report/report.html", "report/summary.csv", "report/summary.json"} <= logged
+    figures = {a.path for a in client.list_artifacts(parent, "report/figures")}
+    assert "report/figures/steps_fit.png" in figures and "report/figures/steps_fit.svg" in figures
