@@ -109,22 +109,24 @@ def _fit_args(p) -> None:
 
 
 def _target(args, df):
-    """The Target from the flags; None means the paper's rule (write_report applies it)."""
-    from analysis.steps import Target
+    """The Target from the flags, else the sweep's own (df.attrs["target"]), else the paper's
+    rule on --target-metric (default train_loss)."""
+    from analysis.steps import Target, paper_threshold
 
     if args.paper_threshold and args.target_value is not None:
         raise UsageError("give either --paper-threshold or --target-value, not both")
-    if args.target_value is None:
-        if args.target_metric is None and not args.paper_threshold and "target" in df.attrs:
-            t = df.attrs["target"]  # a loader may attach the sweep's own target
-            return Target(t["metric"], float(t["value"]), t.get("direction", "min"), "sweep target")
-        return None
-    if args.target_metric is None:
-        raise UsageError(
-            "--target-value needs --target-metric (e.g. --target-metric eval_accuracy)"
-        )
-    direction = args.direction or ("max" if "acc" in args.target_metric else "min")
-    return Target(args.target_metric, args.target_value, direction, "fixed goal")
+    metric = args.target_metric or "train_loss"
+    direction = args.direction or ("max" if "acc" in metric else "min")
+    if args.target_value is not None:
+        if args.target_metric is None:
+            raise UsageError(
+                "--target-value needs --target-metric (e.g. --target-metric eval_accuracy)"
+            )
+        return Target(metric, args.target_value, direction, "fixed goal")
+    if args.target_metric is None and not args.paper_threshold and "target" in df.attrs:
+        t = df.attrs["target"]  # a loader may attach the sweep's own target
+        return Target(t["metric"], float(t["value"]), t.get("direction", "min"), "sweep target")
+    return paper_threshold(df, metric, ema=args.ema, direction=direction)
 
 
 def _default_out(source: str) -> Path:
@@ -140,9 +142,9 @@ def analyze_command(args: argparse.Namespace) -> int:
         df = loaders.load(args.source, args.tracking_uri)
     except _INPUT_ERRORS as e:
         raise UsageError(f"cannot load {args.source!r}: {e}") from e
-    target = _target(args, df)
     out = args.out or _default_out(args.source)
     try:
+        target = _target(args, df)
         result = write_report(
             df, out, target, ema=args.ema, paper_metric=args.target_metric or "train_loss",
             overhead=args.overhead, reference_batch_size=args.reference_batch_size,

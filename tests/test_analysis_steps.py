@@ -94,3 +94,12 @@ def test_paper_threshold_is_lower_quartile_of_the_largest_batch_best_curve():
     assert per_trial.loc["good", "steps"] == pytest.approx(30.0)
     assert per_trial.loc["small", "steps"] == pytest.approx(20 + 10 * (3.0 - 2.0) / (3.0 - 1.5))
     assert not per_trial.loc["bad", "reached"]
+
+
+def test_paper_threshold_for_a_metric_to_maximise_uses_the_upper_quartile():
+    df = make_sweep_frame(batch_sizes=[8, 64], lr_multipliers=(1.0, 2.0))
+    target = paper_threshold(df, "eval_accuracy", direction="max")
+    best = df[(df["batch_size"] == 64) & (df["lr"] == df.loc[df["batch_size"] == 64, "lr"].min())]
+    assert target.direction == "max" and target.rule.startswith("paper rule: 75% quantile")
+    assert target.value == pytest.approx(np.quantile(best["eval_accuracy"], 0.75))
+    assert steps_to_target(df, target)["reached"].any()
