@@ -185,6 +185,12 @@ def test_resume_from_a_checkpoint_continues_the_same_trajectory(tmp_path):
         assert a["eval_loss"] == pytest.approx(b["eval_loss"], rel=1e-5)
 
 
+def test_a_misspelt_option_fails(tmp_path):
+    write_wikitext2(tmp_path)
+    with pytest.raises(ValueError, match="unknown options \\['bptt_len'\\]"):
+        run_trial(_config(tmp_path, options={**TINY, "bptt_len": 10}), lambda m, c=None: None)
+
+
 def test_registry_entry():
     w = get_workload("wikitext2_lstm")
     assert w.metrics == {"eval_loss": "min", "eval_perplexity": "min"}

@@ -171,6 +171,12 @@ def test_data_fraction_keeps_the_first_images(tmp_path):
     assert reports[-1]["epoch"] == pytest.approx(2 / 1)  # round(3 * 0.34) = 1 image, batch 2
 
 
+def test_a_misspelt_option_fails(tmp_path):
+    write_cityscapes(tmp_path)
+    with pytest.raises(ValueError, match="unknown options \\['crop_size'\\]"):
+        run_trial(_config(tmp_path, options={"crop_size": 32}), lambda m, c=None: None)
+
+
 def test_registry_entry():
     w = get_workload("cityscapes_drn")
     assert w.metrics == {"eval_loss": "min", "eval_miou": "max", "eval_pixel_accuracy": "max"}

@@ -46,6 +46,20 @@ from trainables.datasets import wikitext
 from trainables.loop import Task, _status, resolve_device, seed_everything
 from trainables.registry import Workload, register
 
+OPTIONS = (
+    "size",
+    "emsize",
+    "nhid",
+    "layers",
+    "dropout",
+    "tied",
+    "bptt",
+    "clip",
+    "eval_tokens",
+    "eval_streams",
+    "variant",
+    "nesterov",
+)
 SIZES = {"small": (200, 0.2), "medium": (650, 0.5), "large": (1500, 0.65)}  # units, dropout
 DEFAULT_BPTT = 35
 
@@ -138,8 +152,16 @@ def _model_options(o: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def check_options(options: dict[str, Any], known: tuple[str, ...], workload: str) -> None:
+    """A misspelt option must fail loudly, not silently fall back to its default."""
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"{workload}: unknown options {unknown}; known: {', '.join(known)}")
+
+
 def build(config: TrialConfig, device: torch.device) -> Task:
     o = config.options
+    check_options(o, OPTIONS, "wikitext2_lstm")
     corpus = wikitext.load_corpus(config.data_root, str(o.get("variant", "wikitext-2")))
     bptt = int(o.get("bptt", DEFAULT_BPTT))
     n_train = max(2, int(round(corpus.train.numel() * config.data_fraction)))  # the first fraction

@@ -37,6 +37,7 @@ from trainables.loop import Task, TensorBatches
 from trainables.registry import Workload, register
 
 N_CLASSES = len(cityscapes.CLASSES)
+OPTIONS = ("crop", "downscale", "eval_images", "eval_batch", "flip", "decode_workers", "nesterov")
 
 
 def _conv_bn_relu(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> list[nn.Module]:
@@ -184,6 +185,9 @@ def _placement(nbytes: int, device: torch.device) -> torch.device:
 
 def build(config: TrialConfig, device: torch.device) -> Task:
     o: dict[str, Any] = config.options
+    unknown = sorted(set(o) - set(OPTIONS))
+    if unknown:  # a misspelt option must fail loudly, not silently fall back to its default
+        raise ValueError(f"cityscapes_drn: unknown options {unknown}; known: {', '.join(OPTIONS)}")
     downscale, workers = int(o.get("downscale", 2)), int(o.get("decode_workers", 0))
     images, labels = cityscapes.load_split(config.data_root, "train", downscale, 0, workers)
     n = max(
