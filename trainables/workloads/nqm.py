@@ -9,9 +9,10 @@ variance c_i / B, c_i = noise_scale * h_i, from E theta_i^2 = s0. Options: ``dim
   Target and divergence are found at the exact step (not only at eval points), so a reached
   trial's ``steps_to_target`` is the exact first step below the target (for momentum: see
   :meth:`MomentumPath.first_step`), and its last report is at that step. Eval points are the
-  multiples of ``eval_every``, thinned to every m-th so that at most ``max_reports`` (100)
-  reports are made. Linear LR warm-up is followed step by step, then the closed form takes
-  over; step decay is not supported (constant LR after warm-up).
+  multiples of ``eval_every``; beyond ``max_reports`` (100) of them, about that many spaced
+  geometrically (a runner stopping trials at reports then overshoots by a bounded fraction).
+  Linear LR warm-up is followed step by step, then the closed form takes over; step decay is
+  not supported (constant LR after warm-up).
 - ``nqm_sgd`` samples the same SGD (heavy-ball momentum as in ``torch.optim.SGD``), float64,
   seeded, and reports the loss L(theta_k) of its iterate at eval points (the target is checked
   there, as in the supervised loop); its mean over seeds is the exact curve. Each step draws
@@ -64,13 +65,17 @@ def _check(config: TrialConfig) -> None:
 
 
 def _eval_points(config: TrialConfig, end: int, start: int) -> list[int]:
-    """Multiples of eval_every in (start, end), thinned to at most max_reports - 1."""
-    max_reports = int(config.options.get("max_reports", 100))
-    n = (end - 1) // config.eval_every
-    stride = max(1, math.ceil(n / max(max_reports - 1, 1)))
-    step = config.eval_every * stride
-    first = (start // step + 1) * step
-    return list(range(first, end, step))
+    """Eval points in (start, end): every multiple of eval_every if there are fewer than
+    max_reports, else about max_reports of them spaced geometrically (each a multiple of
+    eval_every): a runner that stops trials at reports overshoots by a bounded fraction."""
+    max_reports = max(int(config.options.get("max_reports", 100)), 2)
+    e = config.eval_every
+    n = (end - 1) // e
+    if n < max_reports:
+        idx = np.arange(1, n + 1)
+    else:
+        idx = np.unique(np.round(np.geomspace(1, n, max_reports - 1)).astype(np.int64))
+    return [int(i) * e for i in idx if start < int(i) * e < end]
 
 
 def train_exact(config: TrialConfig, report: Report, state: dict | None = None) -> None:

@@ -1,0 +1,135 @@
+"""How efficient is the learning-rate search? Measured on the NQM, whose answer is exact.
+
+On the reference noisy quadratic model (``nqm_exact``: dim 10^4, h_i = 1/i, c_i = h_i,
+target 0.01, batch sizes 2^2..2^21; ground truth from :mod:`trainables.nqm_truth`), for each
+budget of trials per batch size, three searches run side by side in-process (no Ray), all
+through :class:`tune_jobs.lr_search.LRSearch` over the same LR range:
+
+- ``lr_search``: the project's search (TPE per batch size, seeded from the neighbouring batch
+  sizes' best LR by the linear and square-root rules, range widened at an edge);
+- ``random``: log-uniform random search;
+- ``grid``: a log grid with the same number of trials.
+
+Every search stops a trial once it has run as many steps as the best steps-to-target of its
+batch size so far (it can no longer win; checked at the trial's reports). Reported per
+(search, budget), mean over ``--repeats`` search seeds:
+
+- ``b_crit_err``: |B_crit fitted on the best steps found / true B_crit - 1|;
+- ``excess``: mean over batch sizes of best steps found / optimal steps - 1 (a batch size where
+  no trial reached the target counts as ``miss`` and is left out of the fit and the mean);
+- ``compute``: sum of the steps every trial ran (early-stopped ones up to their stop), as a
+  multiple of the oracle's: one run at the optimal LR per batch size.
+
+Run: ``.venv/bin/python benchmarks/search_efficiency.py [--budgets 4,8,16,32] [--repeats 3]``
+(add ``--smoke-test`` for a 10-second check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from trainables.api import Status, Target, TrialConfig  # noqa: E402
+from trainables.nqm_truth import NQM, REFERENCE_BATCH_SIZES, fit_critical_batch, ground_truth  # noqa: E402
+from trainables.workloads.nqm import train_exact  # noqa: E402
+from tune_jobs.lr_search import WAIT, LRSearch, Outcome  # noqa: E402
+
+TARGET = 0.01
+MAX_STEPS = 10**7  # per trial, as in tune_jobs/jobs/nqm_reference.yaml
+EVAL_EVERY = 100
+LR_RANGE = (1e-3, 2.0)  # as in nqm_reference.yaml; the optima run from 0.014 to 1.995
+METHODS = {"lr_search": "tpe", "random": "random", "grid": "grid"}
+
+
+class _Stop(Exception):
+    pass
+
+
+def run_trial(batch_size: int, lr: float, bound: float, options: dict) -> Outcome:
+    """One nqm_exact trial, stopped at the first report at or past ``bound`` steps."""
+    seen = {"step": 0, "best": math.inf, "status": "", "steps": None}
+
+    def report(m: dict, checkpoint: dict | None = None) -> None:
+        seen["step"], seen["status"] = m["step"], m["status"]
+        seen["best"] = min(seen["best"], m["eval_loss"])
+        if m["status"] == Status.REACHED:
+            seen["steps"] = m["steps_to_target"]
+        elif m["status"] == Status.RUNNING and m["step"] >= bound:
+            raise _Stop
+
+    cfg = TrialConfig(workload="nqm_exact", batch_size=batch_size, lr=lr, max_steps=MAX_STEPS,
+                      eval_every=EVAL_EVERY, target=Target("eval_loss", TARGET), options=options)  # fmt: skip
+    try:
+        train_exact(cfg, report)
+    except _Stop:
+        seen["status"] = "stopped_early"
+    best = seen["best"] if math.isfinite(seen["best"]) else None
+    return Outcome(str(seen["status"]), seen["steps"], best, int(seen["steps"] or seen["step"]))
+
+
+def run_search(algorithm: str, budget: int, seed: int, sizes: list[int], options: dict) -> dict:
+    search = LRSearch(sizes, [0], *LR_RANGE, n_trials=budget, seed=seed, algorithm=algorithm)
+    best: dict[int, float] = {}
+    compute = 0
+    while (p := search.ask()) is not None:
+        assert p != WAIT  # in-process: every proposal is told before the next ask
+        out = run_trial(p.batch_size, p.lr, search.steps_bound(p.study), options)
+        compute += out.steps_run
+        search.tell(p, out, MAX_STEPS, TARGET, "min")
+        if out.steps_to_target is not None:
+            best[p.batch_size] = min(best.get(p.batch_size, math.inf), out.steps_to_target)
+    return {"best": best, "compute": compute}
+
+
+def evaluate(result: dict, truth: dict) -> dict:
+    opt = dict(zip(truth["batch_sizes"], truth["steps"], strict=True))
+    found = result["best"]
+    reached = [b for b in truth["batch_sizes"] if b in found]
+    excess = [found[b] / opt[b] - 1 for b in reached]
+    fit = fit_critical_batch(reached, [found[b] for b in reached]) if len(reached) >= 2 else None
+    return {
+        "b_crit_err": abs(fit["b_crit"] / truth["b_crit"] - 1) if fit else math.inf,
+        "excess": float(np.mean(excess)) if excess else math.inf,
+        "compute": result["compute"] / sum(truth["steps"]),
+        "miss": len(truth["batch_sizes"]) - len(reached),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--budgets", default="4,8,16,32", help="trials per batch size")
+    ap.add_argument("--repeats", type=int, default=3, help="search seeds per (method, budget)")
+    ap.add_argument("--smoke-test", action="store_true", help="dim 1000, 5 batch sizes, budget 4")
+    args = ap.parse_args(argv)
+    budgets = [int(x) for x in args.budgets.split(",")]
+    sizes, options = list(REFERENCE_BATCH_SIZES), {"dim": 10_000, "max_reports": 100}
+    if args.smoke_test:
+        sizes, options, budgets, args.repeats = [16, 128, 1024, 8192, 65536], {"dim": 1000}, [4], 1
+    t0 = time.perf_counter()
+    truth = ground_truth(NQM(dim=options["dim"]), sizes, TARGET)
+    print(f"truth: B_crit {truth['b_crit']:.1f}, S_min {truth['s_min']:.0f}, E_min {truth['e_min']:.4g}, "
+          f"oracle compute {sum(truth['steps'])} steps ({time.perf_counter() - t0:.1f} s)")  # fmt: skip
+    print("| trials/B | search | B_crit error | mean excess steps | compute / oracle | misses |")
+    print("|---|---|---|---|---|---|")
+    for budget in budgets:
+        for name, algorithm in METHODS.items():
+            rows = [
+                evaluate(run_search(algorithm, budget, seed, sizes, options), truth)
+                for seed in range(args.repeats)
+            ]
+            mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+            print(f"| {budget} | {name} | {100 * mean['b_crit_err']:.1f}% | {100 * mean['excess']:.2f}% | "
+                  f"{mean['compute']:.2f}x | {mean['miss']:.1f} |", flush=True)  # fmt: skip
+    print(f"({args.repeats} search seeds each; {time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
