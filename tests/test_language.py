@@ -117,7 +117,7 @@ def test_cpu_smoke_run_reports_every_metric(tmp_path):
     assert last["status"] == "not_reached"
     vocab = wikitext.load_corpus(str(tmp_path)).vocab_size
     assert last["eval_loss"] < math.log(vocab) - 0.05  # better than a uniform guess after 12 steps
-    # 1104 tokens / 4 streams = 276 per stream, (276 - 1) // 8 = 34 windows per epoch
+    # 1106 tokens / 4 streams = 276 per stream, (276 - 1) // 8 = 34 windows per epoch
     assert last["epoch"] == pytest.approx(12 / 34)
 
 
@@ -127,7 +127,7 @@ def test_data_fraction_uses_the_first_tokens_and_warmup_follows_the_schedule(tmp
     sched = Schedule("lsr", base_batch_size=2, base_lr=1.0, warmup_epochs=1.0)
     cfg = _config(tmp_path, data_fraction=0.5, schedule=sched, max_steps=4, eval_every=2)
     run_trial(cfg, lambda m, c=None: reports.append(m))
-    # half of 1104 tokens = 552, 138 per stream, 17 windows per epoch: warm-up over 17 steps
+    # half of 1106 tokens = 553, 138 per stream, 17 windows per epoch: warm-up over 17 steps
     assert reports[-1]["epoch"] == pytest.approx(4 / 17)
     assert reports[-1]["lr"] == pytest.approx(20.0 * 4 / 17)  # step 3 of the warm-up
 
@@ -189,6 +189,28 @@ def test_a_misspelt_option_fails(tmp_path):
     write_wikitext2(tmp_path)
     with pytest.raises(ValueError, match="unknown options \\['bptt_len'\\]"):
         run_trial(_config(tmp_path, options={**TINY, "bptt_len": 10}), lambda m, c=None: None)
+
+
+def test_download_unpacks_the_standard_archive_and_tries_the_next_address(tmp_path, monkeypatch):
+    # file:// addresses go through the same urllib code as https (no network in tests)
+    import zipfile
+
+    src = write_wikitext2(tmp_path / "src")
+    archive = tmp_path / "wikitext-2-v1.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in sorted(src.iterdir()):
+            z.write(f, f"wikitext-2/{f.name}")
+    urls = (f"file://{tmp_path}/missing.zip", f"file://{archive}")
+    monkeypatch.setitem(wikitext.URLS, "wikitext-2", urls)
+    folder = wikitext.download(tmp_path / "root")
+    assert folder == tmp_path / "root" / "wikitext-2"
+    assert torch.equal(
+        wikitext.load_corpus(str(tmp_path / "root")).train,
+        wikitext.load_corpus(str(tmp_path / "src")).train,
+    )
+    monkeypatch.setitem(wikitext.URLS, "wikitext-2", urls[:1])
+    with pytest.raises(RuntimeError, match="missing.zip"):
+        wikitext.download(tmp_path / "other")
 
 
 def test_registry_entry():
