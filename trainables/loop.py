@@ -8,6 +8,7 @@ so a GPU never waits on the host between steps.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -199,7 +200,8 @@ def train_supervised(workload, config: TrialConfig, report: Report, state: dict 
         evals_done += 1
         checkpoint = None
         if status == Status.RUNNING and config.checkpoint_every and evals_done % config.checkpoint_every == 0:
-            checkpoint = {
+            # A snapshot, not references: training goes on mutating the live tensors.
+            checkpoint = copy.deepcopy({
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),
                 "batches": task.batches.state_dict(),
@@ -207,7 +209,7 @@ def train_supervised(workload, config: TrialConfig, report: Report, state: dict 
                 "ema": ema,
                 "initial_loss": initial_loss,
                 "wall": metrics["wall_time"],
-            }
+            })
             if noise is not None:
                 checkpoint["noise"] = noise.state_dict()
         report(metrics, checkpoint)

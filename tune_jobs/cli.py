@@ -58,4 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m tune_jobs.cli`: run the imported module's main, so UsageError raised by
+    # subcommands (which import `tune_jobs.cli`) is the class caught here.
+    from tune_jobs.cli import main as _main
+
+    sys.exit(_main())

@@ -45,6 +45,9 @@ class Outcome:
     steps_run: int
 
 
+WAIT = "wait"  # ask() result: nothing to propose until running trials report
+
+
 def study_name(batch_size: int, seed: int) -> str:
     return f"bs{batch_size}-seed{seed}"
 
@@ -86,6 +89,7 @@ class LRSearch:
         log: bool = True,
         storage: str | None = None,
         widen_on_edge: bool = True,
+        synchronous: bool = True,
     ):
         self.batch_sizes = sorted(batch_sizes)
         self.seeds = list(seeds)
@@ -93,9 +97,14 @@ class LRSearch:
         self.n_trials, self.algorithm, self.widen_on_edge = n_trials, algorithm, widen_on_edge
         self.range: dict[str, tuple[float, float]] = {}
         self.asked: dict[str, int] = {}
+        self.told: dict[str, int] = {}
+        self.synchronous = synchronous
         self.studies: dict[str, optuna.Study] = {}
         self.best: dict[str, tuple[float, float]] = {}  # study -> (objective, lr) of best told trial
         self.stop_bound: dict[str, float] = {}  # study -> best steps-to-target so far
+        self.results: dict[str, dict[float, float]] = {}  # study -> {lr: objective} told
+        self.reached_cut = math.inf
+        self.diverged: dict[str, list[float]] = {}  # study -> LRs that diverged
         idx = 0
         for s in self.seeds:
             for b in self.batch_sizes:
@@ -113,6 +122,7 @@ class LRSearch:
                 self.studies[name] = study
                 self.range[name] = (lr_min, lr_max)
                 self.asked[name] = 0
+                self.told[name] = 0
                 idx += 1
                 if algorithm == "grid":
                     for lr in self._grid(n_trials):
@@ -124,25 +134,36 @@ class LRSearch:
             return [math.sqrt(self.lr_min * self.lr_max) if self.log else (self.lr_min + self.lr_max) / 2]
         if self.log:
             lo, hi = math.log(self.lr_min), math.log(self.lr_max)
-            return [math.exp(lo + (hi - lo) * i / (n - 1)) for i in range(n)]
+            pts = [math.exp(lo + (hi - lo) * i / (n - 1)) for i in range(n)]
+            return [min(max(p, self.lr_min), self.lr_max) for p in pts]  # no ulp past the edges
         return [self.lr_min + (self.lr_max - self.lr_min) * i / (n - 1) for i in range(n)]
 
     def remaining(self) -> int:
         return sum(self.n_trials - a for a in self.asked.values())
 
-    def ask(self) -> Proposal | None:
-        """Next trial to run, from the study with the fewest trials asked; None when done."""
+    def ask(self) -> Proposal | str | None:
+        """Next trial to run, from the study with the fewest trials asked; ``None`` when every
+        study has asked its trials; :data:`WAIT` when (synchronous) the round is in flight."""
         open_ = [n for n in self.studies if self.asked[n] < self.n_trials]
         if not open_:
             return None
+        if self.synchronous:
+            r = min(self.told.values())
+            open_ = [n for n in open_ if self.asked[n] == r]
+            if not open_:
+                return WAIT
         name = min(open_, key=lambda n: (self.asked[n], list(self.studies).index(n)))
         return self.ask_study(name)
 
     def ask_study(self, name: str) -> Proposal:
         study = self.studies[name]
         b, s = _parse(name)
-        if self.algorithm == "tpe" and self.asked[name] == 0:
-            self._enqueue_from_neighbours(name, b, s)
+        if self.algorithm == "tpe":  # neighbours' best LR, then a line search (_next_lr)
+            lr_next = self._next_lr(name, b, s)
+            if lr_next is not None:
+                lo, hi = self.range[name]
+                self.range[name] = (min(lo, lr_next), max(hi, lr_next))
+                study.enqueue_trial({"lr": lr_next})
         lo, hi = self.range[name]
         trial = study.ask()
         lr = trial.suggest_float("lr", lo, hi, log=self.log)
@@ -159,11 +180,69 @@ class LRSearch:
         for lr in {lr_nb * b / nb, lr_nb * math.sqrt(b / nb)}:
             self.studies[name].enqueue_trial({"lr": min(max(lr, lo), hi)}, skip_if_exists=True)
 
+    def _next_lr(self, name: str, b: int, s: int) -> float | None:
+        """A line search in log LR on this study's own results, else its neighbours' best LR.
+
+        Steps-to-target is unimodal in log LR (too small: slow; too large: noise floor or
+        divergence), and the best LR moves smoothly with the batch size. So: with no reached
+        trial yet, try the nearest studied batch size's best LR scaled by the linear, then
+        the square-root rule; once the best reached trial has a worse trial on each side,
+        take the vertex of the parabola through it and its neighbours (log steps against log
+        LR; golden section when a neighbour did not reach); if it is the largest or smallest
+        LR tried, step out by 2x. ``None``: nothing to suggest (TPE proposes).
+        """
+        pts = sorted((math.log(lr), v) for lr, v in self.results.get(name, {}).items())
+        tried = [x for x, _ in pts]
+
+        def fresh(x: float) -> bool:
+            return all(abs(x - t) > 0.01 for t in tried)
+
+        reached = [(x, v) for x, v in pts if v <= self.reached_cut]
+        if not reached:
+            done = [(bb, self.best_lr(study_name(bb, s))) for bb in self.batch_sizes if bb != b]
+            done = [(bb, lr) for bb, lr in done if lr is not None and self.best[study_name(bb, s)][0] <= self.reached_cut]
+            if not done:
+                return None
+            nb, lr_nb = min(done, key=lambda x: abs(math.log(x[0] / b)))
+            # Never propose at or above an LR that diverged here or at a smaller batch size
+            # (the stability edge barely moves with B): take the neighbour's own best LR
+            # instead, which reaches the target at this larger batch size no later than there.
+            bad = [lr for bb in self.batch_sizes if bb <= b for lr in self.diverged.get(study_name(bb, s), ())]
+            cap = min(bad, default=math.inf)
+            for lr in (lr_nb * b / nb, lr_nb * math.sqrt(b / nb), lr_nb):
+                if lr >= cap:
+                    lr = lr_nb if lr_nb < cap else cap / 2
+                if fresh(math.log(lr)):
+                    return lr
+            return None
+        i = min(range(len(pts)), key=lambda j: pts[j][1])
+        xb, fb = pts[i][0], math.log(pts[i][1])
+        if i == len(pts) - 1:
+            return math.exp(xb + math.log(2))
+        if i == 0:
+            return math.exp(xb - math.log(2))
+        (xl, vl), (xr, vr) = pts[i - 1], pts[i + 1]
+        x_new = None
+        if vl <= self.reached_cut and vr <= self.reached_cut:
+            fl, fr = math.log(vl), math.log(vr)
+            den = (xb - xl) * (fb - fr) - (xb - xr) * (fb - fl)
+            if den != 0:
+                x_new = xb - 0.5 * ((xb - xl) ** 2 * (fb - fr) - (xb - xr) ** 2 * (fb - fl)) / den
+        if x_new is None or not (xl < x_new < xr) or not fresh(x_new):
+            far = xl if xb - xl > xr - xb else xr
+            x_new = xb + 0.382 * (far - xb)
+        return math.exp(x_new) if fresh(x_new) else None
+
     # ---- results -----------------------------------------------------------------------------
     def tell(self, proposal: Proposal, outcome: Outcome, max_steps: int, target: float, direction: str) -> float:
         value = objective(outcome, max_steps, target, direction)
+        self.reached_cut = float(max_steps)  # objectives <= max_steps are steps of reached trials
+        if outcome.status == "diverged":
+            self.diverged.setdefault(proposal.study, []).append(proposal.lr)
+        self.results.setdefault(proposal.study, {})[proposal.lr] = value
         study = self.studies[proposal.study]
         study.tell(proposal.number, value)
+        self.told[proposal.study] += 1
         best = self.best.get(proposal.study)
         if best is None or value < best[0]:
             self.best[proposal.study] = (value, proposal.lr)
@@ -178,6 +257,7 @@ class LRSearch:
     def fail(self, proposal: Proposal) -> None:
         """A trial that errored (not diverged: divergence is a result) leaves its study."""
         self.studies[proposal.study].tell(proposal.number, state=optuna.trial.TrialState.FAIL)
+        self.told[proposal.study] += 1
 
     def _maybe_widen(self, name: str) -> None:
         lo, hi = self.range[name]
@@ -191,19 +271,24 @@ class LRSearch:
     def steps_bound(self, name: str) -> float:
         """Best steps-to-target of a study so far (inf if none): a trial of that study still
         running past this step can no longer win and may be stopped."""
-        return self.stop_bound.get(name, math.inf)
+        b, s = _parse(name)
+        smaller = [self.stop_bound.get(study_name(bb, s), math.inf) for bb in self.batch_sizes if bb < b]
+        # A larger batch at the same LR has less gradient noise, so it needs no more steps:
+        # the best steps of any smaller batch size bound this study's best too.
+        return min([self.stop_bound.get(name, math.inf), *smaller])
 
     def best_lr(self, name: str) -> float | None:
         return self.best.get(name, (None, None))[1]
 
     # ---- resume ------------------------------------------------------------------------------
     def state(self) -> dict:
-        return {"asked": dict(self.asked), "range": dict(self.range), "best": dict(self.best), "stop_bound": dict(self.stop_bound)}
+        return {"asked": dict(self.asked), "told": dict(self.told), "range": dict(self.range), "best": dict(self.best), "stop_bound": dict(self.stop_bound)}
 
     def load_state(self, state: dict, live_numbers: dict[str, set[int]]) -> None:
         """Restore counters; Optuna trials left RUNNING by a killed driver that Tune does not
         know (``live_numbers``) are marked failed so they neither count nor block TPE."""
         self.asked.update(state["asked"])
+        self.told.update(state.get("told", {}))
         self.range.update({k: tuple(v) for k, v in state["range"].items()})
         self.best.update({k: tuple(v) for k, v in state["best"].items()})
         self.stop_bound.update(state["stop_bound"])

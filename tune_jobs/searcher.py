@@ -19,7 +19,7 @@ from ray.tune.search import Searcher
 
 from trainables.api import Status
 from tune_jobs.config import JobConfig
-from tune_jobs.lr_search import LRSearch, Outcome, Proposal, study_name
+from tune_jobs.lr_search import WAIT, LRSearch, Outcome, Proposal, study_name
 
 
 def trial_outcome(last: dict[str, Any], best_metric: float | None) -> Outcome:
@@ -55,6 +55,8 @@ class SweepSearcher(Searcher):
         p = self.search.ask()
         if p is None:
             return Searcher.FINISHED
+        if p == WAIT:
+            return None  # Tune asks again once a running trial reports
         if not self.job.tuned:
             from trainables.schedules import peak_lr
 

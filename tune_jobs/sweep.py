@@ -105,9 +105,33 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> dict[st
     return ray.cluster_resources()
 
 
-def check_resources(job: JobConfig, resources: dict[str, float]) -> None:
-    """Ray leaves a trial PENDING forever when no node can hold it: say so instead."""
+AUTOSCALING_CONFIG = "~/ray_bootstrap_config.yaml"  # where `ray up` leaves it on the head node
+
+
+def autoscaling_node_types(path: str = AUTOSCALING_CONFIG) -> list[dict[str, float]]:
+    """Resources of each node type the autoscaler may still add (max_workers > 0), read from
+    the cluster launcher's config on the head node, where the driver runs; [] elsewhere."""
+    p = Path(path).expanduser()
+    try:
+        cfg = yaml.safe_load(p.read_text()) if p.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return []
+    if not isinstance(cfg, dict):
+        return []
+    types = cfg.get("available_node_types") or {}
+    return [dict(t.get("resources") or {}) for n, t in types.items()
+            if n != cfg.get("head_node_type") and t.get("max_workers", cfg.get("max_workers", 0)) > 0]  # fmt: skip
+
+
+def check_resources(job: JobConfig, resources: dict[str, float], scalable: list[dict[str, float]] | None = None) -> None:
+    """Ray leaves a trial PENDING forever when no node can hold it: say so instead. A cluster
+    that autoscales from zero GPU workers has no GPU yet: fine when a node type the autoscaler
+    may add (``scalable``, default: :func:`autoscaling_node_types`) holds one trial."""
     gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
+    if gpus < job.resources.gpus or cpus < job.resources.cpus:
+        scalable = autoscaling_node_types() if scalable is None else scalable
+        if any(t.get("GPU", 0) >= job.resources.gpus and t.get("CPU", 0) >= job.resources.cpus for t in scalable):
+            return  # the autoscaler adds such a node for the first pending trial
     if job.resources.gpus > 0 and gpus < job.resources.gpus:
         raise JobError(
             f"resources.gpus: each trial asks for {job.resources.gpus} GPU but the Ray cluster has {gpus:g}; "

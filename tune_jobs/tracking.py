@@ -65,6 +65,7 @@ class Tracker:
         self.job_params = job_params
         self._client: MlflowClient | None = None
         self.runs: dict[str, str] = {}  # tune trial id -> mlflow run id
+        self.logged_step: dict[str, int] = {}  # tune trial id -> last step sent (or found) in MLflow
         self.pending: dict[str, list[Metric]] = {}
         self.pending_final: dict[str, tuple[str, dict[str, Any] | None, str | None]] = {}
         self.last_failure = 0.0
@@ -108,7 +109,9 @@ class Tracker:
             return self.runs[trial_id]
         def create() -> None:
             run_id = self.find_child(trial_id)
-            if run_id is None:
+            if run_id is not None:  # a resumed sweep: continue after what MLflow already holds
+                self.logged_step[trial_id] = last_logged_step(self.client, run_id)
+            else:
                 tags = {
                     "mlflow.parentRunId": self.parent_run_id,
                     "critbatch.role": "trial",
@@ -126,6 +129,12 @@ class Tracker:
 
     # ---- metrics ---------------------------------------------------------------------------
     def add_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        """Buffer a report's points; a step already sent (a trial restored from an older
+        checkpoint reports it again) is skipped, so MLflow holds every step once."""
+        step = int(result.get("step", 0))
+        if step <= self.logged_step.get(trial_id, -1):
+            return
+        self.logged_step[trial_id] = step
         self.pending.setdefault(trial_id, []).extend(metric_points(result, int(time.time() * 1000)))
 
     def flush(self, force: bool = False) -> bool:
@@ -249,9 +258,10 @@ def reconcile(tracker: Tracker, run_dir: Path, statuses: dict[str, tuple[str, st
         done = last_logged_step(tracker.client, run_id)
         points = []
         now = int(time.time() * 1000)
-        for r in rows:
+        for r in rows:  # result.json may repeat steps after a restore: send each step once
             if int(r.get("step", 0)) > done:
                 points.extend(metric_points(r, now))
+                done = int(r["step"])
         for i in range(0, len(points), MAX_BATCH):
             tracker.client.log_batch(run_id, metrics=points[i : i + MAX_BATCH])
         sent += len(points)

@@ -12,6 +12,7 @@ import os
 import tempfile
 from typing import Any
 
+import ray
 from ray import tune
 
 
@@ -32,7 +33,12 @@ def run_tune_trial(config: dict[str, Any], base: dict[str, Any], max_steps: dict
         with ckpt.as_directory() as d:
             state = torch.load(os.path.join(d, "state.pt"), weights_only=False)
 
+    # Tune's own `node_ip` cannot tell apart nodes that share a host (or NAT); the Ray node id
+    # can: recorded in result.json (a string, so not an MLflow metric).
+    node_id = ray.get_runtime_context().get_node_id()
+
     def report(metrics: dict[str, Any], checkpoint: dict[str, Any] | None = None) -> None:
+        metrics = {**metrics, "node_id": node_id}
         if checkpoint is None:
             tune.report(metrics)
             return

@@ -1,0 +1,128 @@
+"""Job files: every bad field gets an error naming it and the fix; every shipped job parses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tune_jobs.cli import main
+from tune_jobs.config import JobError, field_docs, load_job, parse_job
+
+JOBS = sorted((Path(__file__).resolve().parents[1] / "tune_jobs" / "jobs").glob("*.yaml"))
+
+GOOD = {
+    "name": "t",
+    "workload": "digits_mlp",
+    "batch_sizes": [8, 16],
+    "target": {"metric": "eval_accuracy", "value": 0.9, "direction": "max"},
+}
+
+
+def with_(**changes):
+    d = yaml.safe_load(yaml.safe_dump(GOOD))
+    for k, v in changes.items():
+        node = d
+        *parents, last = k.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = v
+    return d
+
+
+@pytest.mark.parametrize(
+    "job, field, fix",
+    [
+        (with_(batch_szes=[8]), "batch_szes", "did you mean `batch_sizes`"),
+        (with_(lr_search__mn=0.1), "lr_search.mn", "did you mean `lr_search.min`"),
+        (with_(batch_sizes=[]), "batch_sizes", "at least one positive batch size"),
+        (with_(batch_sizes=[8, 0]), "batch_sizes[1]", "not positive"),
+        (with_(batch_sizes=[8, -4]), "batch_sizes[1]", "not positive"),
+        (with_(batch_sizes=[8, 8]), "batch_sizes", "duplicates"),
+        (with_(batch_sizes="8,16"), "batch_sizes", "write e.g. [8, 16, 32]"),
+        (with_(batch_sizes=[8, "x"]), "batch_sizes[1]", "expected an integer"),
+        (with_(batch_sizes=[8, 16.5]), "batch_sizes[1]", "expected an integer"),
+        (with_(lr_search__min=1.0, lr_search__max=0.1), "lr_search", "swap them"),
+        (with_(lr_search__min=-1.0), "lr_search", "positive finite"),
+        (with_(lr_search__trials_per_batch_size=0), "lr_search.trials_per_batch_size", ">= 1"),
+        (with_(lr_search__algorithm="bayes"), "lr_search.algorithm", "tpe, random or grid"),
+        (with_(lr_search__log="yes"), "lr_search.log", "true or false"),
+        (with_(workload="digits"), "workload", "did you mean 'digits_mlp'"),
+        (with_(workload="resnet9000"), "workload", "critbatch workloads"),
+        (with_(target__metric="eval_bleu"), "target.metric", "it reports: train_loss"),
+        (with_(target__direction="up"), "target.direction", "use min"),
+        (with_(target__direction="min"), "target.direction", "set direction: max"),
+        (with_(budget={"max_steps": 100, "epochs": 3}), "budget", "exactly one"),
+        (with_(budget={}), "budget", "exactly one"),
+        (with_(eval_every=0), "eval_every", ">= 1"),
+        (with_(strategy__name="cosine"), "strategy.name", "tuned, blr, lsr or srsr"),
+        (with_(strategy__name="lsr"), "strategy", "base_lr > 0"),
+        (with_(resources__gpus=-1), "resources", "gpus >= 0"),
+        (with_(resources__gpus=1.5), "resources.gpus", "whole number"),
+        (with_(data__fraction=1.5), "data.fraction", "(0, 1]"),
+        (with_(tracking__uri="./mlruns"), "tracking.uri", "sqlite:///mlflow.db"),
+        (with_(name="a b"), "name", "names a folder"),
+        (with_(early_stopping__reduction_factor=1), "early_stopping.reduction_factor", "> 1"),
+        (with_(seeds=[]), "seeds", "non-empty"),
+        ({k: v for k, v in GOOD.items() if k != "workload"}, "workload", "required field is missing"),
+        ([1, 2], "job", "YAML mapping"),
+    ],
+)
+def test_bad_field_names_field_and_fix(job, field, fix):
+    with pytest.raises(JobError) as e:
+        parse_job(job)
+    msg = str(e.value)
+    assert msg.startswith(field), msg
+    assert fix in msg, msg
+
+
+def test_good_job_defaults_and_plan_size():
+    job = parse_job(GOOD)
+    assert job.experiment == "t" and job.tuned
+    assert job.total_trials == 2 * 1 * job.lr_search.trials_per_batch_size
+    assert job.budget.max_steps == 1000
+
+
+def test_epoch_budget_converts_to_steps_per_batch_size():
+    job = parse_job(with_(budget={"epochs": 2}))
+    assert job.max_steps_for(8, 1438) == 360  # ceil(2 * 1438 / 8)
+    assert job.max_steps_for(16, 1438) == 180
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(JobError, match="does not exist"):
+        load_job(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(JobError, match="not valid YAML"):
+        load_job(bad)
+
+
+def test_overrides_use_dotted_fields(tmp_path):
+    p = tmp_path / "j.yaml"
+    p.write_text(yaml.safe_dump(GOOD))
+    job = load_job(p, {"lr_search.trials_per_batch_size": 3, "budget.max_steps": 50})
+    assert job.lr_search.trials_per_batch_size == 3 and job.budget.max_steps == 50
+
+
+@pytest.mark.parametrize("path", JOBS, ids=[p.name for p in JOBS])
+def test_every_shipped_job_passes_check(path, capsys):
+    assert main(["check", str(path)]) == 0
+    assert "ok: the job is valid" in capsys.readouterr().out
+
+
+def test_check_cli_bad_job_exits_2_and_names_field(tmp_path, capsys):
+    p = tmp_path / "j.yaml"
+    p.write_text(yaml.safe_dump(with_(batch_sizes=[])))
+    assert main(["check", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "batch_sizes: the list is empty" in err
+    assert not (tmp_path / "critbatch_runs").exists()
+
+
+def test_every_field_is_documented():
+    docs = field_docs()
+    undocumented = [name for name, _, doc in docs if not doc]
+    assert not undocumented, undocumented
+    assert any(name == "lr_search.trials_per_batch_size" for name, _, _ in docs)

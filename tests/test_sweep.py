@@ -1,0 +1,173 @@
+"""The sweep end to end on real Ray (local), real Optuna and real MLflow (SQLite)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tune_jobs.config import parse_job
+from tune_jobs.summary import per_batch_size
+from tune_jobs.sweep import run_sweep
+from tune_jobs.tracking import read_results
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def synthetic_job(tmp_path, name="s", **over):
+    d = {
+        "name": name,
+        "workload": "synthetic",
+        "batch_sizes": [8, 32, 128],
+        "lr_search": {"min": 0.001, "max": 2.0, "trials_per_batch_size": 3, "seed": 0},
+        "target": {"metric": "eval_loss", "value": 0.2, "direction": "min"},
+        "budget": {"max_steps": 200},
+        "eval_every": 10,
+        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": name},
+        "storage": str(tmp_path / "runs"),
+    }
+    d.update(over)
+    return d
+
+
+def children(client, exp_name):
+    exp = client.get_experiment_by_name(exp_name)
+    runs = client.search_runs([exp.experiment_id], max_results=10000)
+    parents = [r for r in runs if r.data.tags.get("critbatch.role") == "sweep"]
+    kids = [r for r in runs if r.data.tags.get("critbatch.role") == "trial"]
+    return parents, kids
+
+
+def test_full_sweep_parent_children_and_metric_counts(ray_local, tmp_path):
+    job = parse_job(synthetic_job(tmp_path))
+    res = run_sweep(job, progress=False)
+    assert len(res.trials) == job.total_trials == 9
+
+    client = MlflowClient(job.tracking.uri)
+    parents, kids = children(client, "s")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert parent.data.params["workload"] == "synthetic" and parent.data.params["target_metric"] == "eval_loss"
+    assert parent.data.tags["critbatch.git_commit"]
+    assert "job.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+    assert len(kids) == 9
+    assert len({k.data.tags["critbatch.trial_id"] for k in kids}) == 9
+    by_trial = {t["trial_id"]: t for t in res.trials}
+    for k in kids:
+        assert k.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert k.info.status == "FINISHED"
+        for p in ("batch_size", "lr", "strategy", "workload", "seed"):
+            assert p in k.data.params
+        t = by_trial[k.data.tags["critbatch.trial_id"]]
+        assert k.data.tags["critbatch.status"] == t["status"]
+        assert int(k.data.params["batch_size"]) == t["batch_size"]
+        # every report Tune recorded is in MLflow, once, keyed by its step
+        trial_dir = next(d for d in res.run_dir.iterdir() if d.is_dir() and t["trial_id"] in d.name)
+        rows = read_results(trial_dir)
+        hist = client.get_metric_history(k.info.run_id, "train_loss")
+        assert sorted(m.step for m in hist) == [r["step"] for r in rows]
+        assert "objective" in k.data.metrics
+        if t["status"] == "reached":
+            assert k.data.metrics["steps_to_target"] == t["steps_to_target"]
+            assert len(client.get_metric_history(k.info.run_id, "eval_loss")) == len(rows)
+        else:
+            assert "steps_to_target" not in k.data.metrics
+    table = per_batch_size(res.trials)
+    assert [r.batch_size for r in table] == [8, 32, 128]
+    assert all(r.trials == 3 for r in table)
+    assert any(r.steps_to_target for r in table)
+
+
+def test_diverging_trials_are_results_not_crashes(ray_local, tmp_path):
+    job = parse_job(synthetic_job(tmp_path, "div", batch_sizes=[64],
+                                  lr_search={"min": 20.0, "max": 50.0, "trials_per_batch_size": 2}))  # fmt: skip
+    res = run_sweep(job, progress=False)
+    assert [t["status"] for t in res.trials] == ["diverged", "diverged"]
+    _, kids = children(MlflowClient(job.tracking.uri), "div")
+    assert sorted(k.data.tags["critbatch.status"] for k in kids) == ["diverged", "diverged"]
+    assert all(k.info.status == "FINISHED" for k in kids)
+    row = per_batch_size(res.trials)[0]
+    assert row.diverged == 2 and row.steps_to_target is None
+
+
+def test_existing_sweep_name_is_refused_before_anything_runs(ray_local, tmp_path):
+    d = synthetic_job(tmp_path, "dup", batch_sizes=[8], lr_search={"min": 0.01, "max": 0.5, "trials_per_batch_size": 1})
+    run_sweep(parse_job(d), progress=False)
+    from tune_jobs.config import JobError
+
+    with pytest.raises(JobError, match="critbatch resume dup"):
+        run_sweep(parse_job(d), progress=False)
+
+
+def _env(tmp_path):
+    env = dict(os.environ)
+    env["HOME"] = str(tmp_path / "home")
+    env["RAY_TMPDIR"] = str(tmp_path / "ray")
+    Path(env["HOME"]).mkdir(exist_ok=True)
+    Path(env["RAY_TMPDIR"]).mkdir(exist_ok=True)
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+@pytest.mark.slow
+def test_driver_killed_then_resumed_loses_and_duplicates_nothing(tmp_path):
+    job = synthetic_job(
+        tmp_path, "killed", batch_sizes=[8, 32], lr_search={"min": 0.01, "max": 0.5, "trials_per_batch_size": 4, "seed": 1},
+        target={"metric": "eval_loss", "value": 0.001, "direction": "min"},  # never reached: trials run their budget
+        budget={"max_steps": 60}, options={"sleep_per_step": 0.03}, checkpoint_every=1,
+        early_stopping={"enabled": False},
+    )  # fmt: skip
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    env = _env(tmp_path)
+    cmd = [sys.executable, "-m", "tune_jobs.cli"]
+    driver = subprocess.Popen([*cmd, "run", str(path), "--num-cpus", "2", "--no-progress"], env=env, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    run_dir = tmp_path / "runs" / "killed"
+    deadline = time.time() + 300
+    finished: dict[str, int] = {}
+    while time.time() < deadline:  # kill once >= 2 trials are done and others are mid-flight
+        dirs = [d for d in run_dir.glob("*") if d.is_dir() and (d / "result.json").exists()]
+        rows = {d: read_results(d) for d in dirs}
+        finished = {r[-1]["trial_id"]: len(r) for r in rows.values() if r and r[-1]["step"] >= 60}
+        if len(finished) >= 2 and len(dirs) > len(finished):
+            break
+        assert driver.poll() is None, "driver ended before it could be killed"
+        time.sleep(0.5)
+    else:
+        pytest.fail("sweep never got going")
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    time.sleep(2)
+
+    out = subprocess.run([*cmd, "resume", "killed", "--storage", str(tmp_path / "runs"), "--num-cpus", "2", "--no-progress"],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    trial_dirs = [d for d in run_dir.glob("*") if d.is_dir() and (d / "result.json").exists()]
+    results = {read_results(d)[-1]["trial_id"]: read_results(d) for d in trial_dirs}
+    assert len(results) == 8, "every planned trial ran exactly once"
+    for tid, n in finished.items():  # trials finished before the kill were not re-run
+        assert len(results[tid]) == n
+    for rows in results.values():  # Tune's own file may repeat steps replayed from a checkpoint
+        assert rows[-1]["step"] == 60
+        assert {r["step"] for r in rows} == set(range(10, 61, 10))
+    meta = json.loads((run_dir / "sweep.json").read_text())
+    client = MlflowClient(meta["tracking_uri"])
+    parents, kids = children(client, "killed")
+    assert len(parents) == 1
+    ids = [k.data.tags["critbatch.trial_id"] for k in kids]
+    assert sorted(ids) == sorted(results), "each trial exactly once in MLflow"
+    for k in kids:
+        hist = client.get_metric_history(k.info.run_id, "train_loss")
+        assert sorted(m.step for m in hist) == list(range(10, 61, 10)), "every step once"
+        assert k.info.status == "FINISHED" and k.data.tags["critbatch.status"] == "not_reached"
+    assert "8 trials" in out.stdout

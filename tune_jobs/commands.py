@@ -1,0 +1,232 @@
+"""`critbatch run | check | resume | sync | quickstart | workloads`."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import yaml
+
+from tune_jobs.cli import UsageError
+
+JOBS_DIR = Path(__file__).resolve().parent / "jobs"
+
+
+def _job_reference() -> str:
+    from tune_jobs.config import field_docs
+
+    lines = ["job file fields (YAML; nested fields as mappings):"]
+    for name, tp, doc in field_docs():
+        lines.append(f"  {name} ({tp}): {doc}")
+    return "\n".join(lines)
+
+
+def register(sub) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("run", help="run a sweep from a job file", formatter_class=fmt,
+                       description="Run a sweep: every batch size searched at once on one Ray cluster "
+                       "(local unless --address/RAY_ADDRESS), one Optuna study per batch size, every trial an "
+                       "MLflow child run of the sweep's parent run.", epilog=_job_reference())  # fmt: skip
+    _job_args(p)
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--no-progress", action="store_true", help="do not print progress while running")
+    p.add_argument("--analyze", action="store_true", help="write the analysis report when done")
+    p.set_defaults(func=run_command)
+
+    p = sub.add_parser("check", help="validate a job file and print its plan; launches nothing",
+                       formatter_class=fmt, epilog=_job_reference())  # fmt: skip
+    _job_args(p)
+    p.set_defaults(func=check_command)
+
+    p = sub.add_parser("resume", help="finish a sweep whose driver died (one command, nothing re-run)")
+    p.add_argument("sweep", help="sweep name (its folder under --storage) or the run folder itself")
+    p.add_argument("--storage", default="critbatch_runs", help="folder holding run folders (default critbatch_runs)")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--num-cpus", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=resume_command)
+
+    p = sub.add_parser("sync", help="replay into MLflow what a sweep recorded while MLflow was unreachable")
+    p.add_argument("sweep", help="sweep name or run folder")
+    p.add_argument("--storage", default="critbatch_runs")
+    p.set_defaults(func=sync_command)
+
+    p = sub.add_parser("quickstart", help="a digits sweep over batch sizes 8..512 on local Ray, then the analysis")
+    p.add_argument("--trials-per-batch-size", type=int, default=None, help="LR trials per batch size (default 6)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the LR search (default 0)")
+    p.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="MLflow store (default sqlite:///mlflow.db here)")
+    p.add_argument("--storage", default="critbatch_runs")
+    p.add_argument("--num-cpus", type=int, default=None)
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    p.set_defaults(func=quickstart_command)
+
+    p = sub.add_parser("workloads", help="list the workloads and the metrics they report")
+    p.set_defaults(func=workloads_command)
+
+
+def _job_args(p) -> None:
+    p.add_argument("job", type=Path, help="YAML job file (examples in tune_jobs/jobs/)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a field, e.g. --set lr_search.trials_per_batch_size=4 (YAML value)")  # fmt: skip
+
+
+def _overrides(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UsageError(f"--set {pair!r}: write FIELD=VALUE, e.g. --set budget.max_steps=500")
+        k, v = pair.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def _load(args):
+    from tune_jobs.config import JobError, load_job
+
+    try:
+        return load_job(args.job, _overrides(args.set))
+    except JobError as e:
+        raise UsageError(str(e)) from None
+
+
+def plan_text(job) -> str:
+    from trainables.registry import get_workload
+
+    w = get_workload(job.workload)
+    steps = [job.max_steps_for(b, w.train_size) for b in job.batch_sizes]
+    lr = (f"LR searched in [{job.lr_search.min:g}, {job.lr_search.max:g}] ({'log' if job.lr_search.log else 'linear'}), "
+          f"{job.lr_search.trials_per_batch_size} trials per batch size ({job.lr_search.algorithm})"
+          if job.tuned else f"{job.strategy.name}: base LR {job.strategy.base_lr:g} at batch size {job.strategy.base_batch_size}")  # fmt: skip
+    from trainables.schedules import peak_lr
+
+    lines = [
+        f"sweep {job.name!r}: workload {job.workload} ({w.description})",
+        f"  batch sizes: {', '.join(map(str, job.batch_sizes))}",
+        f"  seeds: {', '.join(map(str, job.seeds))}",
+        f"  {lr}",
+        f"  target: {job.target.metric} {'<=' if job.target.direction == 'min' else '>='} {job.target.value:g}",
+        f"  budget: {'max ' + str(job.budget.max_steps) + ' steps' if job.budget.max_steps else str(job.budget.epochs) + ' epochs'}"
+        f" per trial (steps by batch size: {', '.join(f'{b}:{s}' for b, s in zip(job.batch_sizes, steps, strict=True))}); eval every {job.eval_every} steps",
+        f"  trials: {job.total_trials} = {len(job.batch_sizes)} batch sizes x {len(job.seeds)} seeds x {job.trials_per_study}",
+        f"  resources per trial: {job.resources.cpus:g} CPU, {job.resources.gpus:g} GPU; "
+        f"early stopping {'on' if job.early_stopping.enabled and job.tuned else 'off'}",
+        f"  MLflow: {job.tracking.uri}, experiment {job.experiment!r}; run folder {Path(job.storage) / job.name}",
+    ]
+    if not job.tuned:
+        lrs = ", ".join(f"{b}:{peak_lr(job.schedule(), b):.4g}" for b in job.batch_sizes)
+        lines.insert(4, f"  LR per batch size: {lrs}")
+    return "\n".join(lines)
+
+
+def check_command(args) -> int:
+    job = _load(args)
+    print(plan_text(job))
+    print("ok: the job is valid (nothing launched)")
+    return 0
+
+
+def _report_sweep(result, job, analyze: bool) -> None:
+    from tune_jobs.summary import fit_rows, format_fit, format_table, per_batch_size
+
+    rows = per_batch_size(result.trials)
+    target = f"{job.target.metric} {'<=' if job.target.direction == 'min' else '>='} {job.target.value:g}"
+    print()
+    print(format_table(rows, target))
+    try:
+        print(format_fit(fit_rows(rows)))
+    except ValueError as e:
+        print(f"Fit: not possible ({e})")
+    print(f"\n{len(result.trials)} trials in {result.wall_time_s:.0f} s; run folder {result.run_dir}")
+    uri = result.tracking_uri
+    ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"open {uri}"
+    print(f"MLflow: experiment {job.experiment!r}, parent run {result.parent_run_id}. See it with:\n  {ui}   # then http://127.0.0.1:5000")
+    if analyze:
+        from tune_jobs.cli import main
+
+        print()
+        main(["analyze", result.parent_run_id, "--tracking-uri", uri, "--out", str(result.run_dir / "report"),
+              "--target-metric", job.target.metric, "--target-value", str(job.target.value),
+              "--direction", job.target.direction, "--bootstrap", "500"])  # fmt: skip
+
+
+def run_command(args) -> int:
+    from tune_jobs.config import JobError
+    from tune_jobs.sweep import run_sweep
+
+    job = _load(args)
+    print(plan_text(job), flush=True)
+    try:
+        result = run_sweep(job, address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress,
+                           job_yaml=args.job.read_text())  # fmt: skip
+    except JobError as e:
+        raise UsageError(str(e)) from None
+    _report_sweep(result, job, args.analyze)
+    return 0
+
+
+def resume_command(args) -> int:
+    from tune_jobs.config import JobError
+    from tune_jobs.sweep import resume_sweep
+
+    try:
+        result = resume_sweep(args.sweep, args.storage, address=args.address, num_cpus=args.num_cpus,
+                              progress=not args.no_progress)  # fmt: skip
+    except JobError as e:
+        raise UsageError(str(e)) from None
+    from tune_jobs.config import parse_job
+
+    import json
+
+    job = parse_job(json.loads((result.run_dir / "sweep.json").read_text())["job"])
+    _report_sweep(result, job, False)
+    return 0
+
+
+def sync_command(args) -> int:
+    from tune_jobs.sweep import SWEEP_FILE, sync_sweep
+
+    p = Path(args.sweep)
+    run_dir = p if (p / SWEEP_FILE).exists() else Path(args.storage) / args.sweep
+    if not (run_dir / SWEEP_FILE).exists():
+        raise UsageError(f"no sweep {args.sweep!r} under {args.storage}; give the run folder")
+    counts = sync_sweep(run_dir.resolve())
+    print(f"synced: {counts['runs_created']} child runs created, {counts['points_sent']} metric points sent")
+    return 0
+
+
+def quickstart_command(args) -> int:
+    from tune_jobs.config import JobError, load_job
+    from tune_jobs.sweep import check_tracking_uri, run_sweep
+
+    over = {"name": f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}", "tracking.uri": args.tracking_uri,
+            "storage": args.storage}  # fmt: skip
+    if args.trials_per_batch_size:
+        over["lr_search.trials_per_batch_size"] = args.trials_per_batch_size
+    if args.seed is not None:
+        over["lr_search.seed"] = args.seed
+    path = JOBS_DIR / "quickstart.yaml"
+    try:
+        job = load_job(path, over)
+        check_tracking_uri(job.tracking.uri)
+    except JobError as e:
+        raise UsageError(str(e)) from None
+    print(plan_text(job), flush=True)
+    result = run_sweep(job, num_cpus=args.num_cpus, job_yaml=path.read_text())
+    _report_sweep(result, job, not args.no_report)
+    return 0
+
+
+def workloads_command(args) -> int:
+    from trainables.registry import workloads
+
+    for name, w in workloads().items():
+        metrics = ", ".join(f"{m} ({d})" for m, d in w.all_metrics().items())
+        size = f"{w.train_size} train examples" if w.train_size else "size from data on disk"
+        data = f"; data: {w.dataset}" if w.dataset else ""
+        print(f"{name}\n  {w.description}\n  {size}{data}\n  metrics: {metrics}\n  default target: "
+              f"{w.default_target.metric} {w.default_target.direction} {w.default_target.value:g}")  # fmt: skip
+    del math
+    return 0
