@@ -44,14 +44,10 @@ def ray_local():
     """A real local Ray instance (2 CPUs) shared by the tests of one session."""
     import ray
 
+    from tune_jobs.sweep import init_ray
+
     if not ray.is_initialized():
-        ray.init(
-            num_cpus=2,
-            _temp_dir=str(_SESSION_HOME / "ray"),
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
+        init_ray(num_cpus=2, temp_dir=str(_SESSION_HOME / "ray"))  # retries a slow start (ray#65983)
     yield ray
 
 

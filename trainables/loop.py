@@ -101,6 +101,7 @@ class Task:
     loss: Callable[[torch.nn.Module, Any], torch.Tensor]
     evaluate: Callable[[torch.nn.Module], dict[str, float]]
     train_size: int
+    clip_grad_norm: float = 0.0  # max global gradient norm (0 = no clipping)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -140,6 +141,9 @@ def train_supervised(workload, config: TrialConfig, report: Report, state: dict 
         opt.load_state_dict(state["optimizer"])
         task.batches.load_state_dict(state["batches"])
         step, ema, initial_loss, wall = state["step"], state["ema"], state["initial_loss"], state["wall"]
+        torch.set_rng_state(state["rng"])  # dropout and other in-model randomness resume exactly
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         if noise is not None and "noise" in state:
             noise.load_state_dict(state["noise"])
 
@@ -159,6 +163,8 @@ def train_supervised(workload, config: TrialConfig, report: Report, state: dict 
             loss.backward()
         else:
             loss = noise.backward(model, task.loss, batch)
+        if task.clip_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), task.clip_grad_norm)
         opt.step()
         step += 1
         loss_sum += loss.detach()
@@ -209,7 +215,10 @@ def train_supervised(workload, config: TrialConfig, report: Report, state: dict 
                 "ema": ema,
                 "initial_loss": initial_loss,
                 "wall": metrics["wall_time"],
+                "rng": torch.get_rng_state(),
             })
+            if device.type == "cuda":
+                checkpoint["cuda_rng"] = torch.cuda.get_rng_state_all()
             if noise is not None:
                 checkpoint["noise"] = noise.state_dict()
         report(metrics, checkpoint)

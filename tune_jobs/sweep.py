@@ -74,7 +74,7 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
         raise JobError(f"tracking.uri: {uri}/health did not answer 200; is it an MLflow server?")
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> dict[str, float]:
+def init_ray(address: str | None = None, num_cpus: int | None = None, temp_dir: str | None = None) -> dict[str, float]:
     """Connect to ``address`` (or $RAY_ADDRESS), else start a local Ray; returns its resources."""
     import ray
 
@@ -93,12 +93,15 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> dict[st
     else:
         # Ray's raylet gives its metrics agent a hard-coded 15 s to start (ray-project/ray#65983);
         # on a loaded laptop that fails now and then: retry a local start a few times.
-        for attempt in range(4):
+        attempts = int(os.environ.get("CRITBATCH_RAY_START_ATTEMPTS", "4"))
+        if temp_dir:
+            kwargs["_temp_dir"] = temp_dir
+        for attempt in range(attempts):
             try:
                 ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
                 break
             except Exception as e:
-                if "timed out during startup" not in str(e) or attempt == 3:
+                if "timed out during startup" not in str(e) or attempt == attempts - 1:
                     raise
                 ray.shutdown()
                 time.sleep(2.0)
@@ -132,6 +135,13 @@ def check_resources(job: JobConfig, resources: dict[str, float], scalable: list[
         scalable = autoscaling_node_types() if scalable is None else scalable
         if any(t.get("GPU", 0) >= job.resources.gpus and t.get("CPU", 0) >= job.resources.cpus for t in scalable):
             return  # the autoscaler adds such a node for the first pending trial
+        if scalable:
+            field = "gpus" if not any(t.get("GPU", 0) >= job.resources.gpus for t in scalable) else "cpus"
+            raise JobError(
+                f"resources.{field}: each trial asks for {getattr(job.resources, field):g} {field[:-1].upper()}s, more than "
+                f"any node type the autoscaler may add offers ({', '.join(map(str, scalable))}); lower resources.{field} "
+                "or add a bigger node type to the cluster file"
+            )
     if job.resources.gpus > 0 and gpus < job.resources.gpus:
         raise JobError(
             f"resources.gpus: each trial asks for {job.resources.gpus} GPU but the Ray cluster has {gpus:g}; "
