@@ -1,11 +1,9 @@
 #!/usr/bin/env bash
 # Set everything up (uv from PyPI if missing, the locked environment) and run the tests.
+# This is the README's test command; .ci/run calls it too. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v uv >/dev/null 2>&1; then
-  python3 -m pip install --quiet --user uv 2>/dev/null || python3 -m pip install --quiet uv
-  export PATH="$HOME/.local/bin:$PATH"
-fi
-uv sync --frozen --python ">=3.11"
-uv run --frozen ruff check .
-uv run --frozen pytest -q -ra "$@"
+python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+python3 -m uv sync --frozen
+python3 -m uv run --frozen ruff check .
+python3 -m uv run --frozen pytest -ra "$@"
