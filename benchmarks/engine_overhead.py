@@ -63,7 +63,9 @@ def engine(n: int, tmp: str) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--trials", type=int, default=40, help="trials per arm (multiple of 4)")
     ap.add_argument("--num-cpus", type=int, default=2)
     ap.add_argument("--smoke-test", action="store_true", help="8 trials, one round")
@@ -74,7 +76,11 @@ def main() -> int:
 
     init_ray(num_cpus=args.num_cpus)
     engine(4, tmp)  # warm-up: imports, MLflow schema creation, worker start
-    arms = {"stock": lambda: bare(n, False, tmp), "reuse": lambda: bare(n, True, tmp), "engine": lambda: engine(n, tmp)}
+    arms = {
+        "stock": lambda: bare(n, False, tmp),
+        "reuse": lambda: bare(n, True, tmp),
+        "engine": lambda: engine(n, tmp),
+    }
     order = ["stock", "reuse", "engine"]
     order = order if args.smoke_test else order + order[::-1]
     times: dict[str, list[float]] = {k: [] for k in arms}
@@ -88,7 +94,9 @@ def main() -> int:
     for k in arms:
         print(f"{k:>8}  {per[k]:8.3f}  {per[k] / per['stock']:8.2f}  {per[k] / per['reuse']:8.2f}")
     goal = per["engine"] <= 0.5
-    print(f"\ngoal (<= 0.5 s per trial, amortized): {'met' if goal else 'NOT met'} ({per['engine']:.3f} s)")
+    print(
+        f"\ngoal (<= 0.5 s per trial, amortized): {'met' if goal else 'NOT met'} ({per['engine']:.3f} s)"
+    )
     return 0
 
 

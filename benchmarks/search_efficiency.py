@@ -10,8 +10,10 @@ through :class:`tune_jobs.lr_search.LRSearch` over the same LR range:
 - ``random``: log-uniform random search;
 - ``grid``: a log grid with the same number of trials.
 
-Every search stops a trial once it has run as many steps as the best steps-to-target of its
-batch size so far (it can no longer win; checked at the trial's reports). Reported per
+Every search stops a trial (checked at its reports) once it has run as many steps as the
+search's ``steps_bound`` for its batch size (it can no longer win), or once its loss fell by
+less than 1% since half its current step count while still above the target (a plateau at
+its noise floor: it will not reach the target). Reported per
 (search, budget), mean over ``--repeats`` search seeds:
 
 - ``b_crit_err``: |B_crit fitted on the best steps found / true B_crit - 1|;
@@ -61,8 +63,16 @@ def run_trial(batch_size: int, lr: float, bound: float, options: dict) -> Outcom
         seen["best"] = min(seen["best"], m["eval_loss"])
         if m["status"] == Status.REACHED:
             seen["steps"] = m["steps_to_target"]
-        elif m["status"] == Status.RUNNING and m["step"] >= bound:
+        elif m["status"] == Status.RUNNING and (m["step"] >= bound or plateau(m)):
             raise _Stop
+
+    history: list[tuple[int, float]] = []
+
+    def plateau(m: dict) -> bool:
+        """Loss down by < 1% since half the current step: stuck above the target (noise floor)."""
+        history.append((m["step"], m["eval_loss"]))
+        half = [loss for step, loss in history if step <= m["step"] / 2]
+        return m["step"] >= 1000 and bool(half) and m["eval_loss"] > 0.99 * half[-1]
 
     cfg = TrialConfig(workload="nqm_exact", batch_size=batch_size, lr=lr, max_steps=MAX_STEPS,
                       eval_every=EVAL_EVERY, target=Target("eval_loss", TARGET), options=options)  # fmt: skip
@@ -75,7 +85,9 @@ def run_trial(batch_size: int, lr: float, bound: float, options: dict) -> Outcom
 
 
 def run_search(algorithm: str, budget: int, seed: int, sizes: list[int], options: dict) -> dict:
-    search = LRSearch(sizes, [0], *LR_RANGE, n_trials=budget, seed=seed, algorithm=algorithm)
+    search = LRSearch(
+        sizes, [0], *LR_RANGE, n_trials=budget, seed=seed, algorithm=algorithm, synchronous=False
+    )
     best: dict[int, float] = {}
     compute = 0
     while (p := search.ask()) is not None:

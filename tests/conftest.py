@@ -47,7 +47,9 @@ def ray_local():
     from tune_jobs.sweep import init_ray
 
     if not ray.is_initialized():
-        init_ray(num_cpus=2, temp_dir=str(_SESSION_HOME / "ray"))  # retries a slow start (ray#65983)
+        init_ray(
+            num_cpus=2, temp_dir=str(_SESSION_HOME / "ray")
+        )  # retries a slow start (ray#65983)
     yield ray
 
 
@@ -76,7 +78,7 @@ class MlflowServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 90.0) -> MlflowServer:
-        log = open(self.root / "mlflow-server.log", "ab")
+        log = open(self.root / "mlflow-server.log", "ab")  # noqa: SIM115 (owned by the server process)
         self.proc = subprocess.Popen(
             [
                 sys.executable, "-m", "mlflow", "server",
@@ -92,7 +94,9 @@ class MlflowServer:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(self.root / 'mlflow-server.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"mlflow server exited: {(self.root / 'mlflow-server.log').read_text()[-2000:]}"
+                )
             try:
                 with urllib.request.urlopen(self.uri + "/health", timeout=2) as r:
                     if r.status == 200:

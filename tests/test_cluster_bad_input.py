@@ -78,10 +78,14 @@ def test_gpus_of_a_cluster_that_autoscales_from_zero_are_accepted(tmp_path: Path
     head_only = {"CPU": 0.0, "memory": 1e10}
     check_resources(synthetic_job(tmp_path, "a", sqlite_uri, resources={"gpus": 1, "cpus": 4}), head_only, scalable)
     check_resources(synthetic_job(tmp_path, "b", sqlite_uri, resources={"gpus": 0.25}), head_only, scalable)
-    with pytest.raises(JobError, match=r"^resources.gpus: each trial asks for 2"):  # no node holds 2 GPUs
+    # no node type holds 2 GPUs, or 8 CPUs: named, with the fix
+    with pytest.raises(JobError, match=r"^resources.gpus: each trial asks for 2 GPUs, more than any node type.*lower resources.gpus"):
         check_resources(synthetic_job(tmp_path, "c", sqlite_uri, resources={"gpus": 2}), head_only, scalable)
-    with pytest.raises(JobError, match=r"^resources.cpus: each trial asks for 8"):
+    with pytest.raises(JobError, match=r"^resources.cpus: each trial asks for 8 CPUs, more than any node type.*'GPU': 1"):
         check_resources(synthetic_job(tmp_path, "d", sqlite_uri, resources={"gpus": 1, "cpus": 8}), head_only, scalable)
+    # without a launcher config (a plain cluster), the plain message
+    with pytest.raises(JobError, match=r"^resources.gpus: each trial asks for 1.0 GPU but the Ray cluster has 0"):
+        check_resources(synthetic_job(tmp_path, "e", sqlite_uri, resources={"gpus": 1}), head_only, [])
 
 
 def test_tracking_server_unreachable_at_start(tmp_path: Path) -> None:

@@ -65,7 +65,11 @@ def with_(**changes):
         (with_(name="a b"), "name", "names a folder"),
         (with_(early_stopping__reduction_factor=1), "early_stopping.reduction_factor", "> 1"),
         (with_(seeds=[]), "seeds", "non-empty"),
-        ({k: v for k, v in GOOD.items() if k != "workload"}, "workload", "required field is missing"),
+        (
+            {k: v for k, v in GOOD.items() if k != "workload"},
+            "workload",
+            "required field is missing",
+        ),
         ([1, 2], "job", "YAML mapping"),
     ],
 )

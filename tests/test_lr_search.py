@@ -38,7 +38,7 @@ def test_same_seed_same_proposals_whatever_the_completion_order():
         for _ in range(4):
             props = [s.ask() for _ in range(3)]
             lrs.extend(round(p.lr, 12) for p in sorted(props, key=lambda p: p.batch_size))
-            for p in (props if order else reversed(props)):
+            for p in props if order else reversed(props):
                 steps = 100 * abs(math.log(p.lr / (0.01 * p.batch_size**0.5)))
                 s.tell(p, Outcome("reached", 10 + steps, 0.1, 10 + steps), 1000, 0.2, "min")
         assert s.ask() is None

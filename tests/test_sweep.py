@@ -55,7 +55,10 @@ def test_full_sweep_parent_children_and_metric_counts(ray_local, tmp_path):
     parents, kids = children(client, "s")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
-    assert parent.data.params["workload"] == "synthetic" and parent.data.params["target_metric"] == "eval_loss"
+    assert (
+        parent.data.params["workload"] == "synthetic"
+        and parent.data.params["target_metric"] == "eval_loss"
+    )
     assert parent.data.tags["critbatch.git_commit"]
     assert "job.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
     assert len(kids) == 9
@@ -99,7 +102,12 @@ def test_diverging_trials_are_results_not_crashes(ray_local, tmp_path):
 
 
 def test_existing_sweep_name_is_refused_before_anything_runs(ray_local, tmp_path):
-    d = synthetic_job(tmp_path, "dup", batch_sizes=[8], lr_search={"min": 0.01, "max": 0.5, "trials_per_batch_size": 1})
+    d = synthetic_job(
+        tmp_path,
+        "dup",
+        batch_sizes=[8],
+        lr_search={"min": 0.01, "max": 0.5, "trials_per_batch_size": 1},
+    )
     run_sweep(parse_job(d), progress=False)
     from tune_jobs.config import JobError
 

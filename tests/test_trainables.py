@@ -20,7 +20,9 @@ def collect(cfg, state=None):
 @pytest.mark.parametrize("name", ["digits_mlp", "digits_cnn", "synthetic"])
 def test_reports_required_metrics_and_is_deterministic(name):
     w = get_workload(name)
-    cfg = TrialConfig(name, 32, 0.1, seed=1, max_steps=40, eval_every=10, target=Target("eval_loss", 1e-9, "min"))
+    cfg = TrialConfig(
+        name, 32, 0.1, seed=1, max_steps=40, eval_every=10, target=Target("eval_loss", 1e-9, "min")
+    )
     r1, _ = collect(cfg)
     r2, _ = collect(cfg)
     assert [r["step"] for r in r1] == [10, 20, 30, 40]
@@ -34,7 +36,9 @@ def test_reports_required_metrics_and_is_deterministic(name):
 
 
 def test_target_reached_stops_and_records_step():
-    cfg = TrialConfig("synthetic", 64, 0.2, max_steps=500, eval_every=5, target=Target("eval_loss", 0.2, "min"))
+    cfg = TrialConfig(
+        "synthetic", 64, 0.2, max_steps=500, eval_every=5, target=Target("eval_loss", 0.2, "min")
+    )
     r, _ = collect(cfg)
     assert r[-1]["status"] == Status.REACHED
     assert r[-1]["steps_to_target"] == r[-1]["step"] < 500
@@ -70,7 +74,9 @@ def test_schedules():
     assert lr_at(9, 0.8, lsr, steps_per_epoch=10) == pytest.approx(0.8)
     assert lr_at(50, 0.8, lsr, steps_per_epoch=10) == pytest.approx(0.8)
     decay = Schedule("tuned", decay_epochs=(2.0, 4.0), decay_factor=10)
-    assert lr_at(25, 1.0, decay, 10) == pytest.approx(0.1) and lr_at(45, 1.0, decay, 10) == pytest.approx(0.01)
+    assert lr_at(25, 1.0, decay, 10) == pytest.approx(0.1) and lr_at(
+        45, 1.0, decay, 10
+    ) == pytest.approx(0.01)
     with pytest.raises(ValueError, match="base_lr"):
         peak_lr(Schedule("lsr"), 64)
 

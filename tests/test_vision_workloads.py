@@ -178,3 +178,30 @@ def test_resnet34_on_cuda_defaults_bf16_channels_last(root):
     assert math.isfinite(last["train_loss"]) and last["eval_error"] == pytest.approx(
         1 - last["eval_accuracy"]
     )
+
+
+IMAGE_JOBS = sorted(
+    p
+    for p in (Path(__file__).resolve().parents[1] / "tune_jobs" / "jobs").glob("paper_*.yaml")
+    if p.name.split("_")[1] in ("cifar10", "cifar100", "svhn", "mnist")
+)
+
+
+def test_paper_image_jobs_follow_table_1():
+    from tune_jobs.config import load_job
+
+    assert len(IMAGE_JOBS) == 25
+    for path in IMAGE_JOBS:
+        job = load_job(path)
+        assert get_workload(job.workload).dataset is not None, path
+        assert set(job.batch_sizes) <= set(vision.PAPER["batch_sizes"]), path
+        s = job.strategy
+        if s.name == "tuned":
+            assert job.budget.max_steps > 0, path
+            continue
+        assert (s.base_lr, s.base_batch_size, job.budget.epochs) == (0.1, 64, 200), path
+        assert s.warmup_epochs == (10 if s.name == "lsr" else 0), path
+        assert (
+            job.options.get("limit_train", 50_000) == 50_000
+            or job.workload == "svhn_extra_resnet34"
+        )

@@ -30,7 +30,9 @@ class Status(StrEnum):
     REACHED = "reached"  # the target was met at step `steps_to_target`
     NOT_REACHED = "not_reached"  # the step budget ran out first
     DIVERGED = "diverged"  # loss became NaN/inf or grew far above its start: a result, not an error
-    STOPPED_EARLY = "stopped_early"  # the scheduler stopped it (set by the runner, not the trainable)
+    STOPPED_EARLY = (
+        "stopped_early"  # the scheduler stopped it (set by the runner, not the trainable)
+    )
     ERRORED = "errored"  # an exception (set by the runner)
 
 
@@ -122,8 +124,12 @@ class TrialConfig:
 class Report(Protocol):
     """Called by a trainable at each eval point; see the module docstring."""
 
-    def __call__(self, metrics: dict[str, Any], checkpoint: dict[str, Any] | None = None) -> None: ...
+    def __call__(
+        self, metrics: dict[str, Any], checkpoint: dict[str, Any] | None = None
+    ) -> None: ...
 
 
 class Trainable(Protocol):
-    def __call__(self, config: TrialConfig, report: Report, state: dict[str, Any] | None = None) -> None: ...
+    def __call__(
+        self, config: TrialConfig, report: Report, state: dict[str, Any] | None = None
+    ) -> None: ...

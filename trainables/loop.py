@@ -116,7 +116,9 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(False)
 
 
-def train_supervised(workload, config: TrialConfig, report: Report, state: dict | None = None) -> None:
+def train_supervised(
+    workload, config: TrialConfig, report: Report, state: dict | None = None
+) -> None:
     seed_everything(config.seed)
     device = resolve_device(config.device)
     task: Task = workload.build(config, device)
@@ -140,7 +142,12 @@ def train_supervised(workload, config: TrialConfig, report: Report, state: dict 
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         task.batches.load_state_dict(state["batches"])
-        step, ema, initial_loss, wall = state["step"], state["ema"], state["initial_loss"], state["wall"]
+        step, ema, initial_loss, wall = (
+            state["step"],
+            state["ema"],
+            state["initial_loss"],
+            state["wall"],
+        )
         torch.set_rng_state(state["rng"])  # dropout and other in-model randomness resume exactly
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -177,7 +184,11 @@ def train_supervised(workload, config: TrialConfig, report: Report, state: dict 
         train_loss = float(loss_sum) / n_in_window
         loss_sum.zero_()
         n_in_window = 0
-        ema = train_loss if ema is None else config.ema_beta * ema + (1 - config.ema_beta) * train_loss
+        ema = (
+            train_loss
+            if ema is None
+            else config.ema_beta * ema + (1 - config.ema_beta) * train_loss
+        )
         diverged = not math.isfinite(train_loss) or train_loss > config.divergence_factor * max(
             initial_loss, 1e-12
         )
@@ -205,18 +216,24 @@ def train_supervised(workload, config: TrialConfig, report: Report, state: dict 
             metrics["steps_to_target"] = step
         evals_done += 1
         checkpoint = None
-        if status == Status.RUNNING and config.checkpoint_every and evals_done % config.checkpoint_every == 0:
+        if (
+            status == Status.RUNNING
+            and config.checkpoint_every
+            and evals_done % config.checkpoint_every == 0
+        ):
             # A snapshot, not references: training goes on mutating the live tensors.
-            checkpoint = copy.deepcopy({
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "batches": task.batches.state_dict(),
-                "step": step,
-                "ema": ema,
-                "initial_loss": initial_loss,
-                "wall": metrics["wall_time"],
-                "rng": torch.get_rng_state(),
-            })
+            checkpoint = copy.deepcopy(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "batches": task.batches.state_dict(),
+                    "step": step,
+                    "ema": ema,
+                    "initial_loss": initial_loss,
+                    "wall": metrics["wall_time"],
+                    "rng": torch.get_rng_state(),
+                }
+            )
             if device.type == "cuda":
                 checkpoint["cuda_rng"] = torch.cuda.get_rng_state_all()
             if noise is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
@@ -30,8 +29,12 @@ def register(sub) -> None:
                        "(local unless --address/RAY_ADDRESS), one Optuna study per batch size, every trial an "
                        "MLflow child run of the sweep's parent run.", epilog=_job_reference())  # fmt: skip
     _job_args(p)
-    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    p.add_argument(
+        "--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)"
+    )
+    p.add_argument(
+        "--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)"
+    )
     p.add_argument("--no-progress", action="store_true", help="do not print progress while running")
     p.add_argument("--analyze", action="store_true", help="write the analysis report when done")
     p.set_defaults(func=run_command)
@@ -41,23 +44,44 @@ def register(sub) -> None:
     _job_args(p)
     p.set_defaults(func=check_command)
 
-    p = sub.add_parser("resume", help="finish a sweep whose driver died (one command, nothing re-run)")
+    p = sub.add_parser(
+        "resume", help="finish a sweep whose driver died (one command, nothing re-run)"
+    )
     p.add_argument("sweep", help="sweep name (its folder under --storage) or the run folder itself")
-    p.add_argument("--storage", default="critbatch_runs", help="folder holding run folders (default critbatch_runs)")
-    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument(
+        "--storage",
+        default="critbatch_runs",
+        help="folder holding run folders (default critbatch_runs)",
+    )
+    p.add_argument(
+        "--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)"
+    )
     p.add_argument("--num-cpus", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=resume_command)
 
-    p = sub.add_parser("sync", help="replay into MLflow what a sweep recorded while MLflow was unreachable")
+    p = sub.add_parser(
+        "sync", help="replay into MLflow what a sweep recorded while MLflow was unreachable"
+    )
     p.add_argument("sweep", help="sweep name or run folder")
     p.add_argument("--storage", default="critbatch_runs")
     p.set_defaults(func=sync_command)
 
-    p = sub.add_parser("quickstart", help="a digits sweep over batch sizes 8..512 on local Ray, then the analysis")
-    p.add_argument("--trials-per-batch-size", type=int, default=None, help="LR trials per batch size (default 6)")
+    p = sub.add_parser(
+        "quickstart", help="a digits sweep over batch sizes 8..512 on local Ray, then the analysis"
+    )
+    p.add_argument(
+        "--trials-per-batch-size",
+        type=int,
+        default=None,
+        help="LR trials per batch size (default 6)",
+    )
     p.add_argument("--seed", type=int, default=None, help="seed of the LR search (default 0)")
-    p.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="MLflow store (default sqlite:///mlflow.db here)")
+    p.add_argument(
+        "--tracking-uri",
+        default="sqlite:///mlflow.db",
+        help="MLflow store (default sqlite:///mlflow.db here)",
+    )
     p.add_argument("--storage", default="critbatch_runs")
     p.add_argument("--num-cpus", type=int, default=None)
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
@@ -139,10 +163,14 @@ def _report_sweep(result, job, analyze: bool) -> None:
         print(format_fit(fit_rows(rows)))
     except ValueError as e:
         print(f"Fit: not possible ({e})")
-    print(f"\n{len(result.trials)} trials in {result.wall_time_s:.0f} s; run folder {result.run_dir}")
+    print(
+        f"\n{len(result.trials)} trials in {result.wall_time_s:.0f} s; run folder {result.run_dir}"
+    )
     uri = result.tracking_uri
     ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"open {uri}"
-    print(f"MLflow: experiment {job.experiment!r}, parent run {result.parent_run_id}. See it with:\n  {ui}   # then http://127.0.0.1:5000")
+    print(
+        f"MLflow: experiment {job.experiment!r}, parent run {result.parent_run_id}. See it with:\n  {ui}   # then http://127.0.0.1:5000"
+    )
     if analyze:
         from tune_jobs.cli import main
 
@@ -176,9 +204,9 @@ def resume_command(args) -> int:
                               progress=not args.no_progress)  # fmt: skip
     except JobError as e:
         raise UsageError(str(e)) from None
-    from tune_jobs.config import parse_job
-
     import json
+
+    from tune_jobs.config import parse_job
 
     job = parse_job(json.loads((result.run_dir / "sweep.json").read_text())["job"])
     _report_sweep(result, job, False)
@@ -193,7 +221,9 @@ def sync_command(args) -> int:
     if not (run_dir / SWEEP_FILE).exists():
         raise UsageError(f"no sweep {args.sweep!r} under {args.storage}; give the run folder")
     counts = sync_sweep(run_dir.resolve())
-    print(f"synced: {counts['runs_created']} child runs created, {counts['points_sent']} metric points sent")
+    print(
+        f"synced: {counts['runs_created']} child runs created, {counts['points_sent']} metric points sent"
+    )
     return 0
 
 
@@ -228,5 +258,4 @@ def workloads_command(args) -> int:
         data = f"; data: {w.dataset}" if w.dataset else ""
         print(f"{name}\n  {w.description}\n  {size}{data}\n  metrics: {metrics}\n  default target: "
               f"{w.default_target.metric} {w.default_target.direction} {w.default_target.value:g}")  # fmt: skip
-    del math
     return 0

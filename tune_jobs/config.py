@@ -178,7 +178,9 @@ class JobConfig:
         if self.budget.max_steps > 0:
             return self.budget.max_steps
         if train_size is None:
-            raise JobError("budget.epochs needs a workload with a known training-set size; use budget.max_steps")
+            raise JobError(
+                "budget.epochs needs a workload with a known training-set size; use budget.max_steps"
+            )
         n = max(1, int(round(train_size * self.data.fraction)))
         return max(1, math.ceil(self.budget.epochs * n / batch_size))
 
@@ -194,7 +196,9 @@ class JobConfig:
             decay_factor=s.decay_factor,
         )
 
-    def trial_config(self, batch_size: int, lr: float, seed: int, train_size: int | None) -> TrialConfig:
+    def trial_config(
+        self, batch_size: int, lr: float, seed: int, train_size: int | None
+    ) -> TrialConfig:
         return TrialConfig(
             workload=self.workload,
             batch_size=batch_size,
@@ -220,9 +224,12 @@ class JobConfig:
 # ---- parsing -------------------------------------------------------------------------------
 def _type_name(tp: Any) -> str:
     if isinstance(tp, type):
-        return {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}.get(
-            tp.__name__, tp.__name__
-        )
+        return {
+            "int": "an integer",
+            "float": "a number",
+            "str": "a string",
+            "bool": "true or false",
+        }.get(tp.__name__, tp.__name__)
     origin = typing.get_origin(tp)
     if origin is list:
         return f"a list of {_type_name(typing.get_args(tp)[0]).removeprefix('an ').removeprefix('a ')}s"
@@ -235,11 +242,15 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise JobError(f"{path}: expected a mapping of fields, got {value!r}; see `critbatch check --help`")
+            raise JobError(
+                f"{path}: expected a mapping of fields, got {value!r}; see `critbatch check --help`"
+            )
         return _build(tp, value, path + ".")
     if origin is list:
         if not isinstance(value, list):
-            raise JobError(f"{path}: expected {_type_name(tp)}, got {value!r}; write e.g. [8, 16, 32]")
+            raise JobError(
+                f"{path}: expected {_type_name(tp)}, got {value!r}; write e.g. [8, 16, 32]"
+            )
         (item,) = typing.get_args(tp)
         return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin is dict or tp is dict:
@@ -274,23 +285,33 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     for key, value in data.items():
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"; did you mean `{prefix}{close[0]}`?" if close else f"; known fields: {', '.join(fields)}"
+            hint = (
+                f"; did you mean `{prefix}{close[0]}`?"
+                if close
+                else f"; known fields: {', '.join(fields)}"
+            )
             raise JobError(f"{prefix}{key}: unknown field{hint}")
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
     missing = [
         n
         for n, f in fields.items()
-        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if n not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
     ]
     if missing:
-        raise JobError(f"{prefix}{missing[0]}: required field is missing; add `{missing[0]}:` to the job file")
+        raise JobError(
+            f"{prefix}{missing[0]}: required field is missing; add `{missing[0]}:` to the job file"
+        )
     return cls(**kwargs)
 
 
 def parse_job(data: Any, source: str = "job") -> JobConfig:
     """Validate a mapping (parsed YAML) into a :class:`JobConfig`; raises :class:`JobError`."""
     if not isinstance(data, dict):
-        raise JobError(f"{source}: a job file is a YAML mapping of fields (name, workload, batch_sizes, ...)")
+        raise JobError(
+            f"{source}: a job file is a YAML mapping of fields (name, workload, batch_sizes, ...)"
+        )
     job = _build(JobConfig, data)
     _check_values(job)
     return job
@@ -300,7 +321,9 @@ def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> JobCo
     """Read and validate a YAML job file. ``overrides`` (dotted keys) replace fields."""
     p = Path(path)
     if not p.is_file():
-        raise JobError(f"job file {str(p)!r} does not exist; give the path to a YAML job (examples in tune_jobs/jobs/)")
+        raise JobError(
+            f"job file {str(p)!r} does not exist; give the path to a YAML job (examples in tune_jobs/jobs/)"
+        )
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
@@ -318,17 +341,25 @@ def _check_values(job: JobConfig) -> None:
     from trainables.registry import workloads
 
     if not job.name or not all(c.isalnum() or c in "-_." for c in job.name):
-        raise JobError(f"name: {job.name!r} must be non-empty letters, digits, '-', '_' or '.'; it names a folder")
+        raise JobError(
+            f"name: {job.name!r} must be non-empty letters, digits, '-', '_' or '.'; it names a folder"
+        )
     known = workloads()
     if job.workload not in known:
         close = difflib.get_close_matches(job.workload, list(known), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise JobError(f"workload: unknown workload {job.workload!r}; {hint}known: {', '.join(known)} (`critbatch workloads`)")
+        raise JobError(
+            f"workload: unknown workload {job.workload!r}; {hint}known: {', '.join(known)} (`critbatch workloads`)"
+        )
     if not job.batch_sizes:
-        raise JobError("batch_sizes: the list is empty; give at least one positive batch size, e.g. [8, 16, 32]")
+        raise JobError(
+            "batch_sizes: the list is empty; give at least one positive batch size, e.g. [8, 16, 32]"
+        )
     for i, b in enumerate(job.batch_sizes):
         if b <= 0:
-            raise JobError(f"batch_sizes[{i}]: {b} is not positive; batch sizes are counts of examples >= 1")
+            raise JobError(
+                f"batch_sizes[{i}]: {b} is not positive; batch sizes are counts of examples >= 1"
+            )
     if len(set(job.batch_sizes)) != len(job.batch_sizes):
         raise JobError("batch_sizes: contains duplicates; list each batch size once")
     if not job.seeds or len(set(job.seeds)) != len(job.seeds):
@@ -337,12 +368,16 @@ def _check_values(job: JobConfig) -> None:
     if s.name not in ("tuned", "blr", "lsr", "srsr"):
         raise JobError(f"strategy.name: unknown strategy {s.name!r}; use tuned, blr, lsr or srsr")
     if s.name != "tuned" and (s.base_lr <= 0 or s.base_batch_size <= 0):
-        raise JobError(f"strategy: {s.name} needs base_lr > 0 and base_batch_size > 0 (the LR chosen at a small base batch size)")
+        raise JobError(
+            f"strategy: {s.name} needs base_lr > 0 and base_batch_size > 0 (the LR chosen at a small base batch size)"
+        )
     if s.warmup_epochs < 0 or s.warmup_steps < 0:
         raise JobError("strategy.warmup_epochs: must be >= 0")
     r = job.lr_search
     if not (r.min > 0 and r.max > 0 and math.isfinite(r.min) and math.isfinite(r.max)):
-        raise JobError(f"lr_search: min ({r.min}) and max ({r.max}) must be positive finite learning rates")
+        raise JobError(
+            f"lr_search: min ({r.min}) and max ({r.max}) must be positive finite learning rates"
+        )
     if r.min >= r.max:
         raise JobError(f"lr_search: min ({r.min}) must be below max ({r.max}); swap them")
     if r.trials_per_batch_size < 1:
@@ -351,17 +386,25 @@ def _check_values(job: JobConfig) -> None:
         raise JobError(f"lr_search.algorithm: unknown {r.algorithm!r}; use tpe, random or grid")
     t = job.target
     if t.direction not in ("min", "max"):
-        raise JobError(f"target.direction: {t.direction!r}; use min (loss-like) or max (accuracy-like)")
+        raise JobError(
+            f"target.direction: {t.direction!r}; use min (loss-like) or max (accuracy-like)"
+        )
     metrics = known[job.workload].all_metrics()
     if t.metric not in metrics:
-        raise JobError(f"target.metric: {job.workload} does not report {t.metric!r}; it reports: {', '.join(metrics)}")
+        raise JobError(
+            f"target.metric: {job.workload} does not report {t.metric!r}; it reports: {', '.join(metrics)}"
+        )
     if metrics[t.metric] != t.direction:
-        raise JobError(f"target.direction: {t.metric} improves towards {metrics[t.metric]}, not {t.direction}; set direction: {metrics[t.metric]}")
+        raise JobError(
+            f"target.direction: {t.metric} improves towards {metrics[t.metric]}, not {t.direction}; set direction: {metrics[t.metric]}"
+        )
     if not math.isfinite(t.value):
         raise JobError("target.value: must be a finite number")
     b = job.budget
     if (b.max_steps > 0) == (b.epochs > 0):
-        raise JobError("budget: give exactly one of max_steps (recommended) or epochs, as a positive number")
+        raise JobError(
+            "budget: give exactly one of max_steps (recommended) or epochs, as a positive number"
+        )
     if b.max_steps < 0 or b.epochs < 0:
         raise JobError("budget: max_steps and epochs must be positive")
     if job.eval_every < 1:
@@ -371,15 +414,23 @@ def _check_values(job: JobConfig) -> None:
     if job.resources.gpus > 1 and job.resources.gpus != int(job.resources.gpus):
         raise JobError("resources.gpus: above 1, ask for a whole number of GPUs")
     if not 0 < job.data.fraction <= 1:
-        raise JobError(f"data.fraction: {job.data.fraction} must be in (0, 1], e.g. 0.5 for half the training set")
+        raise JobError(
+            f"data.fraction: {job.data.fraction} must be in (0, 1], e.g. 0.5 for half the training set"
+        )
     if job.early_stopping.reduction_factor <= 1:
-        raise JobError("early_stopping.reduction_factor: must be > 1 (3 keeps the top third at each rung)")
+        raise JobError(
+            "early_stopping.reduction_factor: must be > 1 (3 keeps the top third at each rung)"
+        )
     if job.max_concurrent < 0 or job.checkpoint_every < 0 or job.max_failures < 0:
         raise JobError("max_concurrent, checkpoint_every and max_failures must be >= 0")
     if job.divergence_factor <= 1:
-        raise JobError("divergence_factor: must be > 1 (10 = diverged when the loss is 10x its start)")
+        raise JobError(
+            "divergence_factor: must be > 1 (10 = diverged when the loss is 10x its start)"
+        )
     uri = job.tracking.uri
-    if not (uri.startswith(("sqlite:///", "http://", "https://", "databricks", "postgresql", "mysql"))):
+    if not (
+        uri.startswith(("sqlite:///", "http://", "https://", "databricks", "postgresql", "mysql"))
+    ):
         raise JobError(
             f"tracking.uri: {uri!r} is not a tracking URI MLflow 3 accepts here; use sqlite:///mlflow.db or http://127.0.0.1:5000"
         )
@@ -397,7 +448,11 @@ def field_docs(cls: type = JobConfig, prefix: str = "") -> list[tuple[str, str, 
     docs: dict[str, str] = {}
     body = tree.body[0].body  # type: ignore[attr-defined]
     for a, b in zip(body, body[1:], strict=False):
-        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
+        if (
+            isinstance(a, ast.AnnAssign)
+            and isinstance(b, ast.Expr)
+            and isinstance(b.value, ast.Constant)
+        ):
             docs[a.target.id] = " ".join(str(b.value.value).split())  # type: ignore[union-attr]
     out = []
     hints = typing.get_type_hints(cls)

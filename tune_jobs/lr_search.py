@@ -100,7 +100,9 @@ class LRSearch:
         self.told: dict[str, int] = {}
         self.synchronous = synchronous
         self.studies: dict[str, optuna.Study] = {}
-        self.best: dict[str, tuple[float, float]] = {}  # study -> (objective, lr) of best told trial
+        self.best: dict[
+            str, tuple[float, float]
+        ] = {}  # study -> (objective, lr) of best told trial
         self.stop_bound: dict[str, float] = {}  # study -> best steps-to-target so far
         self.results: dict[str, dict[float, float]] = {}  # study -> {lr: objective} told
         self.reached_cut = math.inf
@@ -114,10 +116,16 @@ class LRSearch:
                     sampler = optuna.samplers.RandomSampler(seed=seed + idx)
                 else:
                     sampler = optuna.samplers.TPESampler(
-                        seed=seed + idx, n_startup_trials=max(2, min(4, n_trials // 3)), multivariate=False
+                        seed=seed + idx,
+                        n_startup_trials=max(2, min(4, n_trials // 3)),
+                        multivariate=False,
                     )
                 study = optuna.create_study(
-                    study_name=name, storage=storage, sampler=sampler, direction="minimize", load_if_exists=True
+                    study_name=name,
+                    storage=storage,
+                    sampler=sampler,
+                    direction="minimize",
+                    load_if_exists=True,
                 )
                 self.studies[name] = study
                 self.range[name] = (lr_min, lr_max)
@@ -131,7 +139,11 @@ class LRSearch:
     # ---- proposals ---------------------------------------------------------------------------
     def _grid(self, n: int) -> list[float]:
         if n == 1:
-            return [math.sqrt(self.lr_min * self.lr_max) if self.log else (self.lr_min + self.lr_max) / 2]
+            return [
+                math.sqrt(self.lr_min * self.lr_max)
+                if self.log
+                else (self.lr_min + self.lr_max) / 2
+            ]
         if self.log:
             lo, hi = math.log(self.lr_min), math.log(self.lr_max)
             pts = [math.exp(lo + (hi - lo) * i / (n - 1)) for i in range(n)]
@@ -172,7 +184,11 @@ class LRSearch:
 
     def _enqueue_from_neighbours(self, name: str, b: int, s: int) -> None:
         """Start a study at LRs its neighbours suggest (linear and square-root scaling)."""
-        done = [(bb, self.best[study_name(bb, s)][1]) for bb in self.batch_sizes if study_name(bb, s) in self.best]
+        done = [
+            (bb, self.best[study_name(bb, s)][1])
+            for bb in self.batch_sizes
+            if study_name(bb, s) in self.best
+        ]
         if not done:
             return
         nb, lr_nb = min(done, key=lambda x: abs(math.log(x[0] / b)))
@@ -200,14 +216,23 @@ class LRSearch:
         reached = [(x, v) for x, v in pts if v <= self.reached_cut]
         if not reached:
             done = [(bb, self.best_lr(study_name(bb, s))) for bb in self.batch_sizes if bb != b]
-            done = [(bb, lr) for bb, lr in done if lr is not None and self.best[study_name(bb, s)][0] <= self.reached_cut]
+            done = [
+                (bb, lr)
+                for bb, lr in done
+                if lr is not None and self.best[study_name(bb, s)][0] <= self.reached_cut
+            ]
             if not done:
                 return None
             nb, lr_nb = min(done, key=lambda x: abs(math.log(x[0] / b)))
             # Never propose at or above an LR that diverged here or at a smaller batch size
             # (the stability edge barely moves with B): take the neighbour's own best LR
             # instead, which reaches the target at this larger batch size no later than there.
-            bad = [lr for bb in self.batch_sizes if bb <= b for lr in self.diverged.get(study_name(bb, s), ())]
+            bad = [
+                lr
+                for bb in self.batch_sizes
+                if bb <= b
+                for lr in self.diverged.get(study_name(bb, s), ())
+            ]
             cap = min(bad, default=math.inf)
             for lr in (lr_nb * b / nb, lr_nb * math.sqrt(b / nb), lr_nb):
                 if lr >= cap:
@@ -234,7 +259,9 @@ class LRSearch:
         return math.exp(x_new) if fresh(x_new) else None
 
     # ---- results -----------------------------------------------------------------------------
-    def tell(self, proposal: Proposal, outcome: Outcome, max_steps: int, target: float, direction: str) -> float:
+    def tell(
+        self, proposal: Proposal, outcome: Outcome, max_steps: int, target: float, direction: str
+    ) -> float:
         value = objective(outcome, max_steps, target, direction)
         self.reached_cut = float(max_steps)  # objectives <= max_steps are steps of reached trials
         if outcome.status == "diverged":
@@ -272,7 +299,9 @@ class LRSearch:
         """Best steps-to-target of a study so far (inf if none): a trial of that study still
         running past this step can no longer win and may be stopped."""
         b, s = _parse(name)
-        smaller = [self.stop_bound.get(study_name(bb, s), math.inf) for bb in self.batch_sizes if bb < b]
+        smaller = [
+            self.stop_bound.get(study_name(bb, s), math.inf) for bb in self.batch_sizes if bb < b
+        ]
         # A larger batch at the same LR has less gradient noise, so it needs no more steps:
         # the best steps of any smaller batch size bound this study's best too.
         return min([self.stop_bound.get(name, math.inf), *smaller])
@@ -282,7 +311,13 @@ class LRSearch:
 
     # ---- resume ------------------------------------------------------------------------------
     def state(self) -> dict:
-        return {"asked": dict(self.asked), "told": dict(self.told), "range": dict(self.range), "best": dict(self.best), "stop_bound": dict(self.stop_bound)}
+        return {
+            "asked": dict(self.asked),
+            "told": dict(self.told),
+            "range": dict(self.range),
+            "best": dict(self.best),
+            "stop_bound": dict(self.stop_bound),
+        }
 
     def load_state(self, state: dict, live_numbers: dict[str, set[int]]) -> None:
         """Restore counters; Optuna trials left RUNNING by a killed driver that Tune does not

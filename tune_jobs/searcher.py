@@ -60,7 +60,9 @@ class SweepSearcher(Searcher):
         if not self.job.tuned:
             from trainables.schedules import peak_lr
 
-            p = Proposal(p.study, p.batch_size, p.seed, peak_lr(self.job.schedule(), p.batch_size), p.number)
+            p = Proposal(
+                p.study, p.batch_size, p.seed, peak_lr(self.job.schedule(), p.batch_size), p.number
+            )
         self.proposals[trial_id] = p
         return {
             "batch_size": p.batch_size,
@@ -82,7 +84,9 @@ class SweepSearcher(Searcher):
         if better:
             self.best_metric[trial_id] = v
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
         p = self.proposals.get(trial_id)
         if p is None:
             return
@@ -105,14 +109,22 @@ class SweepSearcher(Searcher):
         best = self.best_metric.get(trial_id)
         v = last.get(self.job.target.metric)
         if v is not None and math.isfinite(v):
-            best = v if best is None else (min(best, v) if self.job.target.direction == "min" else max(best, v))
+            best = (
+                v
+                if best is None
+                else (min(best, v) if self.job.target.direction == "min" else max(best, v))
+            )
         t = self.job.target
         max_steps = self.job.max_steps_for(p.batch_size, self.train_sizes.get(p.batch_size))
         return objective(trial_outcome(last, best), max_steps, t.value, t.direction)
 
     # ---- resume --------------------------------------------------------------------------
     def save(self, checkpoint_path: str) -> None:
-        state = {"search": self.search.state(), "proposals": self.proposals, "best_metric": self.best_metric}
+        state = {
+            "search": self.search.state(),
+            "proposals": self.proposals,
+            "best_metric": self.best_metric,
+        }
         with open(checkpoint_path, "wb") as f:
             pickle.dump(state, f)
 
@@ -151,7 +163,9 @@ class PerBatchSizeScheduler(FIFOScheduler):
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         if not self.enabled or result.get("status") != Status.RUNNING:
             return TrialScheduler.CONTINUE
-        study = trial.config.get("study") or study_name(trial.config["batch_size"], trial.config["seed"])
+        study = trial.config.get("study") or study_name(
+            trial.config["batch_size"], trial.config["seed"]
+        )
         step = result.get("step", 0)
         if step >= self.searcher.search.steps_bound(study):
             self.stopped.add(trial.trial_id)
@@ -161,7 +175,9 @@ class PerBatchSizeScheduler(FIFOScheduler):
             return TrialScheduler.CONTINUE
         bracket = self.brackets.get(study)
         if bracket is None:
-            bracket = self.brackets[study] = _Bracket(self.grace, self.max_steps, self.rf, 0, stop_last_trials=False)
+            bracket = self.brackets[study] = _Bracket(
+                self.grace, self.max_steps, self.rf, 0, stop_last_trials=False
+            )
         action = bracket.on_result(trial, step, self.sign * value)
         if action == TrialScheduler.STOP:
             self.stopped.add(trial.trial_id)

@@ -57,7 +57,11 @@ def fit_rows(rows: list[BatchSizeRow]):
 
 def format_table(rows: list[BatchSizeRow], target: str) -> str:
     head = f"{'batch size':>10}  {'best LR':>9}  {'steps to target':>15}  {'trials':>6}  {'reached':>7}  {'diverged':>8}  {'stopped early':>13}"
-    lines = [f"Steps to reach {target}, best over the LR search at each batch size:", head, "-" * len(head)]
+    lines = [
+        f"Steps to reach {target}, best over the LR search at each batch size:",
+        head,
+        "-" * len(head),
+    ]
     for r in rows:
         lr = f"{r.best_lr:.4g}" if r.best_lr is not None else "-"
         st = f"{r.steps_to_target:.0f}" if r.steps_to_target is not None else "not reached"

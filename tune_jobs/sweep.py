@@ -7,6 +7,7 @@ Everything that can be wrong with the input is checked before anything is writte
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -42,7 +43,9 @@ class SweepResult:
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
-    trials: list[dict[str, Any]]  # one row per trial: trial_id, batch_size, lr, seed, status, steps_to_target, ...
+    trials: list[
+        dict[str, Any]
+    ]  # one row per trial: trial_id, batch_size, lr, seed, status, steps_to_target, ...
     wall_time_s: float
 
 
@@ -57,9 +60,13 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
         path = Path(uri.removeprefix("sqlite:///"))
         parent = path.expanduser().resolve().parent
         if not parent.is_dir():
-            raise JobError(f"tracking.uri: folder {str(parent)!r} of the SQLite store does not exist; create it or use sqlite:///mlflow.db")
+            raise JobError(
+                f"tracking.uri: folder {str(parent)!r} of the SQLite store does not exist; create it or use sqlite:///mlflow.db"
+            )
         if not os.access(parent, os.W_OK):
-            raise JobError(f"tracking.uri: folder {str(parent)!r} is not writable; choose another path")
+            raise JobError(
+                f"tracking.uri: folder {str(parent)!r} is not writable; choose another path"
+            )
         return
     if uri.startswith(("http://", "https://")):
         try:
@@ -74,7 +81,9 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
         raise JobError(f"tracking.uri: {uri}/health did not answer 200; is it an MLflow server?")
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, temp_dir: str | None = None) -> dict[str, float]:
+def init_ray(
+    address: str | None = None, num_cpus: int | None = None, temp_dir: str | None = None
+) -> dict[str, float]:
     """Connect to ``address`` (or $RAY_ADDRESS), else start a local Ray; returns its resources."""
     import ray
 
@@ -126,17 +135,26 @@ def autoscaling_node_types(path: str = AUTOSCALING_CONFIG) -> list[dict[str, flo
             if n != cfg.get("head_node_type") and t.get("max_workers", cfg.get("max_workers", 0)) > 0]  # fmt: skip
 
 
-def check_resources(job: JobConfig, resources: dict[str, float], scalable: list[dict[str, float]] | None = None) -> None:
+def check_resources(
+    job: JobConfig, resources: dict[str, float], scalable: list[dict[str, float]] | None = None
+) -> None:
     """Ray leaves a trial PENDING forever when no node can hold it: say so instead. A cluster
     that autoscales from zero GPU workers has no GPU yet: fine when a node type the autoscaler
     may add (``scalable``, default: :func:`autoscaling_node_types`) holds one trial."""
     gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
     if gpus < job.resources.gpus or cpus < job.resources.cpus:
         scalable = autoscaling_node_types() if scalable is None else scalable
-        if any(t.get("GPU", 0) >= job.resources.gpus and t.get("CPU", 0) >= job.resources.cpus for t in scalable):
+        if any(
+            t.get("GPU", 0) >= job.resources.gpus and t.get("CPU", 0) >= job.resources.cpus
+            for t in scalable
+        ):
             return  # the autoscaler adds such a node for the first pending trial
         if scalable:
-            field = "gpus" if not any(t.get("GPU", 0) >= job.resources.gpus for t in scalable) else "cpus"
+            field = (
+                "gpus"
+                if not any(t.get("GPU", 0) >= job.resources.gpus for t in scalable)
+                else "cpus"
+            )
             raise JobError(
                 f"resources.{field}: each trial asks for {getattr(job.resources, field):g} {field[:-1].upper()}s, more than "
                 f"any node type the autoscaler may add offers ({', '.join(map(str, scalable))}); lower resources.{field} "
@@ -148,7 +166,9 @@ def check_resources(job: JobConfig, resources: dict[str, float], scalable: list[
             "set resources.gpus: 0 to train on CPU, or run on a GPU cluster (`critbatch submit`)"
         )
     if cpus < job.resources.cpus:
-        raise JobError(f"resources.cpus: each trial asks for {job.resources.cpus:g} CPUs but the cluster has {cpus:g}; lower it")
+        raise JobError(
+            f"resources.cpus: each trial asks for {job.resources.cpus:g} CPUs but the cluster has {cpus:g}; lower it"
+        )
 
 
 # ---- provenance --------------------------------------------------------------------------------
@@ -166,10 +186,8 @@ def package_versions() -> dict[str, str]:
 
     out = {"python": sys.version.split()[0]}
     for p in ("critbatch", "torch", "torchvision", "ray", "optuna", "mlflow", "numpy"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[p] = version(p)
-        except PackageNotFoundError:
-            pass
     return out
 
 
@@ -205,7 +223,11 @@ def _start_tracking(job: JobConfig, run_dir: Path, job_yaml: str) -> tuple[str, 
     client = MlflowClient(job.tracking.uri)
     exp = client.get_experiment_by_name(job.experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(job.experiment)
-    tags = {"critbatch.role": "sweep", "critbatch.run_dir": str(run_dir), "critbatch.git_commit": git_commit()}
+    tags = {
+        "critbatch.role": "sweep",
+        "critbatch.run_dir": str(run_dir),
+        "critbatch.git_commit": git_commit(),
+    }
     tags.update({f"critbatch.version.{k}": v for k, v in package_versions().items()})
     run = client.create_run(exp_id, run_name=job.name, tags=tags)
     from mlflow.entities import Param
@@ -255,9 +277,15 @@ def resume_sweep(name_or_dir: str, storage: str = "critbatch_runs", *, address: 
     """Finish a sweep whose driver died: finished trials are kept, unfinished ones resume from
     their last checkpoint (or restart), MLflow runs are matched by trial id, not duplicated."""
     p = Path(name_or_dir).expanduser()
-    run_dir = p.resolve() if (p / SWEEP_FILE).exists() else (Path(storage).expanduser() / name_or_dir).resolve()
+    run_dir = (
+        p.resolve()
+        if (p / SWEEP_FILE).exists()
+        else (Path(storage).expanduser() / name_or_dir).resolve()
+    )
     if not (run_dir / SWEEP_FILE).exists():
-        raise JobError(f"no sweep {name_or_dir!r} in {Path(storage).resolve()}; give the run folder or `--storage` where it lives")
+        raise JobError(
+            f"no sweep {name_or_dir!r} in {Path(storage).resolve()}; give the run folder or `--storage` where it lives"
+        )
     meta = json.loads((run_dir / SWEEP_FILE).read_text())
     job = parse_job(meta["job"])
     check_tracking_uri(meta["tracking_uri"])
@@ -266,21 +294,27 @@ def resume_sweep(name_or_dir: str, storage: str = "critbatch_runs", *, address: 
     return _fit(job, run_dir, meta, restore=True, progress=progress)
 
 
-def _fit(job: JobConfig, run_dir: Path, meta: dict[str, Any], *, restore: bool, progress: bool) -> SweepResult:
+def _fit(
+    job: JobConfig, run_dir: Path, meta: dict[str, Any], *, restore: bool, progress: bool
+) -> SweepResult:
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
     from tune_jobs.progress import ProgressCallback
     from tune_jobs.searcher import PerBatchSizeScheduler, SweepSearcher
-    from tune_jobs.trainable import run_tune_trial
     from tune_jobs.tracking import MlflowCallback, Tracker, reconcile
+    from tune_jobs.trainable import run_tune_trial
 
     t0 = time.time()
     train_sizes = _train_sizes(job)
     max_steps = {b: job.max_steps_for(b, train_sizes[b]) for b in job.batch_sizes}
-    base = dataclasses.asdict(job.trial_config(job.batch_sizes[0], 1.0, job.seeds[0], train_sizes[job.batch_sizes[0]]))
+    base = dataclasses.asdict(
+        job.trial_config(job.batch_sizes[0], 1.0, job.seeds[0], train_sizes[job.batch_sizes[0]])
+    )
     trainable = tune.with_resources(
-        tune.with_parameters(run_tune_trial, base=base, max_steps=max_steps, cpus=job.resources.cpus),
+        tune.with_parameters(
+            run_tune_trial, base=base, max_steps=max_steps, cpus=job.resources.cpus
+        ),
         {"cpu": job.resources.cpus, "gpu": job.resources.gpus},
     )
     searcher = SweepSearcher(job, f"sqlite:///{run_dir / 'optuna.db'}", train_sizes)
@@ -300,7 +334,9 @@ def _fit(job: JobConfig, run_dir: Path, meta: dict[str, Any], *, restore: bool, 
         verbose=0,
     )
     if restore:
-        tuner = tune.Tuner.restore(str(run_dir), trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(
+            str(run_dir), trainable, resume_unfinished=True, resume_errored=True
+        )
     else:
         tuner = tune.Tuner(
             trainable,
@@ -337,15 +373,29 @@ def _fit(job: JobConfig, run_dir: Path, meta: dict[str, Any], *, restore: bool, 
         reconcile(tracker, run_dir, statuses)
         _delete_orphans(tracker, set(statuses))
     except Exception as e:
-        print(f"critbatch: MLflow unreachable ({e}); run `critbatch sync {run_dir}` when it is back", file=sys.stderr)
+        print(
+            f"critbatch: MLflow unreachable ({e}); run `critbatch sync {run_dir}` when it is back",
+            file=sys.stderr,
+        )
     _finish_parent(tracker, trials)
-    return SweepResult(run_dir, meta["tracking_uri"], meta["experiment_id"], meta["parent_run_id"], trials, time.time() - t0)
+    return SweepResult(
+        run_dir,
+        meta["tracking_uri"],
+        meta["experiment_id"],
+        meta["parent_run_id"],
+        trials,
+        time.time() - t0,
+    )
 
 
 def _delete_orphans(tracker, known: set[str]) -> None:
     """Child runs whose trial Tune never recorded (driver killed between creating the run and
     checkpointing the experiment) would count a trial twice: delete them."""
-    runs = tracker.client.search_runs([tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{tracker.parent_run_id}'", max_results=50000)
+    runs = tracker.client.search_runs(
+        [tracker.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{tracker.parent_run_id}'",
+        max_results=50000,
+    )
     for r in runs:
         if r.data.tags.get("critbatch.trial_id") not in known:
             tracker.client.delete_run(r.info.run_id)
@@ -353,7 +403,9 @@ def _delete_orphans(tracker, known: set[str]) -> None:
 
 def _finish_parent(tracker, trials: list[dict[str, Any]]) -> None:
     try:
-        tracker.client.log_text(tracker.parent_run_id, json.dumps(trials, indent=1, default=str), "trials.json")
+        tracker.client.log_text(
+            tracker.parent_run_id, json.dumps(trials, indent=1, default=str), "trials.json"
+        )
         tracker.client.set_terminated(tracker.parent_run_id, "FINISHED")
     except Exception as e:  # the sweep's results are on disk; MLflow can be synced later
         print(f"critbatch: could not finish the MLflow parent run ({e})", file=sys.stderr)

@@ -25,7 +25,16 @@ from trainables.api import Status
 
 log = logging.getLogger("critbatch.tracking")
 
-PARAM_KEYS = ("batch_size", "lr", "seed", "strategy", "workload", "study", "study_trial", "max_steps")
+PARAM_KEYS = (
+    "batch_size",
+    "lr",
+    "seed",
+    "strategy",
+    "workload",
+    "study",
+    "study_trial",
+    "max_steps",
+)
 NON_METRICS = {"status", "steps_to_target", "step"}
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
 
@@ -39,7 +48,13 @@ def metric_points(result: dict[str, Any], timestamp_ms: int) -> list[Metric]:
             continue
         if isinstance(v, bool) or not isinstance(v, int | float):
             continue
-        if k in ("time_this_iter_s", "time_total_s", "time_since_restore", "iterations_since_restore", "pid"):
+        if k in (
+            "time_this_iter_s",
+            "time_total_s",
+            "time_since_restore",
+            "iterations_since_restore",
+            "pid",
+        ):
             continue
         if k.startswith(("iterations_", "node_", "done", "hostname")):
             continue
@@ -58,14 +73,18 @@ def final_status(last: dict[str, Any] | None, errored: bool = False) -> str:
 class Tracker:
     """Writes a sweep to MLflow; every call survives an unreachable server (buffer + retry)."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, job_params: dict[str, Any]):
+    def __init__(
+        self, tracking_uri: str, experiment_id: str, parent_run_id: str, job_params: dict[str, Any]
+    ):
         self.uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.job_params = job_params
         self._client: MlflowClient | None = None
         self.runs: dict[str, str] = {}  # tune trial id -> mlflow run id
-        self.logged_step: dict[str, int] = {}  # tune trial id -> last step sent (or found) in MLflow
+        self.logged_step: dict[
+            str, int
+        ] = {}  # tune trial id -> last step sent (or found) in MLflow
         self.pending: dict[str, list[Metric]] = {}
         self.pending_final: dict[str, tuple[str, dict[str, Any] | None, str | None]] = {}
         self.last_failure = 0.0
@@ -107,6 +126,7 @@ class Tracker:
     def ensure_child(self, trial_id: str, trial_name: str, config: dict[str, Any]) -> str | None:
         if trial_id in self.runs:
             return self.runs[trial_id]
+
         def create() -> None:
             run_id = self.find_child(trial_id)
             if run_id is not None:  # a resumed sweep: continue after what MLflow already holds
@@ -118,12 +138,15 @@ class Tracker:
                     "critbatch.trial_id": trial_id,
                     "critbatch.status": Status.RUNNING,
                 }
-                run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"bs{config['batch_size']}-{trial_name}")
+                run = self.client.create_run(
+                    self.experiment_id, tags=tags, run_name=f"bs{config['batch_size']}-{trial_name}"
+                )
                 run_id = run.info.run_id
                 params = {k: config[k] for k in PARAM_KEYS if k in config}
                 params.update(self.job_params)
                 self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
             self.runs[trial_id] = run_id
+
         self._try(create)
         return self.runs.get(trial_id)
 
@@ -155,11 +178,15 @@ class Tracker:
                 del self.pending_final[trial_id]
         return not self.pending and not self.pending_final
 
-    def finish(self, trial_id: str, status: str, last: dict[str, Any] | None, error: str | None = None) -> None:
+    def finish(
+        self, trial_id: str, status: str, last: dict[str, Any] | None, error: str | None = None
+    ) -> None:
         self.pending_final[trial_id] = (status, last, error)
         self.flush()
 
-    def _finish(self, trial_id: str, status: str, last: dict[str, Any] | None, error: str | None) -> bool:
+    def _finish(
+        self, trial_id: str, status: str, last: dict[str, Any] | None, error: str | None
+    ) -> bool:
         run_id = self.runs[trial_id]
         metrics, tags = [], [RunTag("critbatch.status", status)]
         now = int(time.time() * 1000)
@@ -240,20 +267,28 @@ def last_logged_step(client: MlflowClient, run_id: str, key: str = "train_loss")
     return max((m.step for m in hist), default=-1)
 
 
-def reconcile(tracker: Tracker, run_dir: Path, statuses: dict[str, tuple[str, str | None]]) -> dict[str, int]:
+def reconcile(
+    tracker: Tracker, run_dir: Path, statuses: dict[str, tuple[str, str | None]]
+) -> dict[str, int]:
     """Make MLflow hold every report Tune recorded, once. ``statuses``: trial id -> (final
     status, error text) for finished trials. Returns counts of runs created and points sent."""
     created = sent = 0
-    for trial_dir in sorted(p for p in run_dir.iterdir() if p.is_dir() and (p / "result.json").exists()):
+    for trial_dir in sorted(
+        p for p in run_dir.iterdir() if p.is_dir() and (p / "result.json").exists()
+    ):
         rows = read_results(trial_dir)
         if not rows:
             continue
         trial_id = rows[-1].get("trial_id")
         config = rows[-1].get("config", {})
         had = trial_id in tracker.runs or tracker.find_child(trial_id) is not None
-        run_id = tracker.ensure_child(trial_id, trial_dir.name.split("_")[0] + "_" + trial_id, config)
+        run_id = tracker.ensure_child(
+            trial_id, trial_dir.name.split("_")[0] + "_" + trial_id, config
+        )
         if run_id is None:
-            raise ConnectionError(f"MLflow at {tracker.uri} is unreachable; run `critbatch sync` when it is back")
+            raise ConnectionError(
+                f"MLflow at {tracker.uri} is unreachable; run `critbatch sync` when it is back"
+            )
         created += not had
         done = last_logged_step(tracker.client, run_id)
         points = []

@@ -16,7 +16,9 @@ import ray
 from ray import tune
 
 
-def run_tune_trial(config: dict[str, Any], base: dict[str, Any], max_steps: dict[int, int], cpus: float) -> None:
+def run_tune_trial(
+    config: dict[str, Any], base: dict[str, Any], max_steps: dict[int, int], cpus: float
+) -> None:
     import torch
 
     from trainables.api import TrialConfig
@@ -25,7 +27,13 @@ def run_tune_trial(config: dict[str, Any], base: dict[str, Any], max_steps: dict
     torch.set_num_threads(max(1, int(cpus)))  # one thread per CPU asked: no oversubscription
     bs = int(config["batch_size"])
     cfg = TrialConfig.from_dict(
-        {**base, "batch_size": bs, "lr": float(config["lr"]), "seed": int(config["seed"]), "max_steps": max_steps[bs]}
+        {
+            **base,
+            "batch_size": bs,
+            "lr": float(config["lr"]),
+            "seed": int(config["seed"]),
+            "max_steps": max_steps[bs],
+        }
     )
     state = None
     ckpt = tune.get_checkpoint()

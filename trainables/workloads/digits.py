@@ -36,7 +36,9 @@ def _digits(split_seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     return x[train], y[train], x[val], y[val]
 
 
-def _classifier_task(model: nn.Module, config: TrialConfig, device: torch.device, image: bool) -> Task:
+def _classifier_task(
+    model: nn.Module, config: TrialConfig, device: torch.device, image: bool
+) -> Task:
     xtr, ytr, xva, yva = _digits(int(config.options.get("split_seed", 0)))
     n = max(1, int(round(len(ytr) * config.data_fraction)))
     shape = (-1, 1, 8, 8) if image else (-1, 64)
@@ -52,14 +54,22 @@ def _classifier_task(model: nn.Module, config: TrialConfig, device: torch.device
     def evaluate(m: nn.Module) -> dict[str, float]:
         logits = m(xva_t)
         acc = float((logits.argmax(1) == yva_t).float().mean())
-        return {"eval_loss": float(F.cross_entropy(logits, yva_t)), "eval_accuracy": acc, "eval_error": 1 - acc}
+        return {
+            "eval_loss": float(F.cross_entropy(logits, yva_t)),
+            "eval_accuracy": acc,
+            "eval_error": 1 - acc,
+        }
 
-    return Task(model, TensorBatches((xtr_t, ytr_t), config.batch_size, config.seed), loss, evaluate, n)
+    return Task(
+        model, TensorBatches((xtr_t, ytr_t), config.batch_size, config.seed), loss, evaluate, n
+    )
 
 
 def build_mlp(config: TrialConfig, device: torch.device) -> Task:
     width = int(config.options.get("width", 128))
-    model = nn.Sequential(nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 10))
+    model = nn.Sequential(
+        nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 10)
+    )
     return _classifier_task(model, config, device, image=False)
 
 

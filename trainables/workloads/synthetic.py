@@ -52,7 +52,9 @@ def build(config: TrialConfig, device: torch.device) -> Task:
     def evaluate(m: nn.Module) -> dict[str, float]:
         return {"eval_loss": float(0.5 * ((m(xva) - yva) ** 2).mean())}
 
-    return Task(model, TensorBatches((xtr, ytr), config.batch_size, config.seed), loss, evaluate, n_used)
+    return Task(
+        model, TensorBatches((xtr, ytr), config.batch_size, config.seed), loss, evaluate, n_used
+    )
 
 
 def _claim(marker: str) -> bool:
