@@ -338,13 +338,16 @@ def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> JobCo
 
 
 def _check_values(job: JobConfig) -> None:
-    from trainables.registry import workloads
+    from trainables.registry import get_workload, workloads
 
     if not job.name or not all(c.isalnum() or c in "-_." for c in job.name):
         raise JobError(
             f"name: {job.name!r} must be non-empty letters, digits, '-', '_' or '.'; it names a folder"
         )
-    known = workloads()
+    try:
+        known = {job.workload: get_workload(job.workload)}
+    except KeyError:
+        known = workloads()
     if job.workload not in known:
         close = difflib.get_close_matches(job.workload, list(known), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
