@@ -174,6 +174,14 @@ def test_resnet34_on_cuda_defaults_bf16_channels_last(root):
     task = get_workload("cifar10_resnet34").build(config, torch.device("cuda"))
     x, _ = next(task.batches)
     assert x.is_cuda and x.is_contiguous(memory_format=torch.channels_last)  # on by default on cuda
+    model = task.model.cuda()
+    # any host sync in batching, augmentation, forward or backward raises
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            task.loss(model, next(task.batches)).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
     [last] = _run(root, "cifar10_resnet34", device="cuda")
     assert math.isfinite(last["train_loss"]) and last["eval_error"] == pytest.approx(
         1 - last["eval_accuracy"]
