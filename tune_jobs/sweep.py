@@ -81,6 +81,28 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
         raise JobError(f"tracking.uri: {uri}/health did not answer 200; is it an MLflow server?")
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Ray's ``init(address=...)`` retries an unreachable GCS for minutes: fail in seconds
+    instead, with a TCP connect to ``host:port`` (``ray://host:port`` too; `auto` is Ray's)."""
+    import socket
+
+    hostport = address.removeprefix("ray://").rstrip("/")
+    if address in ("auto", "local") or ":" not in hostport:
+        return
+    host, _, port = hostport.rpartition(":")
+    if not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return
+    except OSError as e:
+        raise JobError(
+            f"--address / RAY_ADDRESS: cannot reach a Ray cluster at {address!r} (no answer on {host}:{port} "
+            f"within {timeout:g} s: {e.__class__.__name__}); check `ray status` on the head node, "
+            "or unset RAY_ADDRESS to run locally"
+        ) from None
+
+
 def init_ray(
     address: str | None = None, num_cpus: int | None = None, temp_dir: str | None = None
 ) -> dict[str, float]:
@@ -92,6 +114,7 @@ def init_ray(
         return ray.cluster_resources()
     kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
     if address:
+        _check_reachable(address)
         try:
             ray.init(address=address, **kwargs)
         except Exception as e:  # ConnectionError, ValueError, TimeoutError depending on form
