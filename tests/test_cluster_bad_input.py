@@ -65,7 +65,9 @@ def test_gpus_asked_of_a_cluster_without_gpus(tmp_path: Path, sqlite_uri: str, r
     _assert_nothing_written(job, tmp_path)
 
 
-def test_gpus_of_a_cluster_that_autoscales_from_zero_are_accepted(tmp_path: Path, sqlite_uri: str) -> None:
+def test_gpus_of_a_cluster_that_autoscales_from_zero_are_accepted(
+    tmp_path: Path, sqlite_uri: str
+) -> None:
     """On the head of a `ray up` cluster with no GPU worker yet, the launcher's config says a
     GPU node can be added: the sweep must start (the first pending trial triggers the scale-up)."""
     from tune_jobs.cluster_commands import check_cluster_config
@@ -76,16 +78,38 @@ def test_gpus_of_a_cluster_that_autoscales_from_zero_are_accepted(tmp_path: Path
     scalable = autoscaling_node_types(str(bootstrap))
     assert scalable == [{"CPU": 4, "GPU": 1}]  # gpu.g5; the opt-in spot and p4d types are at 0
     head_only = {"CPU": 0.0, "memory": 1e10}
-    check_resources(synthetic_job(tmp_path, "a", sqlite_uri, resources={"gpus": 1, "cpus": 4}), head_only, scalable)
-    check_resources(synthetic_job(tmp_path, "b", sqlite_uri, resources={"gpus": 0.25}), head_only, scalable)
+    check_resources(
+        synthetic_job(tmp_path, "a", sqlite_uri, resources={"gpus": 1, "cpus": 4}),
+        head_only,
+        scalable,
+    )
+    check_resources(
+        synthetic_job(tmp_path, "b", sqlite_uri, resources={"gpus": 0.25}), head_only, scalable
+    )
     # no node type holds 2 GPUs, or 8 CPUs: named, with the fix
-    with pytest.raises(JobError, match=r"^resources.gpus: each trial asks for 2 GPUs, more than any node type.*lower resources.gpus"):
-        check_resources(synthetic_job(tmp_path, "c", sqlite_uri, resources={"gpus": 2}), head_only, scalable)
-    with pytest.raises(JobError, match=r"^resources.cpus: each trial asks for 8 CPUs, more than any node type.*'GPU': 1"):
-        check_resources(synthetic_job(tmp_path, "d", sqlite_uri, resources={"gpus": 1, "cpus": 8}), head_only, scalable)
+    with pytest.raises(
+        JobError,
+        match=r"^resources.gpus: each trial asks for 2 GPUs, more than any node type.*lower resources.gpus",
+    ):
+        check_resources(
+            synthetic_job(tmp_path, "c", sqlite_uri, resources={"gpus": 2}), head_only, scalable
+        )
+    with pytest.raises(
+        JobError,
+        match=r"^resources.cpus: each trial asks for 8 CPUs, more than any node type.*'GPU': 1",
+    ):
+        check_resources(
+            synthetic_job(tmp_path, "d", sqlite_uri, resources={"gpus": 1, "cpus": 8}),
+            head_only,
+            scalable,
+        )
     # without a launcher config (a plain cluster), the plain message
-    with pytest.raises(JobError, match=r"^resources.gpus: each trial asks for 1.0 GPU but the Ray cluster has 0"):
-        check_resources(synthetic_job(tmp_path, "e", sqlite_uri, resources={"gpus": 1}), head_only, [])
+    with pytest.raises(
+        JobError, match=r"^resources.gpus: each trial asks for 1.0 GPU but the Ray cluster has 0"
+    ):
+        check_resources(
+            synthetic_job(tmp_path, "e", sqlite_uri, resources={"gpus": 1}), head_only, []
+        )
 
 
 def test_tracking_server_unreachable_at_start(tmp_path: Path) -> None:
@@ -101,7 +125,9 @@ def test_tracking_server_unreachable_at_start(tmp_path: Path) -> None:
         run_sweep(job, progress=False)
     assert time.time() - t0 < 15
     msg = str(e.value)
-    assert msg.startswith("tracking.uri:") and uri in msg and "mlflow server --host 127.0.0.1" in msg
+    assert (
+        msg.startswith("tracking.uri:") and uri in msg and "mlflow server --host 127.0.0.1" in msg
+    )
     assert ray.is_initialized() == was_up  # checked before Ray was even started
     _assert_nothing_written(job, tmp_path)
 
@@ -115,7 +141,9 @@ def test_malformed_cluster_yaml_is_named_and_fixable(tmp_path: Path) -> None:
     p.write_text(yaml.safe_dump(cfg))
     with pytest.raises(ClusterConfigError) as e:
         check_cluster_config(p)
-    assert "available_node_types.gpu.g5.resources.CPU: 'four'" in str(e.value) and "whole numbers" in str(e.value)
+    assert "available_node_types.gpu.g5.resources.CPU: 'four'" in str(
+        e.value
+    ) and "whole numbers" in str(e.value)
 
 
 # ---- critbatch submit: what only matters on a cluster -------------------------------------
@@ -137,10 +165,16 @@ def _job_file(dir_: Path, **fields) -> Path:
 def test_submit_refuses_results_that_would_die_with_the_job(tmp_path: Path) -> None:
     from tune_jobs.cluster_commands import submit_job
 
-    with pytest.raises(UsageError, match=r"^storage: 'critbatch_runs' is relative.*storage: /shared/critbatch_runs"):
+    with pytest.raises(
+        UsageError, match=r"^storage: 'critbatch_runs' is relative.*storage: /shared/critbatch_runs"
+    ):
         submit_job(_job_file(tmp_path, storage="critbatch_runs"), working_dir=tmp_path)
-    with pytest.raises(UsageError, match=r"^tracking.uri: 'sqlite:///mlflow.db' is relative.*http://127.0.0.1:5000"):
-        submit_job(_job_file(tmp_path, tracking={"uri": "sqlite:///mlflow.db"}), working_dir=tmp_path)
+    with pytest.raises(
+        UsageError, match=r"^tracking.uri: 'sqlite:///mlflow.db' is relative.*http://127.0.0.1:5000"
+    ):
+        submit_job(
+            _job_file(tmp_path, tracking={"uri": "sqlite:///mlflow.db"}), working_dir=tmp_path
+        )
     with pytest.raises(UsageError, match=r"^JOB: .* is outside the working_dir"):
         submit_job(_job_file(tmp_path), working_dir=REPO)
 
