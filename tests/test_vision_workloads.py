@@ -144,6 +144,10 @@ def test_missing_data_names_path_setting_and_command(tmp_path, monkeypatch):
 def test_unknown_option_is_refused(root):
     with pytest.raises(ValueError, match="unknown option"):
         _task(root, "cifar10_alexnet", crop_pad=4)
+    with pytest.raises(ValueError, match="limit_train must be an integer >= 0"):
+        _task(root, "cifar10_alexnet", limit_train=-1)
+    with pytest.raises(ValueError, match="eval_batch_size must be an integer >= 1"):
+        _task(root, "cifar10_alexnet", eval_batch_size=0)
 
 
 def test_bf16_and_channels_last_path_on_cpu(root):

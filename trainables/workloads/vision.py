@@ -76,13 +76,19 @@ class VisionOptions:
                 f"unknown option(s) {unknown} for an image workload; known: {sorted(known)}"
             )
         opts = VisionOptions(**options)
-        for name in ("pad", "eval_limit", "eval_batch_size"):
-            if int(getattr(opts, name)) < 0 or (
-                name == "eval_batch_size" and opts.eval_batch_size < 1
+        minimum = {
+            "pad": 0,
+            "eval_limit": 0,
+            "eval_batch_size": 1,
+            "limit_train": 0,
+            "subset_seed": 0,
+        }
+        for name, low in minimum.items():
+            value = getattr(opts, name)
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < low
             ):
-                raise ValueError(
-                    f"option {name} must be a non-negative integer, got {getattr(opts, name)}"
-                )
+                raise ValueError(f"option {name} must be an integer >= {low}, got {value!r}")
         return opts
 
 
