@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -118,9 +119,9 @@ def test_existing_sweep_name_is_refused_before_anything_runs(ray_local, tmp_path
 def _env(tmp_path):
     env = dict(os.environ)
     env["HOME"] = str(tmp_path / "home")
-    env["RAY_TMPDIR"] = str(tmp_path / "ray")
+    # Ray's socket paths must stay under 107 bytes: a short folder, not pytest's deep tmp_path.
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="cbr", dir="/tmp")
     Path(env["HOME"]).mkdir(exist_ok=True)
-    Path(env["RAY_TMPDIR"]).mkdir(exist_ok=True)
     env.pop("RAY_ADDRESS", None)
     return env
 
@@ -137,8 +138,9 @@ def test_driver_killed_then_resumed_loses_and_duplicates_nothing(tmp_path):
     path.write_text(yaml.safe_dump(job))
     env = _env(tmp_path)
     cmd = [sys.executable, "-m", "tune_jobs.cli"]
+    log = open(tmp_path / "driver.log", "wb")  # noqa: SIM115 (the driver process writes it)
     driver = subprocess.Popen([*cmd, "run", str(path), "--num-cpus", "2", "--no-progress"], env=env, cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     run_dir = tmp_path / "runs" / "killed"
     deadline = time.time() + 300
     finished: dict[str, int] = {}
@@ -148,7 +150,7 @@ def test_driver_killed_then_resumed_loses_and_duplicates_nothing(tmp_path):
         finished = {r[-1]["trial_id"]: len(r) for r in rows.values() if r and r[-1]["step"] >= 60}
         if len(finished) >= 2 and len(dirs) > len(finished):
             break
-        assert driver.poll() is None, "driver ended before it could be killed"
+        assert driver.poll() is None, "driver ended early:\n" + (tmp_path / "driver.log").read_text()[-3000:]
         time.sleep(0.5)
     else:
         pytest.fail("sweep never got going")

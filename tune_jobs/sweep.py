@@ -29,7 +29,7 @@ from tune_jobs.config import JobConfig, JobError, parse_job
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "100")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 SWEEP_FILE = "sweep.json"
@@ -353,7 +353,7 @@ def _fit(
         storage_path=str(run_dir.parent),
         callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=job.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=3),  # a forced state snapshot every 3rd
         verbose=0,
     )
     if restore:

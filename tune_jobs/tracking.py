@@ -262,9 +262,13 @@ def read_results(trial_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def logged_steps(client: MlflowClient, run_id: str, key: str = "train_loss") -> set[int]:
+    """Steps MLflow holds for a run (every report logs `train_loss`, so one key tells)."""
+    return {m.step for m in client.get_metric_history(run_id, key)}
+
+
 def last_logged_step(client: MlflowClient, run_id: str, key: str = "train_loss") -> int:
-    hist = client.get_metric_history(run_id, key)
-    return max((m.step for m in hist), default=-1)
+    return max(logged_steps(client, run_id, key), default=-1)
 
 
 def reconcile(
@@ -290,13 +294,16 @@ def reconcile(
                 f"MLflow at {tracker.uri} is unreachable; run `critbatch sync` when it is back"
             )
         created += not had
-        done = last_logged_step(tracker.client, run_id)
+        # Send every recorded step MLflow lacks, not just those past its last one: a killed
+        # driver can die with steps 20-30 buffered while a resumed trial has logged 40-60.
+        logged = logged_steps(tracker.client, run_id)
         points = []
         now = int(time.time() * 1000)
         for r in rows:  # result.json may repeat steps after a restore: send each step once
-            if int(r.get("step", 0)) > done:
+            step = int(r.get("step", 0))
+            if step not in logged:
                 points.extend(metric_points(r, now))
-                done = int(r["step"])
+                logged.add(step)
         for i in range(0, len(points), MAX_BATCH):
             tracker.client.log_batch(run_id, metrics=points[i : i + MAX_BATCH])
         sent += len(points)
