@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -179,22 +180,6 @@ def test_log_report_artifacts_on_the_parent_run(server, tmp_path):
 
 
 # ---------------------------------------------------------------- Ray Tune run folder
-def _toy_trainable(config: dict) -> None:
-    """Reports like a critbatch trainable: bs 8 reaches the target at step 30, bs 32 runs
-    until Tune's stop rule ends it (still `running`), bs 64 raises after step 20."""
-    from ray import tune
-
-    bs = config["batch_size"]
-    for step in range(10, 101, 10):
-        reached = bs == 8 and step == 30
-        tune.report({"step": step, "examples": step * bs, "lr": config["lr"] * step / 100,
-                     "train_loss": 1 / step + bs, "status": "reached" if reached else "running"})  # fmt: skip
-        if reached:
-            return
-        if bs == 64 and step == 20:
-            raise RuntimeError("boom")
-
-
 @pytest.fixture(scope="module")
 def ray_started():
     """A local Ray (2 CPUs), started the engine's way: it retries Ray's 15 s raylet start-up
@@ -206,15 +191,37 @@ def ray_started():
 
 def test_ray_folder_from_a_real_tune_run(ray_started, tmp_path):
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
+
+    # Defined here so that Ray pickles it by value: its workers cannot import test modules.
+    def _toy_trainable(config: dict) -> None:
+        """Reports like a critbatch trainable: bs 8 reaches the target at step 30, bs 32 runs
+        until Tune's stop rule ends it (still `running`), bs 64 raises after step 20."""
+        from ray import tune
+
+        bs = config["batch_size"]
+        for step in range(10, 101, 10):
+            reached = bs == 8 and step == 30
+            tune.report({"step": step, "examples": step * bs, "lr": config["lr"] * step / 100,
+                         "train_loss": 1 / step + bs, "status": "reached" if reached else "running"})  # fmt: skip
+            if reached:
+                return
+            if bs == 64 and step == 20:
+                raise RuntimeError("boom")
 
     space = {"batch_size": tune.grid_search([8, 32, 64]), "lr": 0.5, "seed": 3,
              "strategy": "tuned", "workload": "toy"}  # fmt: skip
-    run_config = tune.RunConfig(
-        name="mini", storage_path=str(tmp_path), stop={"step": 50}, verbose=0
-    )
-    grid = tune.Tuner(_toy_trainable, param_space=space, run_config=run_config).fit()
-    trial_of = {r.config["batch_size"]: r.metrics["trial_id"] for r in grid}
+    # result.json comes from Tune's JSON logger, named explicitly as the engine does (importing
+    # tune_jobs.sweep switches Tune's automatic loggers off).
+    run_config = tune.RunConfig(name="mini", storage_path=str(tmp_path), stop={"step": 50},
+                                callbacks=[JsonLoggerCallback()], verbose=0)  # fmt: skip
+    tune.Tuner(_toy_trainable, param_space=space, run_config=run_config).fit()
     df = load(tmp_path / "mini")
+    # Tune names each trial folder <trainable>_<trial id>_<n>_<params>_<date>.
+    folder = {bs: next(p.parent.name for p in (tmp_path / "mini").rglob("result.json")
+                       if re.search(rf"batch_size={bs}(?!\d)", p.parent.name)) for bs in (8, 32, 64)}  # fmt: skip
+    trial_of = {bs: df.loc[df["batch_size"] == bs, "trial"].iloc[0] for bs in folder}
+    assert all(f"_{trial_of[bs]}_" in folder[bs] for bs in folder), (trial_of, folder)
     last = {8: 30, 32: 50, 64: 20}
     status = {8: "reached", 32: "stopped_early", 64: "errored"}
     rows = [
