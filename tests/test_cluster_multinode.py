@@ -173,10 +173,12 @@ def test_trials_spread_over_nodes_and_half_gpus_pack_two_per_node(
     from tune_jobs.sweep import run_sweep
 
     # Each worker node: 1 logical GPU and 4 CPUs. Trials ask 1 CPU + 0.5 GPU: the CPUs would
-    # allow 4 per node, the GPU only 2. Trials are stretched (sleep_per_step) so they overlap.
+    # allow 4 per node, the GPU only 2. Six batch sizes: the searcher runs one trial per study
+    # at a time (synchronous rounds), so 6 trials want to run at once on 4 half-GPU slots.
     job = synthetic_job(
         tmp_path, "multinode", sqlite_uri,
-        lr_search={"trials_per_batch_size": 4},
+        batch_sizes=[8, 16, 32, 64, 128, 256],
+        lr_search={"trials_per_batch_size": 1},
         resources={"cpus": 1, "gpus": 0.5},
         options={"sleep_per_step": 0.15},
     )  # fmt: skip
@@ -185,7 +187,7 @@ def test_trials_spread_over_nodes_and_half_gpus_pack_two_per_node(
         result = run_sweep(job, address=cluster.address, progress=False)
 
     rows = trial_rows(result.run_dir)
-    assert len(rows) == job.total_trials == 8
+    assert len(rows) == job.total_trials == 6
     assert all(t["status"] == "not_reached" for t in result.trials)  # every trial ran its budget
     by_node: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for rs in rows.values():
