@@ -104,8 +104,12 @@ def log_sweep(
     return parent_id
 
 
-def start_server(db: Path) -> tuple[subprocess.Popen, str]:
-    """A real `mlflow server` on 127.0.0.1 over the SQLite file ``db``; its log beside it."""
+def start_server(db: Path, workers: int = 4) -> tuple[subprocess.Popen, str]:
+    """A real `mlflow server` on 127.0.0.1 over the SQLite file ``db``; its log beside it.
+
+    ``workers``: uvicorn workers (4 is `mlflow server`'s default). The GenAI job runner (eight
+    more processes that only matter for GenAI jobs) is switched off: it serves no tracking
+    request, and its start-up alone takes minutes of CPU on 2 cores."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -115,9 +119,10 @@ def start_server(db: Path) -> tuple[subprocess.Popen, str]:
             [
                 sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                 "--backend-store-uri", f"sqlite:///{db}",
-                "--default-artifact-root", str(db.parent / "artifacts"), "--workers", "1",
+                "--default-artifact-root", str(db.parent / "artifacts"), "--workers", str(workers),
             ],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
@@ -142,9 +147,10 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 
 def timed(fn):
-    t = time.perf_counter()
+    """``fn()``, its wall seconds and this process's CPU seconds."""
+    t, c = time.perf_counter(), time.process_time()
     out = fn()
-    return out, time.perf_counter() - t
+    return out, time.perf_counter() - t, time.process_time() - c
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--naive-trials", type=int, default=100, help="runs timed with the naive loop")
     ap.add_argument("--limit", type=float, default=30.0, help="seconds load() may take")
     ap.add_argument("--db", help="SQLite file to build the sweep in, or reuse (default: temp)")
+    ap.add_argument("--server-workers", type=int, default=4, help="mlflow server --workers")
     ap.add_argument("--smoke-test", action="store_true", help="20 trials x 20 points")
     args = ap.parse_args(argv)
     if args.smoke_test:
@@ -169,18 +176,21 @@ def main(argv: list[str] | None = None) -> int:
         if direct.get_experiment_by_name("bench") is None:
             # Written straight into the server's SQLite file (the same SqlAlchemyStore code the
             # server runs) before it starts: through HTTP this takes ~10x longer on 2 cores.
-            _, t_write = timed(
+            _, t_write, _ = timed(
                 lambda: log_sweep(direct, "bench", args.trials, args.points, workers=1)
             )
             print(f"wrote {args.trials} trials x {args.points} points into {db} in {t_write:.0f} s")
-        proc, uri = start_server(db)
+        proc, uri = start_server(db, args.server_workers)
         try:
             client = MlflowClient(uri)
-            df, t_load = timed(lambda: load("bench", uri))
-            _, t_sql = timed(lambda: load("bench", f"sqlite:///{db}"))
-            runs = find_trial_runs(client, find_parent_run("bench", uri))[:n_naive]
-            naive, t_naive = timed(lambda: fetch_histories(client, runs, "per-metric"))
-            bulk, t_bulk = timed(lambda: fetch_histories(client, runs, "rest-bulk"))
+            server_cpu = _cpu_seconds(proc)
+            df, t_load, cpu_load = timed(lambda: load("bench", uri))
+            server_cpu = _cpu_seconds(proc) - server_cpu
+            _, t_sql, _ = timed(lambda: load("bench", f"sqlite:///{db}"))
+            runs, t_meta, _ = timed(lambda: find_trial_runs(client, find_parent_run("bench", uri)))
+            _, t_bulk_all, _ = timed(lambda: fetch_histories(client, runs, "rest-bulk"))
+            naive, t_naive, _ = timed(lambda: fetch_histories(client, runs[:n_naive], "per-metric"))
+            bulk, t_bulk, _ = timed(lambda: fetch_histories(client, runs[:n_naive], "rest-bulk"))
         finally:
             stop_server(proc)
     key = ["run_id", "key", "step", "timestamp"]
@@ -189,24 +199,29 @@ def main(argv: list[str] | None = None) -> int:
         .reset_index(drop=True)
         .equals(bulk.sort_values(key).reset_index(drop=True))
     )
-    scale = args.trials / n_naive
-    points = len(df)
+    x = args.trials / n_naive
+    naive_all = t_naive * x
+    naive_load = t_load - t_bulk_all + naive_all  # load() with the per-metric fetch instead
+    n, p = args.trials, args.points
     print(
-        f"\n{args.trials} trials x {args.points} points, {points} frame rows, {len(naive)} naive points on {n_naive} runs"
+        f"\n{n} trials x {p} points: {len(df)} frame rows; server --workers {args.server_workers}"
     )
-    print(f"| path | runs timed | seconds | seconds for {args.trials} runs |")
+    print(f"| step | trials timed | seconds | seconds for {n} trials |")
     print("|---|---|---|---|")
-    print(f"| load() via server (bulk endpoint) | {args.trials} | {t_load:.2f} | {t_load:.2f} |")
-    print(f"| load() on the server's SQLite file | {args.trials} | {t_sql:.2f} | {t_sql:.2f} |")
+    print(f"| `load()` from the server (bulk fetch), total | {n} | {t_load:.1f} | {t_load:.1f} |")
+    print(f"| of which: find parent + search trial runs | {n} | {t_meta:.1f} | {t_meta:.1f} |")
+    print(f"| of which: bulk fetch of every history | {n} | {t_bulk_all:.1f} | {t_bulk_all:.1f} |")
+    print(f"| bulk fetch, naive subset | {n_naive} | {t_bulk:.1f} | {t_bulk * x:.1f} (x{x:g}) |")
     print(
-        f"| bulk fetch only, naive subset | {n_naive} | {t_bulk:.2f} | {t_bulk * scale:.2f} (x{scale:g}) |"
+        f"| naive fetch, `get_metric_history` per run and metric | {n_naive} | {t_naive:.1f} | {naive_all:.1f} (x{x:g}) |"
     )
+    print(f"| `load()` with the naive fetch (estimated) | - | - | {naive_load:.1f} |")
+    print(f"| `load()` on the server's SQLite file (sql fetch) | {n} | {t_sql:.1f} | {t_sql:.1f} |")
     print(
-        f"| naive get_metric_history loop | {n_naive} | {t_naive:.2f} | {t_naive * scale:.2f} (x{scale:g}) |"
+        f"\nload(): {t_load:.1f} s wall, {cpu_load:.1f} s client CPU, {server_cpu:.1f} s server CPU"
     )
-    print(
-        f"\nnaive / load() = {t_naive * scale / t_load:.1f}x; bulk == naive on the subset: {same}"
-    )
+    print(f"naive / bulk fetch, side by side on {n_naive} trials: {t_naive / t_bulk:.1f}x")
+    print(f"naive load / load(): {naive_load / t_load:.1f}x; bulk == naive on the subset: {same}")
     if not same:
         print("FAIL: bulk and naive histories differ")
         return 1
@@ -214,6 +229,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAIL: load() took {t_load:.1f} s > {args.limit:g} s")
         return 1
     return 0
+
+
+def _cpu_seconds(proc: subprocess.Popen) -> float:
+    """CPU seconds used so far by the server and its worker processes."""
+    import psutil
+
+    procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    return sum(sum(q.cpu_times()[:2]) for q in procs)
 
 
 if __name__ == "__main__":
