@@ -86,7 +86,14 @@ def run_trial(batch_size: int, lr: float, bound: float, options: dict) -> Outcom
 
 def run_search(algorithm: str, budget: int, seed: int, sizes: list[int], options: dict) -> dict:
     search = LRSearch(
-        sizes, [0], *LR_RANGE, n_trials=budget, seed=seed, algorithm=algorithm, synchronous=False
+        sizes,
+        [0],
+        *LR_RANGE,
+        n_trials=budget,
+        seed=seed,
+        algorithm=algorithm,
+        synchronous=False,
+        cross_slack=1.0,  # exact problem: no noise to allow for
     )
     best: dict[int, float] = {}
     compute = 0

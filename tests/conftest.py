@@ -79,6 +79,7 @@ class MlflowServer:
 
     def start(self, timeout: float = 90.0) -> MlflowServer:
         log = open(self.root / "mlflow-server.log", "ab")  # noqa: SIM115 (owned by the server process)
+        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # no GenAI job runners: 4x faster start
         self.proc = subprocess.Popen(
             [
                 sys.executable, "-m", "mlflow", "server",
@@ -87,7 +88,7 @@ class MlflowServer:
                 "--default-artifact-root", str(self.root / "artifacts"),
                 "--workers", "1",
             ],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
         )  # fmt: skip
         import urllib.request
 

@@ -69,3 +69,17 @@ def test_resume_marks_stale_running_trials_failed(tmp_path):
     trials = s2.studies["bs8-seed0"].get_trials()
     assert trials[stale.number].state.name == "FAIL"
     assert s2.asked["bs8-seed0"] == 1 and s2.ask() not in (None, WAIT)
+
+
+def test_trial_stopped_by_the_bound_is_censored_not_a_miss():
+    slow = objective(Outcome("reached", 133_000, 0.01, 133_000), 2_000_000, 0.01, "min")
+    censored = objective(
+        Outcome("stopped_early", None, 0.04, 39_000, censored_at=38_953), 2_000_000, 0.01, "min"
+    )
+    fast = objective(Outcome("reached", 10_354, 0.01, 10_354), 2_000_000, 0.01, "min")
+    miss = objective(Outcome("stopped_early", None, 0.04, 5_000), 2_000_000, 0.01, "min")
+    assert fast < slow < censored < miss
+    closer = objective(
+        Outcome("stopped_early", None, 0.02, 39_000, censored_at=38_953), 2_000_000, 0.01, "min"
+    )
+    assert closer < censored

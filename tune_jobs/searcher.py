@@ -22,11 +22,20 @@ from tune_jobs.config import JobConfig
 from tune_jobs.lr_search import WAIT, LRSearch, Outcome, Proposal, study_name
 
 
-def trial_outcome(last: dict[str, Any], best_metric: float | None) -> Outcome:
+def trial_outcome(
+    last: dict[str, Any], best_metric: float | None, censored_at: float | None = None
+) -> Outcome:
     status = last.get("status", Status.STOPPED_EARLY)
     if status == Status.RUNNING:
         status = Status.STOPPED_EARLY
-    return Outcome(str(status), last.get("steps_to_target"), best_metric, int(last.get("step", 0)))
+    reached = last.get("steps_to_target")
+    return Outcome(
+        str(status),
+        reached,
+        best_metric,
+        int(last.get("step", 0)),
+        None if reached is not None else censored_at,
+    )
 
 
 class SweepSearcher(Searcher):
@@ -49,6 +58,7 @@ class SweepSearcher(Searcher):
         )  # fmt: skip
         self.proposals: dict[str, Proposal] = {}
         self.best_metric: dict[str, float] = {}
+        self.censored: dict[str, float] = {}  # trial id -> steps bound it was stopped at
 
     # ---- Tune API ------------------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
@@ -94,7 +104,7 @@ class SweepSearcher(Searcher):
             self.search.fail(p)
             return
         self.on_trial_result(trial_id, result)
-        outcome = trial_outcome(result, self.best_metric.get(trial_id))
+        outcome = trial_outcome(result, self.best_metric.get(trial_id), self.censored.get(trial_id))
         t = self.job.target
         max_steps = self.job.max_steps_for(p.batch_size, self.train_sizes.get(p.batch_size))
         self.search.tell(p, outcome, max_steps, t.value, t.direction)
@@ -116,7 +126,9 @@ class SweepSearcher(Searcher):
             )
         t = self.job.target
         max_steps = self.job.max_steps_for(p.batch_size, self.train_sizes.get(p.batch_size))
-        return objective(trial_outcome(last, best), max_steps, t.value, t.direction)
+        return objective(
+            trial_outcome(last, best, self.censored.get(trial_id)), max_steps, t.value, t.direction
+        )
 
     # ---- resume --------------------------------------------------------------------------
     def save(self, checkpoint_path: str) -> None:
@@ -133,6 +145,7 @@ class SweepSearcher(Searcher):
             state = pickle.load(f)
         self.proposals = state["proposals"]
         self.best_metric = state["best_metric"]
+        self.censored = state.get("censored", {})
         live: dict[str, set[int]] = {}
         for p in self.proposals.values():
             live.setdefault(p.study, set()).add(p.number)
@@ -167,8 +180,10 @@ class PerBatchSizeScheduler(FIFOScheduler):
             trial.config["batch_size"], trial.config["seed"]
         )
         step = result.get("step", 0)
-        if step >= self.searcher.search.steps_bound(study):
+        bound = self.searcher.search.steps_bound(study)
+        if step >= bound:
             self.stopped.add(trial.trial_id)
+            self.searcher.censored[trial.trial_id] = float(bound)
             return TrialScheduler.STOP
         value = result.get(self.target_metric)
         if value is None or not math.isfinite(value):
