@@ -26,7 +26,7 @@ class Injector(threading.Thread):
     """Runs ``fault()`` once ``ready()`` holds (polled while the sweep runs in the main thread)."""
 
     def __init__(
-        self, ready: Callable[[], bool], fault: Callable[[], None], timeout: float = 240.0
+        self, ready: Callable[[], bool], fault: Callable[[], None], timeout: float = 900.0
     ):
         super().__init__(daemon=True)
         self.ready, self.fault, self.timeout = ready, fault, timeout

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,12 @@ class Tracker:
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
+            # MLflow's HTTP client retries a dead server for ~4 minutes per call (7 retries,
+            # exponential backoff): that held the Tune driver, and every trial waiting on it,
+            # for a whole server outage. This tracker buffers and retries by itself, so its
+            # calls fail fast (a value the user set wins).
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
             self._client = MlflowClient(self.uri)
         return self._client
 
