@@ -345,6 +345,7 @@ def _fit(
     tracker = Tracker(meta["tracking_uri"], meta["experiment_id"], meta["parent_run_id"], {
         "eval_every": str(job.eval_every), "target_metric": job.target.metric,
         "target_value": str(job.target.value), "target_direction": job.target.direction})  # fmt: skip
+    tracker.fresh = not restore
     callbacks = [JsonLoggerCallback(), MlflowCallback(tracker, searcher.objective_for)]
     if progress:
         callbacks.append(ProgressCallback(job, searcher))
@@ -392,9 +393,13 @@ def _fit(
         })  # fmt: skip
     # MLflow must hold every report Tune recorded, exactly once, whatever happened to the
     # server or the driver meanwhile: replay what is missing (one history query per trial).
+    # Skipped only when this process saw every trial logged without a single failure.
+    needed = (restore or tracker.ever_failed or tracker.pending or tracker.pending_final
+              or set(tracker.runs) != set(statuses))  # fmt: skip
     try:
-        reconcile(tracker, run_dir, statuses)
-        _delete_orphans(tracker, set(statuses))
+        if needed:
+            reconcile(tracker, run_dir, statuses)
+            _delete_orphans(tracker, set(statuses))
     except Exception as e:
         print(
             f"critbatch: MLflow unreachable ({e}); run `critbatch sync {run_dir}` when it is back",

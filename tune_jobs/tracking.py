@@ -90,11 +90,20 @@ class Tracker:
         self.pending_final: dict[str, tuple[str, dict[str, Any] | None, str | None]] = {}
         self.last_failure = 0.0
         self.failures = 0
+        self.ever_failed = False
+        # A new sweep has no child runs yet: skip the per-trial lookup by tag (a query each).
+        # Set by the engine for new sweeps; any failure turns it off (a run may have been
+        # created on the server while its reply was lost).
+        self.fresh = False
 
     def __getstate__(self):
         d = dict(self.__dict__)
         d["_client"] = None
         return d
+
+    def __setstate__(self, d):
+        self.__dict__.update(d)
+        self.fresh = False  # unpickled = a resumed sweep: its children may exist already
 
     @property
     def client(self) -> MlflowClient:
@@ -115,6 +124,8 @@ class Tracker:
             fn(*args, **kwargs)
         except Exception as e:  # any transport or server error: keep the data, retry later
             self.failures += 1
+            self.ever_failed = True
+            self.fresh = False
             self.last_failure = time.time()
             log.warning("MLflow unreachable (%s); buffering and retrying", type(e).__name__)
             return False
@@ -135,7 +146,7 @@ class Tracker:
             return self.runs[trial_id]
 
         def create() -> None:
-            run_id = self.find_child(trial_id)
+            run_id = None if self.fresh else self.find_child(trial_id)
             if run_id is not None:  # a resumed sweep: continue after what MLflow already holds
                 self.logged_step[trial_id] = last_logged_step(self.client, run_id)
             else:
