@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,13 @@ from typing import Any
 import yaml
 
 from tune_jobs.config import JobConfig, JobError, parse_job
+from tune_jobs.preflight import (  # noqa: F401  (re-exported: tests and tools import them from here)
+    AUTOSCALING_CONFIG,
+    autoscaling_node_types,
+    check_resources,
+    check_tracking_uri,
+    init_ray,
+)
 
 # Tune's CSV and TensorBoard loggers are not needed (MLflow and result.json are): set before
 # ray.tune is imported anywhere in this process.
@@ -52,146 +58,6 @@ class SweepResult:
 # ---- preflight --------------------------------------------------------------------------------
 def run_dir_of(job: JobConfig) -> Path:
     return Path(job.storage).expanduser().resolve() / job.name
-
-
-def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, before anything is launched, when the tracking store cannot be used."""
-    if uri.startswith("sqlite:///"):
-        path = Path(uri.removeprefix("sqlite:///"))
-        parent = path.expanduser().resolve().parent
-        if not parent.is_dir():
-            raise JobError(
-                f"tracking.uri: folder {str(parent)!r} of the SQLite store does not exist; create it or use sqlite:///mlflow.db"
-            )
-        if not os.access(parent, os.W_OK):
-            raise JobError(
-                f"tracking.uri: folder {str(parent)!r} is not writable; choose another path"
-            )
-        return
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
-                if r.status == 200:
-                    return
-        except OSError as e:
-            raise JobError(
-                f"tracking.uri: no MLflow server answers at {uri} ({e.__class__.__name__}); start it "
-                f"(`mlflow server --host 127.0.0.1 --port 5000`), fix the URI, or use sqlite:///mlflow.db"
-            ) from None
-        raise JobError(f"tracking.uri: {uri}/health did not answer 200; is it an MLflow server?")
-
-
-def _check_reachable(address: str, timeout: float = 5.0) -> None:
-    """Ray's ``init(address=...)`` retries an unreachable GCS for minutes: fail in seconds
-    instead, with a TCP connect to ``host:port`` (``ray://host:port`` too; `auto` is Ray's)."""
-    import socket
-
-    hostport = address.removeprefix("ray://").rstrip("/")
-    if address in ("auto", "local") or ":" not in hostport:
-        return
-    host, _, port = hostport.rpartition(":")
-    if not port.isdigit():
-        return
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            return
-    except OSError as e:
-        raise JobError(
-            f"--address / RAY_ADDRESS: cannot reach a Ray cluster at {address!r} (no answer on {host}:{port} "
-            f"within {timeout:g} s: {e.__class__.__name__}); check `ray status` on the head node, "
-            "or unset RAY_ADDRESS to run locally"
-        ) from None
-
-
-def init_ray(
-    address: str | None = None, num_cpus: int | None = None, temp_dir: str | None = None
-) -> dict[str, float]:
-    """Connect to ``address`` (or $RAY_ADDRESS), else start a local Ray; returns its resources."""
-    import ray
-
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if ray.is_initialized():
-        return ray.cluster_resources()
-    kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
-    if address:
-        _check_reachable(address)
-        try:
-            ray.init(address=address, **kwargs)
-        except Exception as e:  # ConnectionError, ValueError, TimeoutError depending on form
-            raise JobError(
-                f"--address / RAY_ADDRESS: cannot reach a Ray cluster at {address!r} ({e}); "
-                "check `ray status` on the head node, or unset RAY_ADDRESS to run locally"
-            ) from None
-    else:
-        # Ray's raylet gives its metrics agent a hard-coded 15 s to start (ray-project/ray#65983);
-        # on a loaded laptop that fails now and then: retry a local start a few times.
-        attempts = int(os.environ.get("CRITBATCH_RAY_START_ATTEMPTS", "4"))
-        if temp_dir:
-            kwargs["_temp_dir"] = temp_dir
-        for attempt in range(attempts):
-            try:
-                ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
-                break
-            except Exception as e:
-                if "timed out during startup" not in str(e) or attempt == attempts - 1:
-                    raise
-                ray.shutdown()
-                time.sleep(2.0)
-    return ray.cluster_resources()
-
-
-AUTOSCALING_CONFIG = "~/ray_bootstrap_config.yaml"  # where `ray up` leaves it on the head node
-
-
-def autoscaling_node_types(path: str = AUTOSCALING_CONFIG) -> list[dict[str, float]]:
-    """Resources of each node type the autoscaler may still add (max_workers > 0), read from
-    the cluster launcher's config on the head node, where the driver runs; [] elsewhere."""
-    p = Path(path).expanduser()
-    try:
-        cfg = yaml.safe_load(p.read_text()) if p.is_file() else None
-    except (OSError, yaml.YAMLError):
-        return []
-    if not isinstance(cfg, dict):
-        return []
-    types = cfg.get("available_node_types") or {}
-    return [dict(t.get("resources") or {}) for n, t in types.items()
-            if n != cfg.get("head_node_type") and t.get("max_workers", cfg.get("max_workers", 0)) > 0]  # fmt: skip
-
-
-def check_resources(
-    job: JobConfig, resources: dict[str, float], scalable: list[dict[str, float]] | None = None
-) -> None:
-    """Ray leaves a trial PENDING forever when no node can hold it: say so instead. A cluster
-    that autoscales from zero GPU workers has no GPU yet: fine when a node type the autoscaler
-    may add (``scalable``, default: :func:`autoscaling_node_types`) holds one trial."""
-    gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
-    if gpus < job.resources.gpus or cpus < job.resources.cpus:
-        scalable = autoscaling_node_types() if scalable is None else scalable
-        if any(
-            t.get("GPU", 0) >= job.resources.gpus and t.get("CPU", 0) >= job.resources.cpus
-            for t in scalable
-        ):
-            return  # the autoscaler adds such a node for the first pending trial
-        if scalable:
-            field = (
-                "gpus"
-                if not any(t.get("GPU", 0) >= job.resources.gpus for t in scalable)
-                else "cpus"
-            )
-            raise JobError(
-                f"resources.{field}: each trial asks for {getattr(job.resources, field):g} {field[:-1].upper()}s, more than "
-                f"any node type the autoscaler may add offers ({', '.join(map(str, scalable))}); lower resources.{field} "
-                "or add a bigger node type to the cluster file"
-            )
-    if job.resources.gpus > 0 and gpus < job.resources.gpus:
-        raise JobError(
-            f"resources.gpus: each trial asks for {job.resources.gpus} GPU but the Ray cluster has {gpus:g}; "
-            "set resources.gpus: 0 to train on CPU, or run on a GPU cluster (`critbatch submit`)"
-        )
-    if cpus < job.resources.cpus:
-        raise JobError(
-            f"resources.cpus: each trial asks for {job.resources.cpus:g} CPUs but the cluster has {cpus:g}; lower it"
-        )
 
 
 # ---- provenance --------------------------------------------------------------------------------
