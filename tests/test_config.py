@@ -65,6 +65,23 @@ def with_(**changes):
         (with_(name="a b"), "name", "names a folder"),
         (with_(early_stopping__reduction_factor=1), "early_stopping.reduction_factor", "> 1"),
         (with_(seeds=[]), "seeds", "non-empty"),
+        (with_(log_noise_scale="yes"), "log_noise_scale", "expected true or false"),
+        (with_(log_noise_scale=1), "log_noise_scale", "expected true or false"),
+        (
+            with_(log_noise_scale=True, workload="nqm_exact", target={"metric": "eval_loss"}),
+            "log_noise_scale",
+            "use nqm_sgd",
+        ),
+        (
+            with_(
+                log_noise_scale=True,
+                workload="wikitext2_lstm",
+                target={"metric": "eval_loss", "value": 5.0},
+            ),
+            "log_noise_scale",
+            "hidden state",
+        ),
+        (with_(noise_scale=True), "noise_scale", "did you mean `log_noise_scale`"),
         (
             {k: v for k, v in GOOD.items() if k != "workload"},
             "workload",
@@ -130,3 +147,23 @@ def test_every_field_is_documented():
     undocumented = [name for name, _, doc in docs if not doc]
     assert not undocumented, undocumented
     assert any(name == "lr_search.trials_per_batch_size" for name, _, _ in docs)
+
+
+def test_log_noise_scale_reaches_the_trial_config_and_the_plan(tmp_path, capsys):
+    """Off by default; when on, the base TrialConfig the driver hands every worker (sweep.py
+    passes `trial_config(...)` as a dict to tune_jobs.trainable) has noise_scale set, and
+    `critbatch check` says so."""
+    from trainables.api import TrialConfig
+
+    assert not parse_job(GOOD).trial_config(8, 0.1, 0, 1438).noise_scale
+    for workload, target in (("digits_mlp", GOOD["target"]), ("nqm_sgd", {"metric": "eval_loss"})):
+        job = parse_job(with_(log_noise_scale=True, workload=workload, target=target))
+        cfg = job.trial_config(8, 0.1, 0, 1438)
+        assert cfg.noise_scale is True
+        assert TrialConfig.from_dict(cfg.to_dict()).noise_scale is True  # survives the dict
+    p = tmp_path / "j.yaml"
+    p.write_text(yaml.safe_dump(with_(log_noise_scale=True)))
+    assert main(["check", str(p)]) == 0
+    assert "B_simple logged" in capsys.readouterr().out
+    assert main(["check", str(p), "--set", "log_noise_scale=false"]) == 0
+    assert "B_simple" not in capsys.readouterr().out

@@ -139,6 +139,10 @@ def plan_text(job) -> str:
         f"early stopping {'on' if job.early_stopping.enabled and job.tuned else 'off'}",
         f"  MLflow: {job.tracking.uri}, experiment {job.experiment!r}; run folder {Path(job.storage) / job.name}",
     ]
+    if job.log_noise_scale:
+        lines.append(
+            "  gradient noise scale: B_simple logged at every eval point (two half-batch gradients per step)"
+        )
     if not job.tuned:
         lrs = ", ".join(f"{b}:{peak_lr(job.schedule(), b):.4g}" for b in job.batch_sizes)
         lines.insert(4, f"  LR per batch size: {lrs}")

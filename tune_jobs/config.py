@@ -156,6 +156,11 @@ class JobConfig:
     """Folder (or URI) where run folders live; resume reads from here."""
     divergence_factor: float = 10.0
     """A trial diverged when its loss exceeds this multiple of its initial loss (or is NaN/inf)."""
+    log_noise_scale: bool = False
+    """Also log the gradient noise scale B_simple (McCandlish et al.) at every eval point, from
+    two half-batch gradients per step (metrics `noise_scale_bsimple`, `noise_scale_gsq`,
+    `noise_scale_trsigma`); the report shows it beside B_crit. Supervised workloads and
+    `nqm_sgd` only."""
 
     # ---- derived --------------------------------------------------------------------------
     @property
@@ -214,6 +219,7 @@ class JobConfig:
             checkpoint_every=self.checkpoint_every,
             data_fraction=self.data.fraction,
             data_root=self.data.root,
+            noise_scale=self.log_noise_scale,
             options=dict(self.options),
         )
 
@@ -430,6 +436,7 @@ def _check_values(job: JobConfig) -> None:
         raise JobError(
             "divergence_factor: must be > 1 (10 = diverged when the loss is 10x its start)"
         )
+    _check_noise_scale(job, known[job.workload])
     uri = job.tracking.uri
     if not (
         uri.startswith(("sqlite:///", "http://", "https://", "databricks", "postgresql", "mysql"))
@@ -439,6 +446,24 @@ def _check_values(job: JobConfig) -> None:
         )
     if b.epochs > 0 and known[job.workload].train_size is None and not job.budget.max_steps:
         pass  # resolved per trial when the data is read
+
+
+# Workloads with their own training loop (``Workload.train``) that log B_simple; workloads
+# built on the shared supervised loop (``Workload.build``) all do (trainables/loop.py).
+NOISE_SCALE_OWN_LOOPS = {"nqm_sgd"}
+
+
+def _check_noise_scale(job: JobConfig, workload: Any) -> None:
+    if not job.log_noise_scale or workload.train is None or job.workload in NOISE_SCALE_OWN_LOOPS:
+        return
+    why = {
+        "nqm_exact": "it follows the exact expected loss and samples no gradients; use nqm_sgd",
+        "wikitext2_lstm": "its batches carry the LSTM's hidden state across steps",
+    }.get(job.workload, "its training loop has no B_simple estimator")
+    raise JobError(
+        f"log_noise_scale: workload {job.workload} cannot log the gradient noise scale ({why}); "
+        "set log_noise_scale: false"
+    )
 
 
 def field_docs(cls: type = JobConfig, prefix: str = "") -> list[tuple[str, str, str]]:
