@@ -7,6 +7,7 @@ into `out_dir` and returns their paths.
 - best_lr:         best LR vs batch size with power-law and saturating fits, LSR / SRSR lines
 - final_metric:    final eval metric per batch size and strategy (Table 2 as a plot + table)
 - loss_curves:     the metric against steps per batch size at the best LR
+- noise_scale:     B_simple against the target metric per batch size, beside B_crit
 """
 
 from __future__ import annotations
@@ -274,3 +275,58 @@ def loss_curves(
     ax.set(xlabel=STEPS_LABEL, ylabel=metric, title=f"{metric} at the best LR ({strategy})")
     ax.legend(fontsize=7.5, ncol=2)
     return _save(fig, out_dir, "loss_curves")
+
+
+def noise_scale(
+    df: pd.DataFrame, best: pd.DataFrame, cbs: CriticalBatchSize, out_dir, metric: str,
+    target: float, direction: str = "min", strategy: str | None = None,
+) -> list[Path]:  # fmt: skip
+    """B_simple (`noise_scale_bsimple`) against `metric` along the best trial of each batch
+    size, training progress to the right; B_crit (and its bootstrap interval) as a horizontal
+    line, the target as a vertical one, and each trial's B_simple at the target (the column
+    `b_simple` of `best`, from `analysis.noise_scale.bsimple_at_target`) as a dot."""
+    from analysis.noise_scale import BSIMPLE
+
+    if BSIMPLE not in df.columns or metric not in df.columns:
+        raise AnalysisError(f"no {BSIMPLE} or {metric} column: the sweep did not log B_simple")
+    plt = _pyplot()
+    rows = best if strategy is None else best[best["strategy"] == strategy]
+    fig, ax = plt.subplots(layout="constrained", figsize=(7.6, 4.6))
+    cmap = plt.get_cmap("viridis")
+    sizes = sorted(rows["batch_size"].unique())
+    drawn = 0
+    for i, b in enumerate(sizes):
+        pick = rows[rows["batch_size"] == b].iloc[0]
+        c = df[(df["trial"] == pick["trial"]) & (df["step"] > 0)].sort_values("step")
+        c = c[np.isfinite(c[BSIMPLE].to_numpy(float)) & np.isfinite(c[metric].to_numpy(float))]
+        c = c[c[BSIMPLE] > 0]
+        if c.empty:
+            continue
+        color = cmap(i / max(len(sizes) - 1, 1))
+        ax.plot(c[metric], c[BSIMPLE], color=color, lw=1.3, label=f"B={b}")
+        at = pick.get("b_simple", np.nan)
+        if np.isfinite(at) and at > 0:
+            ax.plot([target], [at], "o", color=color, mec="black", ms=6)
+        drawn += 1
+    if not drawn:
+        raise AnalysisError(f"no finite, positive {BSIMPLE} values on the best trials")
+    if cbs.boot is not None and np.all(np.isfinite(cbs.b_crit_ci)):
+        ax.axhspan(*cbs.b_crit_ci, color="tab:purple", alpha=0.12, lw=0,
+                   label=f"B_crit {cbs.level:.0%} CI")  # fmt: skip
+    ax.axhline(cbs.b_crit, color="tab:purple", lw=1.4, label=f"B_crit (fit) = {cbs.b_crit:.3g}")
+    ax.axvline(target, color="red", ls="--", lw=1, label=f"target {target:.3g}")
+    ax.set_yscale("log")
+    if (df[metric].dropna() > 0).all():
+        from matplotlib import ticker
+
+        ax.set_xscale("log")  # plain numbers (0.6, 2), not 6 x 10^-1, on a short log range
+        ax.xaxis.set_major_formatter(ticker.LogFormatter())
+        ax.xaxis.set_minor_formatter(
+            ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4))
+        )
+    if direction == "min":
+        ax.invert_xaxis()  # the loss falls as training goes on: progress to the right
+    ax.set(xlabel=f"{metric} (training progress ->)", ylabel="B_simple (examples)",
+           title="Gradient noise scale B_simple at the best LR" + (f" ({strategy})" if strategy else ""))  # fmt: skip
+    ax.legend(fontsize=7.5, ncol=2)
+    return _save(fig, out_dir, "noise_scale")

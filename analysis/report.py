@@ -5,6 +5,8 @@
 fit with a bootstrap interval and the overhead CBS (per strategy; the headline is the primary
 strategy, `tuned` when present), speedup and regimes, best LR vs batch size, and the figures
 of `analysis.plots` embedded as base64 PNG, so the HTML file can be mailed or logged alone.
+When the sweep logged the gradient noise scale (`log_noise_scale: true`), B_simple at the
+target (`analysis.noise_scale`) is shown beside B_crit: headline, fit summary, tables, figure.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from analysis import plots
 from analysis.fits import CriticalBatchSize, critical_batch_size
 from analysis.frame import AnalysisError, validate_frame
 from analysis.lr_fit import LrFit, fit_best_lr
+from analysis.noise_scale import DEFINITION as BSIMPLE_DEFINITION
+from analysis.noise_scale import bsimple_at_target, bsimple_summary, has_noise_scale
 from analysis.speedup import LINEAR_THRESHOLD, STAGNATION_THRESHOLD, speedup_table
 from analysis.steps import (
     Target,
@@ -46,6 +50,7 @@ class ReportResult:
     target: Target
     cbs: CriticalBatchSize
     notes: list[str] = field(default_factory=list)
+    b_simple: dict | None = None  # `bsimple_summary` of the strategy; None: not logged
 
     @property
     def files(self) -> list[Path]:
@@ -61,7 +66,15 @@ class ReportResult:
             f"CBS = {c.cbs:.3g} (batch size where steps exceed linear scaling from "
             f"B_ref = {c.reference_batch_size:g} by {c.overhead:.0%}); "
             f"S_min = {c.fit.s_min:.3g} steps, E_min = {c.fit.e_min:.3g} examples"
+            + (f"; {_bsimple_text(self.b_simple)}" if self.b_simple else "")
         )
+
+
+def _bsimple_text(b: dict) -> str:
+    return (
+        f"B_simple at target = {b['median']:.3g} (median of {b['n_batch_sizes']} batch sizes, "
+        f"range {b['min']:.3g}-{b['max']:.3g}; a predictor of B_crit, not an estimate of it)"
+    )
 
 
 def _primary(strategies, strategy: str | None) -> str:
@@ -96,6 +109,23 @@ def _img(path: Path, caption: str) -> str:
 
 def _table(df: pd.DataFrame) -> str:
     return df.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="–", border=0)
+
+
+def _bsimple_html(bsimple: dict[str, dict], fits: dict, logged: bool) -> str:
+    """The gradient-noise-scale part of the fit summary: B_simple beside B_crit per strategy."""
+    if not logged:
+        return (
+            "<p>Gradient noise scale B_simple: not logged (set <code>log_noise_scale: true</code> "
+            "in the job file to show it beside B_crit).</p>"
+        )
+    rows = [
+        {"strategy": name, "B_crit (fit)": fits[name].b_crit if name in fits else None,
+         "B_simple at target (median)": b["median"], "min": b["min"], "max": b["max"],
+         "batch sizes": b["n_batch_sizes"], "B_simple / B_crit": b["median_over_b_crit"]}
+        for name, b in bsimple.items()
+    ]  # fmt: skip
+    table = _table(pd.DataFrame(rows)) if rows else "<p>No finite B_simple at the target.</p>"
+    return f"<h3>Gradient noise scale</h3><p>{html.escape(BSIMPLE_DEFINITION)}</p>{table}"
 
 
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em
@@ -182,6 +212,24 @@ def write_report(
         )
     except AnalysisError as e:
         notes.append(f"no best-LR fit: {e}")
+    logged = has_noise_scale(df)
+    bsimple: dict[str, dict] = {}
+    if logged:
+        at_target = bsimple_at_target(df, best)
+        summary = summary.merge(
+            at_target[["strategy", "batch_size", "b_simple"]],
+            on=["strategy", "batch_size"],
+            how="left",
+        )
+        for name, g in at_target.groupby("strategy"):
+            got = bsimple_summary(g, fits[name].b_crit if name in fits else None)
+            if got is not None:
+                bsimple[name] = got
+        if primary not in bsimple:
+            notes.append(
+                "B_simple was logged but no batch size of the primary strategy has a finite value "
+                "at the step it reached the target"
+            )
 
     made: list[tuple[Path, str]] = []
 
@@ -212,6 +260,11 @@ def write_report(
     if lr is not None:
         figure("Best LR vs batch size: power law, saturating fit, LSR and SRSR references",
                lambda: plots.best_lr(lr, fig_dir))  # fmt: skip
+    if logged:
+        figure(f"Gradient noise scale B_simple along the best trial of each batch size ({primary}); "
+               "dots: B_simple at the target; horizontal: the fitted B_crit",
+               lambda: plots.noise_scale(df, at_target, cbs, fig_dir, target.metric, target.value,
+                                         target.direction, primary))  # fmt: skip
     if final_metric in df.columns:
 
         def _final():
@@ -235,8 +288,11 @@ def write_report(
         "regimes": f"local efficiency B_crit/(B+B_crit) >= {LINEAR_THRESHOLD} linear, "
         f"<= {STAGNATION_THRESHOLD} stagnation, diminishing returns between",
     }
+    if logged:
+        assumptions["gradient_noise_scale"] = BSIMPLE_DEFINITION
     result = ReportResult(out, out / "report.html", summary_csv, out / "summary.json",
-                          [p for p, _ in made], primary, target, cbs, notes)  # fmt: skip
+                          [p for p, _ in made], primary, target, cbs, notes,
+                          bsimple.get(primary))  # fmt: skip
     payload = {
         "headline": result.headline(),
         "strategy": primary,
@@ -250,6 +306,8 @@ def write_report(
         **cbs.to_dict(),
         "assumptions": assumptions,
         "fits_per_strategy": {k: v.to_dict() for k, v in fits.items()},
+        "b_simple": bsimple.get(primary),  # None: not logged (job field log_noise_scale)
+        "b_simple_per_strategy": bsimple,
         "best_lr_fit": None
         if lr is None
         else {
@@ -285,6 +343,7 @@ def write_report(
         "</ul><h2>Fit summary</h2>",
         f"<p>Confidence intervals: {html.escape(cbs.boot.method if cbs.boot else 'none')}.</p>",
         _table(pd.DataFrame(fit_rows)),
+        _bsimple_html(bsimple, fits, logged),
         "<h2>Figures</h2>",
         *[_img(p, cap) for p, cap in made if p.suffix == ".png"],
         "<h2>Per batch size</h2>",
