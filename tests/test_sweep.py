@@ -127,6 +127,7 @@ def _env(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_driver_killed_then_resumed_loses_and_duplicates_nothing(tmp_path):
     job = synthetic_job(
         tmp_path, "killed", batch_sizes=[8, 32], lr_search={"min": 0.01, "max": 0.5, "trials_per_batch_size": 4, "seed": 1},
@@ -153,7 +154,7 @@ def test_driver_killed_then_resumed_loses_and_duplicates_nothing(tmp_path):
         assert driver.poll() is None, "driver ended early:\n" + (tmp_path / "driver.log").read_text()[-3000:]
         time.sleep(0.5)
     else:
-        pytest.fail("sweep never got going")
+        pytest.fail("sweep never got going:\n" + (tmp_path / "driver.log").read_text()[-3000:])
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     time.sleep(2)
