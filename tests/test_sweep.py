@@ -151,7 +151,9 @@ def test_driver_killed_then_resumed_loses_and_duplicates_nothing(tmp_path):
         finished = {r[-1]["trial_id"]: len(r) for r in rows.values() if r and r[-1]["step"] >= 60}
         if len(finished) >= 2 and len(dirs) > len(finished):
             break
-        assert driver.poll() is None, "driver ended early:\n" + (tmp_path / "driver.log").read_text()[-3000:]
+        assert driver.poll() is None, (
+            "driver ended early:\n" + (tmp_path / "driver.log").read_text()[-3000:]
+        )
         time.sleep(0.5)
     else:
         pytest.fail("sweep never got going:\n" + (tmp_path / "driver.log").read_text()[-3000:])

@@ -43,14 +43,18 @@ def test_sweep_under_uv_run_from_another_folder(tmp_path):
         "storage": str(tmp_path / "runs"),
     }
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ENABLE_UV", "RAY_ADDRESS"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("RAY_ENABLE_UV", "RAY_ADDRESS"))
+    }
     env["HOME"] = str(tmp_path)
     env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="cbu", dir="/tmp")  # short socket paths
-    uv = ["python3", "-m", "uv"]  # as the README runs it (this form also sets UV_INTERNAL__PARENT_INTERPRETER)
+    uv = ["python3", "-m", "uv"]  # the README's form; it also sets UV_INTERNAL__PARENT_INTERPRETER
     proc = subprocess.Popen([*uv, "run", "--frozen", "python", "-c", DRIVER, str(tmp_path)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
     try:
-        output, _ = proc.communicate(timeout=int(os.environ.get("CRITBATCH_UV_TEST_TIMEOUT", "600")))
+        output, _ = proc.communicate(
+            timeout=int(os.environ.get("CRITBATCH_UV_TEST_TIMEOUT", "600"))
+        )
     except subprocess.TimeoutExpired:  # the failure this test guards against: a silent hang
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
         output, _ = proc.communicate()
