@@ -112,8 +112,11 @@ def resolve_device(name: str) -> torch.device:
 
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
-    # Same seed, same numbers on CPU; on GPU cuDNN autotuning stays on for speed.
-    torch.use_deterministic_algorithms(False)
+    # Same seed, same numbers on CPU; on GPU cuDNN autotuning stays on for speed. Only switch
+    # deterministic mode off if something turned it on: torch.use_deterministic_algorithms
+    # imports torch._inductor (9 s on a 2-core VM), which every fresh trial worker paid.
+    if torch.are_deterministic_algorithms_enabled():
+        torch.use_deterministic_algorithms(False)
 
 
 def train_supervised(
