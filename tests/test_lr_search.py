@@ -83,3 +83,120 @@ def test_trial_stopped_by_the_bound_is_censored_not_a_miss():
         Outcome("stopped_early", None, 0.02, 39_000, censored_at=38_953), 2_000_000, 0.01, "min"
     )
     assert closer < censored
+
+
+# A model of steps to target against LR: smooth in log LR around the best LR, which scales
+# linearly at small batch sizes and saturates at large ones; past 1.3x the best LR the noise
+# floor sits above the target (never reached), as on the NQM.
+def best_lr(b: int) -> float:
+    return 2.0 / (1 + 256 / b)
+
+
+def run_to_end(s: LRSearch, steps_at=None) -> dict[str, list[float]]:
+    """Drive a search trial by trial to its end; returns the LRs asked per study."""
+    asked: dict[str, list[float]] = {}
+    while (p := s.ask()) is not None:
+        assert p != WAIT
+        asked.setdefault(p.study, []).append(p.lr)
+        opt = best_lr(p.batch_size)
+        steps = 1000 * (1 + 64 / p.batch_size) * (1 + 2 * math.log(p.lr / opt) ** 2)
+        if p.lr > 1.3 * opt:
+            bound = s.steps_bound(p.study)
+            run = bound if math.isfinite(bound) else 5000.0
+            out = Outcome(
+                "stopped_early", None, 0.3, int(run), run if math.isfinite(bound) else None
+            )
+        else:
+            out = Outcome("reached", round(steps), 0.1, round(steps))
+        s.tell(p, out, 10**6, 0.2, "min")
+    return asked
+
+
+def test_study_stops_once_its_line_search_converged():
+    full = run_to_end(LRSearch([64], [0], 1e-3, 2.0, 12, synchronous=False))
+    assert len(full["bs64-seed0"]) == 12  # off: trials_per_batch_size trials
+    s = LRSearch([64], [0], 1e-3, 2.0, 12, synchronous=False, converge_tol=0.01)
+    short = run_to_end(s)["bs64-seed0"]
+    assert 3 <= len(short) < 12 and "bs64-seed0" in s.done
+    assert abs(math.log(s.best_lr("bs64-seed0") / best_lr(64))) < math.log(1.1)
+    assert s.remaining() == 0 and s.ask() is None
+
+
+def test_a_converged_study_does_not_hold_back_the_rounds():
+    s = LRSearch([16, 64], [0], 1e-3, 2.0, 12, seed=1, converge_tol=0.01)
+    s.done.add("bs16-seed0")  # as if bs16 converged after its first round
+    for _ in range(3):
+        p = s.ask()
+        assert p not in (None, WAIT) and p.study == "bs64-seed0"
+        s.tell(p, Outcome("reached", 100, 0.1, 100), 1000, 0.2, "min")
+
+
+def test_cascade_runs_largest_batch_size_first_and_seeds_the_next_from_it():
+    sizes = [4, 16, 64, 256]
+    s = LRSearch(sizes, [0], 1e-3, 2.0, 12, converge_tol=0.01, cascade=True)
+    first = s.ask()
+    assert first.batch_size == 256 and first.lr == 2.0  # top of the range: fails fast
+    assert s.ask() == WAIT  # one trial in flight per study, the next batch size not started
+    s.tell(first, Outcome("diverged", None, None, 3), 10**6, 0.2, "min")
+    assert s.ask().lr == 1.0  # halved until a trial reaches
+    s = LRSearch(sizes, [0], 1e-3, 2.0, 12, converge_tol=0.01, cascade=True)
+    asked = run_to_end(s)
+    order = list(asked)
+    assert order == ["bs256-seed0", "bs64-seed0", "bs16-seed0", "bs4-seed0"]
+    for b in (16, 4):  # seeded from the finished larger ones: near from the first trial
+        assert abs(math.log(asked[f"bs{b}-seed0"][0] / best_lr(b))) < math.log(1.4)
+        assert len(asked[f"bs{b}-seed0"]) <= 6
+        assert abs(math.log(s.best_lr(f"bs{b}-seed0") / best_lr(b))) < math.log(1.1)
+
+
+def test_cascade_with_two_seeds_runs_the_chains_side_by_side():
+    s = LRSearch([8, 32], [0, 1], 1e-3, 2.0, 6, converge_tol=0.01, cascade=True)
+    a, b = s.ask(), s.ask()
+    assert {(a.batch_size, a.seed), (b.batch_size, b.seed)} == {(32, 0), (32, 1)}
+    assert s.ask() == WAIT
+
+
+def test_examples_bound_from_a_larger_batch_size():
+    s = LRSearch([8, 16], [0], 1e-3, 1.0, 4, synchronous=False, cross_slack=1.0)
+    p16 = s.ask_study("bs16-seed0")
+    s.tell(p16, Outcome("reached", 500, 0.1, 500), 10**6, 0.2, "min")
+    # B S(B) grows with B: batch size 8 needs at most 16 / 8 x 500 steps at its best LR
+    assert s.steps_bound("bs8-seed0") == 1000
+    assert s.steps_bound("bs16-seed0") == 500
+
+
+def test_behind_compares_with_the_fastest_trial_at_the_same_step():
+    s = LRSearch([8], [0], 1e-3, 1.0, 4, synchronous=False, lag=0.25)
+    p = s.ask_study("bs8-seed0")
+    curve = tuple((float(k), 1.0 / k) for k in range(100, 1001, 100))  # loss 1 / step
+    s.tell(p, Outcome("reached", 1000, 0.001, 1000, curve=curve), 10**6, 0.002, "min")
+    assert not s.behind("bs8-seed0", 400, 1.0)  # before half the fastest trial's steps
+    assert s.behind("bs8-seed0", 600, 1 / 350)  # the fastest had 1/400 by step 450
+    assert not s.behind("bs8-seed0", 600, 1 / 500)  # a lag of 1/6 only
+    off = LRSearch([8], [0], 1e-3, 1.0, 4, synchronous=False)
+    q = off.ask_study("bs8-seed0")
+    off.tell(q, Outcome("reached", 1000, 0.001, 1000, curve=curve), 10**6, 0.002, "min")
+    assert not off.behind("bs8-seed0", 600, 1.0)
+    acc = LRSearch([8], [0], 1e-3, 1.0, 4, synchronous=False, lag=0.25)  # accuracy: higher wins
+    r = acc.ask_study("bs8-seed0")
+    up = tuple((float(k), k / 1000) for k in range(100, 1001, 100))
+    acc.tell(r, Outcome("reached", 1000, 1.0, 1000, curve=up), 10**6, 0.99, "max")
+    assert acc.behind("bs8-seed0", 600, 0.3) and not acc.behind("bs8-seed0", 600, 0.5)
+
+
+def test_state_round_trip_keeps_converged_studies_and_results(tmp_path):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    s = LRSearch([16, 64], [0], 1e-3, 2.0, 12, storage=url, converge_tol=0.01, cascade=True)
+    while "bs64-seed0" not in s.done:
+        p = s.ask()
+        opt = best_lr(64)
+        steps = round(2000 * (1 + 2 * math.log(p.lr / opt) ** 2))
+        ok = p.lr <= 1.3 * opt
+        out = Outcome("reached", steps, 0.1, steps) if ok else Outcome("diverged", None, None, 5)
+        s.tell(p, out, 10**6, 0.2, "min")
+    nxt = s.ask()  # bs16 starts now, from bs64's converged best
+    assert nxt.batch_size == 16
+    s2 = LRSearch([16, 64], [0], 1e-3, 2.0, 12, storage=url, converge_tol=0.01, cascade=True)
+    s2.load_state(s.state(), {"bs16-seed0": {nxt.number}})
+    assert s2.done == {"bs64-seed0"} and s2.results == s.results
+    assert s2.ask() == WAIT  # bs16's trial is still in flight; bs64 is not asked again

@@ -18,6 +18,9 @@ import optuna
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+LAG_FROM = 0.5  # behind() applies from this fraction of the fastest trial's steps on
+SEED_STEP = 1.1  # first step out (LR factor) from a seed the neighbours predicted
+
 
 @dataclass(frozen=True)
 class Proposal:
@@ -38,7 +41,9 @@ class Outcome:
     ``best_metric``: best value of the target metric seen (None if never evaluated);
     ``steps_run``: steps actually taken (compute spent);
     ``censored_at``: set when the trial was stopped by the steps bound without reaching the
-    target: all we know is that it needed more steps than this.
+    target: all we know is that it needed more steps than this;
+    ``curve``: (step, target metric) at its reports, when the caller kept them: the fastest
+    reached trial's curve is what :meth:`LRSearch.behind` compares running trials with.
     """
 
     status: str
@@ -46,6 +51,7 @@ class Outcome:
     best_metric: float | None
     steps_run: int
     censored_at: float | None = None
+    curve: tuple[tuple[float, float], ...] | None = None
 
 
 WAIT = "wait"  # ask() result: nothing to propose until running trials report
@@ -84,6 +90,12 @@ class LRSearch:
     neighbouring batch sizes' best LR scaled by the linear and square-root rules), ``random``
     (log-uniform), or ``grid`` (a log grid of ``n_trials`` points). ``storage``: an Optuna
     storage URL (``sqlite:///.../optuna.db``) so studies survive a killed driver.
+
+    ``converge_tol`` (``tpe`` only; None: off): a study stops before ``n_trials`` once its line
+    search has converged: its best reached trial has a worse trial on each side and the
+    steps still to gain inside that bracket, estimated from a parabola in log LR, are below
+    this fraction (:meth:`converged`). ``lag``: the margin of :meth:`behind` (0: off).
+    ``cascade`` (``tpe`` only): batch sizes one at a time from the largest down (:meth:`ask`).
     """
 
     def __init__(
@@ -100,6 +112,9 @@ class LRSearch:
         widen_on_edge: bool = True,
         synchronous: bool = True,
         cross_slack: float = 1.5,
+        converge_tol: float | None = None,
+        lag: float = 0.0,
+        cascade: bool = False,
     ):
         self.batch_sizes = sorted(batch_sizes)
         self.seeds = list(seeds)
@@ -110,6 +125,12 @@ class LRSearch:
         self.told: dict[str, int] = {}
         self.synchronous = synchronous
         self.cross_slack = cross_slack
+        self.converge_tol = converge_tol if algorithm == "tpe" else None
+        self.lag = lag
+        self.cascade = cascade and algorithm == "tpe"
+        self.done: set[str] = set()  # studies whose line search converged (no more trials)
+        self.curves: dict[str, list[tuple[float, float]]] = {}  # study -> fastest trial's curve
+        self.sign = 1.0  # +1: lower target metric is better; set by tell()
         self.studies: dict[str, optuna.Study] = {}
         self.best: dict[
             str, tuple[float, float]
@@ -118,6 +139,7 @@ class LRSearch:
         self.results: dict[str, dict[float, float]] = {}  # study -> {lr: objective} told
         self.reached_cut = math.inf
         self.diverged: dict[str, list[float]] = {}  # study -> LRs that diverged
+        self.unknown: dict[str, list[float]] = {}  # study -> LRs stopped, not known worse
         idx = 0
         for s in self.seeds:
             for b in self.batch_sizes:
@@ -162,16 +184,40 @@ class LRSearch:
         return [self.lr_min + (self.lr_max - self.lr_min) * i / (n - 1) for i in range(n)]
 
     def remaining(self) -> int:
-        return sum(self.n_trials - a for a in self.asked.values())
+        return sum(self.n_trials - a for n, a in self.asked.items() if n not in self.done)
+
+    def finished(self, name: str) -> bool:
+        """Converged, or all its trials asked and told."""
+        return name in self.done or self.told[name] >= self.n_trials
+
+    def _may_start(self, name: str) -> bool:
+        """Cascade: a study starts once the next larger batch size's study (same seed) has
+        finished, so it starts from a converged neighbour."""
+        b, s = _parse(name)
+        larger = [bb for bb in self.batch_sizes if bb > b]
+        return self.asked[name] > 0 or not larger or self.finished(study_name(min(larger), s))
 
     def ask(self) -> Proposal | str | None:
         """Next trial to run, from the study with the fewest trials asked; ``None`` when every
-        study has asked its trials; :data:`WAIT` when (synchronous) the round is in flight."""
-        open_ = [n for n in self.studies if self.asked[n] < self.n_trials]
+        study has asked its trials or converged; :data:`WAIT` when (synchronous) the round is
+        in flight, or (cascade) the studies that may run wait for their trials or neighbours.
+
+        Cascade (``tpe``): studies run one batch size at a time per seed, from the largest
+        (fewest steps, cheapest) down, each trial once the study's previous one has reported:
+        a line search is sequential, and a smaller batch size starts from the best LR of
+        converged larger ones, where the expensive small batch sizes need few trials.
+        Deterministic whatever the completion order (a study sees only finished larger ones).
+        """
+        open_ = [n for n in self.studies if self.asked[n] < self.n_trials and n not in self.done]
         if not open_:
             return None
-        if self.synchronous:
-            r = min(self.told.values())
+        if self.cascade:
+            open_ = [n for n in open_ if self.asked[n] == self.told[n] and self._may_start(n)]
+            if not open_:
+                return WAIT
+        elif self.synchronous:
+            # A converged study is out of the rounds: it must not hold the others back.
+            r = min(self.told[n] for n in self.studies if n not in self.done)
             open_ = [n for n in open_ if self.asked[n] == r]
             if not open_:
                 return WAIT
@@ -212,11 +258,12 @@ class LRSearch:
 
         Steps-to-target is unimodal in log LR (too small: slow; too large: noise floor or
         divergence), and the best LR moves smoothly with the batch size. So: with no reached
-        trial yet, try the nearest studied batch size's best LR scaled by the linear, then
-        the square-root rule; once the best reached trial has a worse trial on each side,
-        take the vertex of the parabola through it and its neighbours (log steps against log
-        LR; golden section when a neighbour did not reach); if it is the largest or smallest
-        LR tried, step out by 2x. ``None``: nothing to suggest (TPE proposes).
+        trial yet, start where the neighbours point (:meth:`_seed_lrs`); once the best reached
+        trial has a worse trial on each side, take the vertex of the parabola through it and
+        its neighbours (log steps against log LR; golden section, at most one step, when a
+        neighbour did not reach); if it is the largest or smallest LR tried, step out: by ``SEED_STEP`` from a
+        seed the neighbours predicted, 2x from one they did not, then twice the distance to
+        the next LR tried (an expanding search). ``None``: nothing to suggest (TPE proposes).
         """
         pts = sorted((math.log(lr), v) for lr, v in self.results.get(name, {}).items())
         tried = [x for x, _ in pts]
@@ -226,40 +273,34 @@ class LRSearch:
 
         # A reached trial slower than what smaller batch sizes show is achievable here (the
         # slack-scaled cross bound) is no anchor for a line search: start from the neighbours.
-        cut = min(self.reached_cut, self._cross_bound(b, s))
-        reached = [(x, v) for x, v in pts if v <= cut]
-        if not reached:
-            done = [(bb, self.best_lr(study_name(bb, s))) for bb in self.batch_sizes if bb != b]
-            done = [
-                (bb, lr)
-                for bb, lr in done
-                if lr is not None and self.best[study_name(bb, s)][0] <= self.reached_cut
-            ]
-            if not done:
-                return None
-            nb, lr_nb = min(done, key=lambda x: abs(math.log(x[0] / b)))
-            # Never propose at or above an LR that diverged here or at a smaller batch size
-            # (the stability edge barely moves with B): take the neighbour's own best LR
-            # instead, which reaches the target at this larger batch size no later than there.
-            bad = [
-                lr
-                for bb in self.batch_sizes
-                if bb <= b
-                for lr in self.diverged.get(study_name(bb, s), ())
-            ]
-            cap = min(bad, default=math.inf)
-            for lr in (lr_nb * b / nb, lr_nb * math.sqrt(b / nb), lr_nb):
-                if lr >= cap:
-                    lr = lr_nb if lr_nb < cap else cap / 2
+        cut = min(self.reached_cut, self._cross_bound(b, s, examples=False))
+        if not [v for _, v in pts if v <= cut]:
+            for lr in self._seed_lrs(b, s):
                 if fresh(math.log(lr)):
                     return lr
-            return None
+            if self.cascade and b == self.batch_sizes[-1] and not self._neighbour_bests(b, s):
+                # The first study of a cascade, nothing known: start at the top of the range
+                # and halve until a trial reaches the target. The largest batch size has the
+                # largest best LR, and a too large LR fails fast (diverges, or stalls at its
+                # noise floor: early stopping) where a too small one runs for long.
+                return self.range[name][1] if not pts else math.exp(pts[0][0]) / 2
+            if not pts or min(v for _, v in pts) > self.reached_cut:
+                return None  # nothing reached here yet, the neighbours' LRs tried: TPE
         i = min(range(len(pts)), key=lambda j: pts[j][1])
         xb, fb = pts[i][0], math.log(pts[i][1])
-        if i == len(pts) - 1:
-            return math.exp(xb + math.log(2))
-        if i == 0:
-            return math.exp(xb - math.log(2))
+        step = math.log(SEED_STEP) if self._predicted(b, s) else math.log(2)
+        if i in (0, len(pts) - 1):
+            if len(pts) > 1:
+                # Expand (twice the last step) only when the best is the newest trial and
+                # improved on its inner neighbour, the trial before it, which reached too: a
+                # slope to follow (a first reach below an unreached LR is no slope).
+                order = list(self.results[name])
+                j = 1 if i == 0 else len(pts) - 2
+                inner, d = pts[j][0], abs(xb - pts[j][0])
+                newest = [math.log(lr) for lr in order[-2:]]
+                if newest == [inner, xb] and pts[j][1] <= self.reached_cut and d <= 1.0:
+                    step = max(step, 2 * d)
+            return math.exp(xb + step if i == len(pts) - 1 else xb - step)
         (xl, vl), (xr, vr) = pts[i - 1], pts[i + 1]
         x_new = None
         if vl <= self.reached_cut and vr <= self.reached_cut:
@@ -268,9 +309,80 @@ class LRSearch:
             if den != 0:
                 x_new = xb - 0.5 * ((xb - xl) ** 2 * (fb - fr) - (xb - xr) ** 2 * (fb - fl)) / den
         if x_new is None or not (xl < x_new < xr) or not fresh(x_new):
-            far = xl if xb - xl > xr - xb else xr
-            x_new = xb + 0.382 * (far - xb)
+            far, near = (xl, xr) if xb - xl > xr - xb else (xr, xl)
+            # golden section, but no further than a step out would go (at most twice the
+            # distance to the other side): a far unreached side (a first random trial, a
+            # seed past the noise floor) says little about where the optimum is
+            cap = max(step, 2 * abs(xb - near))
+            x_new = xb + math.copysign(min(0.382 * abs(far - xb), cap), far - xb)
         return math.exp(x_new) if fresh(x_new) else None
+
+    def _neighbour_bests(self, b: int, s: int) -> list[tuple[int, float]]:
+        """(batch size, best LR) of the other studies whose best trial reached the target."""
+        out = []
+        for bb in self.batch_sizes:
+            best = self.best.get(study_name(bb, s))
+            if bb != b and best is not None and best[0] <= self.reached_cut:
+                out.append((bb, best[1]))
+        return out
+
+    def _predicted(self, b: int, s: int) -> bool:
+        """Can the neighbours predict this batch size's best LR: has the nearest study with a
+        reached best finished (converged or out of trials)? Early in a sweep that runs all
+        batch sizes together the neighbours' bests can be far off."""
+        done = self._neighbour_bests(b, s)
+        if not done:
+            return False
+        nb, _ = min(done, key=lambda x: abs(math.log(x[0] / b)))
+        return self.finished(study_name(nb, s))
+
+    def _seed_lrs(self, b: int, s: int) -> list[float]:
+        """First LRs to try at batch size ``b``, best guess first, from the neighbours' best LRs.
+
+        The best LR grows with B between linear scaling and flat: McCandlish et al.'s
+        eps_max / (1 + B_noise / B), i.e. 1 / LR linear in 1 / B. Through the nearest two
+        reached neighbours (one on each side when there are), that line gives the first guess
+        (a power law through them if it cannot: falling LR), kept between the nearest one's
+        LR and its linearly scaled LR. Then that neighbour's LR scaled by the linear rule, the
+        square-root rule, and unscaled. Never at or above an LR that diverged at this or a
+        smaller batch size (the stability edge barely moves with B): the neighbour's own best
+        LR instead, which reaches the target at a larger batch size no later than there.
+        """
+        done = sorted(self._neighbour_bests(b, s))
+        if not done:
+            return []
+        lb = math.log(b)
+        below = [(math.log(bb), math.log(lr)) for bb, lr in done if bb < b]
+        above = [(math.log(bb), math.log(lr)) for bb, lr in done if bb > b]
+        nb, lr_nb = min(done, key=lambda x: abs(math.log(x[0] / b)))
+        guesses = []
+        pair = None
+        if below and above:
+            pair = below[-1], above[0]
+        elif len(below) >= 2 or len(above) >= 2:
+            pair = tuple(below[-2:]) if below else tuple(above[:2])
+        if pair is not None:
+            # 1 / LR = a + c / B through the two (McCandlish's saturating form), else the power
+            # law through them; either kept within the linear and flat rules from the nearest.
+            (x1, y1), (x2, y2) = pair
+            u1, u2, v1, v2 = math.exp(-x1), math.exp(-x2), math.exp(-y1), math.exp(-y2)
+            c = (v1 - v2) / (u1 - u2)
+            inv = v1 + c * (1 / b - u1)
+            if c >= 0 and inv > 0:
+                guess = 1 / inv
+            else:
+                guess = math.exp(y1 + (y2 - y1) * (lb - x1) / (x2 - x1))
+            lo, hi = sorted((lr_nb, lr_nb * b / nb))
+            guesses.append(min(max(guess, lo), hi))
+        guesses += [lr_nb * b / nb, lr_nb * math.sqrt(b / nb), lr_nb]
+        bad = [
+            lr
+            for bb in self.batch_sizes
+            if bb <= b
+            for lr in self.diverged.get(study_name(bb, s), ())
+        ]
+        cap = min(bad, default=math.inf)
+        return [(lr if lr < cap else lr_nb if lr_nb < cap else cap / 2) for lr in guesses]
 
     # ---- results -----------------------------------------------------------------------------
     def tell(
@@ -278,8 +390,12 @@ class LRSearch:
     ) -> float:
         value = objective(outcome, max_steps, target, direction)
         self.reached_cut = float(max_steps)  # objectives <= max_steps are steps of reached trials
+        self.sign = 1.0 if direction == "min" else -1.0
         if outcome.status == "diverged":
             self.diverged.setdefault(proposal.study, []).append(proposal.lr)
+        stopped = outcome.steps_to_target is None and outcome.status == "stopped_early"
+        if stopped and outcome.censored_at is None:  # ASHA: behind early, as a lower LR may be
+            self.unknown.setdefault(proposal.study, []).append(proposal.lr)
         self.results.setdefault(proposal.study, {})[proposal.lr] = value
         study = self.studies[proposal.study]
         study.tell(proposal.number, value)
@@ -288,12 +404,86 @@ class LRSearch:
         if best is None or value < best[0]:
             self.best[proposal.study] = (value, proposal.lr)
         if outcome.steps_to_target is not None:
+            fastest = outcome.steps_to_target < self.stop_bound.get(proposal.study, math.inf)
+            if fastest and outcome.curve:
+                run, kept = math.inf, []
+                for step, v in sorted(outcome.curve):
+                    run = min(run, self.sign * v)  # best so far, lower is better
+                    kept.append((float(step), run))
+                self.curves[proposal.study] = kept
             self.stop_bound[proposal.study] = min(
                 self.stop_bound.get(proposal.study, math.inf), float(outcome.steps_to_target)
             )
         if self.widen_on_edge and self.algorithm == "tpe":
             self._maybe_widen(proposal.study)
+        if self.converged(proposal.study):
+            self.done.add(proposal.study)
         return value
+
+    def converged(self, name: str) -> bool:
+        """Has this study's line search converged (``converge_tol``)? Its best reached trial
+        has a worse trial on each side (in LR), and the steps still to gain inside that
+        bracket are below ``converge_tol`` (relative): from the vertex of the parabola in
+        (log LR, log steps) through the three when both neighbours reached the target; when
+        one did not, from the reached side's curvature with the optimum put halfway towards
+        the other (the unreached side is steep: noise floor or divergence). A neighbour stopped
+        by a rule that does not show it worse (``censored_at`` unset: ASHA) blocks it. With an unreached
+        side the bracket must also span at most ``SEED_STEP`` squared in LR; with both
+        sides stopped by the steps bound (none diverged) that narrow bracket suffices."""
+        if self.converge_tol is None:
+            return False
+        b, s = _parse(name)
+        pts = sorted((math.log(lr), v) for lr, v in self.results.get(name, {}).items())
+        if len(pts) < 3:
+            return False
+        i = min(range(len(pts)), key=lambda j: pts[j][1])
+        cut = min(self.reached_cut, self._cross_bound(b, s, examples=False))
+        if not 0 < i < len(pts) - 1 or pts[i][1] > cut:
+            return False
+        (xl, vl), (xb, vb), (xr, vr) = pts[i - 1], pts[i], pts[i + 1]
+        fb = math.log(vb)
+        unknown = self.unknown.get(name, ())
+        if math.exp(xl) in unknown or math.exp(xr) in unknown:
+            return False  # stopped by a rule that does not say it was worse (ASHA)
+        ok_l, ok_r = vl <= self.reached_cut, vr <= self.reached_cut
+        if ok_l and ok_r:
+            fl, fr = math.log(vl), math.log(vr)
+            # f = a (x - xv)^2 + fv through the three points
+            d1, d2 = (fl - fb) / (xl - xb), (fr - fb) / (xr - xb)
+            a = (d2 - d1) / (xr - xl)
+            if a <= 0:
+                return False
+            xv = min(max(0.5 * (xb + xl) - d1 / (2 * a), xl), xr)
+            gain = a * (xb - xv) ** 2
+        elif xr - xl > 2 * math.log(SEED_STEP) + 1e-9:
+            return False  # a wide bracket with an unreached side: too little known
+        elif ok_l or ok_r:
+            xn, fn, xf = (xl, math.log(vl), xr) if ok_l else (xr, math.log(vr), xl)
+            a = (fn - fb) / (xn - xb) ** 2
+            gain = a * (0.5 * (xf - xb)) ** 2
+        else:
+            # Both sides stopped by the steps bound (they needed more steps than the best):
+            # a narrow bracket of worse trials. A diverged side says nothing of how steep the
+            # curve is short of the stability edge, where large batches find their best LR.
+            bad = self.diverged.get(name, ())
+            return not any(math.exp(x) in bad for x in (xl, xr))
+        return math.expm1(gain) <= self.converge_tol
+
+    def behind(self, name: str, step: float, best_value: float) -> bool:
+        """Has a running trial of this study fallen behind its fastest reached trial by more
+        than ``lag``: at ``step`` its best target metric so far is worse than that trial's
+        best at ``(1 - lag) * step``? Only from half the fastest trial's steps on: a lower LR
+        starts slower and catches up late (lower noise floor), and lags of 10% or so are
+        normal among near-optimal LRs. ``False`` when off (lag 0) or nothing to compare."""
+        ref, bound = self.curves.get(name), self.stop_bound.get(name)
+        if self.lag <= 0 or not ref or bound is None or step < LAG_FROM * bound:
+            return False
+        u, ref_value = (1 - self.lag) * step, None
+        for st, v in ref:  # ref's best so far at its last report at or before u (lenient)
+            if st > u:
+                break
+            ref_value = v
+        return ref_value is not None and self.sign * best_value > ref_value
 
     def fail(self, proposal: Proposal) -> None:
         """A trial that errored (not diverged: divergence is a result) leaves its study."""
@@ -309,24 +499,30 @@ class LRSearch:
         elif math.log(lr / lo) < edge:
             self.range[name] = (lo / 4, hi)
 
-    def _cross_bound(self, b: int, s: int) -> float:
-        smaller = [
-            self.stop_bound.get(study_name(bb, s), math.inf) for bb in self.batch_sizes if bb < b
+    def _cross_bound(self, b: int, s: int, examples: bool = True) -> float:
+        """Steps this batch size needs at its best LR at most, from the other batch sizes.
+
+        A larger batch at the same LR has less gradient noise, so in expectation it needs no
+        more steps: the best steps of a smaller batch size bound this one's. And a smaller
+        batch needs no more examples (E(B) = B S(B) grows with B, McCandlish et al.; it is
+        the premise of a critical batch size): bb > b bounds it by (bb / b) x its steps.
+        Measured steps are noisy (a lucky trial, a quantised accuracy target), so the bound gets
+        slack; 1.0 suits exact problems (the NQM benchmark). ``examples=False``: the smaller
+        batch sizes' bound only (loose: in the linear regime S(B) is about S(B/2) / 2, so a
+        trial slower than it is far from the best LR; the examples bound is tight there)."""
+        other = [
+            self.stop_bound.get(study_name(bb, s), math.inf) * (1.0 if bb < b else bb / b)
+            for bb in self.batch_sizes
+            if bb < b or (examples and bb > b)
         ]
-        return self.cross_slack * min(smaller, default=math.inf)
+        return self.cross_slack * min(other, default=math.inf)
 
     def steps_bound(self, name: str) -> float:
-        """Best steps-to-target of a study so far (inf if none): a trial of that study still
-        running past this step can no longer win and may be stopped."""
+        """Best steps-to-target of a study so far, or the bound from the other batch sizes if
+        lower (inf if none): a trial of that study still running past this step can no longer
+        win (or is far from this batch size's best LR) and may be stopped."""
         b, s = _parse(name)
-        smaller = [
-            self.stop_bound.get(study_name(bb, s), math.inf) for bb in self.batch_sizes if bb < b
-        ]
-        # A larger batch at the same LR has less gradient noise, so in expectation it needs no
-        # more steps: the best steps of a smaller batch size bound this study's too. Measured
-        # steps are noisy (a lucky small-batch trial, a quantised accuracy target), so the bound
-        # from other batch sizes gets slack; 1.0 suits exact problems (the NQM benchmark).
-        return min([self.stop_bound.get(name, math.inf), *(self.cross_slack * x for x in smaller)])
+        return min(self.stop_bound.get(name, math.inf), self._cross_bound(b, s))
 
     def best_lr(self, name: str) -> float | None:
         return self.best.get(name, (None, None))[1]
@@ -339,6 +535,13 @@ class LRSearch:
             "range": dict(self.range),
             "best": dict(self.best),
             "stop_bound": dict(self.stop_bound),
+            "results": {k: dict(v) for k, v in self.results.items()},
+            "diverged": {k: list(v) for k, v in self.diverged.items()},
+            "unknown": {k: list(v) for k, v in self.unknown.items()},
+            "curves": {k: list(v) for k, v in self.curves.items()},
+            "done": sorted(self.done),
+            "reached_cut": self.reached_cut,
+            "sign": self.sign,
         }
 
     def load_state(self, state: dict, live_numbers: dict[str, set[int]]) -> None:
@@ -349,6 +552,13 @@ class LRSearch:
         self.range.update({k: tuple(v) for k, v in state["range"].items()})
         self.best.update({k: tuple(v) for k, v in state["best"].items()})
         self.stop_bound.update(state["stop_bound"])
+        self.results.update({k: dict(v) for k, v in state.get("results", {}).items()})
+        self.diverged.update({k: list(v) for k, v in state.get("diverged", {}).items()})
+        self.unknown.update({k: list(v) for k, v in state.get("unknown", {}).items()})
+        self.curves.update({k: [tuple(x) for x in v] for k, v in state.get("curves", {}).items()})
+        self.done.update(state.get("done", ()))
+        self.reached_cut = state.get("reached_cut", self.reached_cut)
+        self.sign = state.get("sign", self.sign)
         for name, study in self.studies.items():
             for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
                 if t.number not in live_numbers.get(name, set()):
