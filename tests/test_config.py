@@ -167,3 +167,30 @@ def test_log_noise_scale_reaches_the_trial_config_and_the_plan(tmp_path, capsys)
     assert "B_simple logged" in capsys.readouterr().out
     assert main(["check", str(p), "--set", "log_noise_scale=false"]) == 0
     assert "B_simple" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "job, field, fix",
+    [
+        (with_(lr_search__convergence_tolerance=0), "lr_search.convergence_tolerance", "(0, 1)"),
+        (with_(lr_search__convergence_tolerance=1.5), "lr_search.convergence_tolerance", "0.01"),
+        (with_(lr_search__lag_stop=1.0), "lr_search.lag_stop", "[0, 1)"),
+        (with_(lr_search__lag_stop=-0.1), "lr_search.lag_stop", "0 turns it off"),
+        (with_(lr_search__cascade="yes"), "lr_search.cascade", "true or false"),
+        (with_(lr_search__stop_when_converged=1), "lr_search.stop_when_converged", "true or false"),
+    ],
+)
+def test_search_stop_fields_rejected_with_the_field_named(job, field, fix):
+    with pytest.raises(JobError) as e:
+        parse_job(job)
+    assert field in str(e.value) and fix in str(e.value), str(e.value)
+
+
+def test_search_stop_fields_defaults_and_docs():
+    r = parse_job(GOOD).lr_search
+    assert r.stop_when_converged and r.convergence_tolerance == 0.01 and r.lag_stop == 0.25
+    assert r.cascade is False  # all batch sizes in flight unless a job asks for the cascade
+    assert parse_job(with_(lr_search__lag_stop=0)).lr_search.lag_stop == 0
+    names = {name for name, _, _ in field_docs()}
+    assert {"lr_search.stop_when_converged", "lr_search.convergence_tolerance"} <= names
+    assert {"lr_search.lag_stop", "lr_search.cascade"} <= names

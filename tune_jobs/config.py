@@ -53,13 +53,31 @@ class LRSearchConfig:
     log: bool = True
     """Search the LR on a log scale (almost always right)."""
     trials_per_batch_size: int = 8
-    """Trials in each study (one study per batch size and seed)."""
+    """Trials in each study (one study per batch size and seed); a maximum when
+    stop_when_converged is on."""
     seed: int = 0
     """Seed of the samplers (each study gets seed + its index)."""
     algorithm: str = "tpe"
-    """`tpe` (Optuna TPE seeded from neighbouring batch sizes), `random`, or `grid` (log grid)."""
+    """`tpe` (a line search in log LR started from the neighbouring batch sizes' best LRs;
+    Optuna TPE where it has nothing to propose), `random`, or `grid` (log grid)."""
     widen_on_edge: bool = True
     """Widen the range by 4x when a study's best LR sits at its edge (McCandlish, App. A)."""
+    stop_when_converged: bool = True
+    """`tpe` only: a study stops before trials_per_batch_size once its best LR has a worse
+    trial on each side and the steps still to gain inside that bracket (estimated from a
+    parabola in log LR) are below convergence_tolerance."""
+    convergence_tolerance: float = 0.01
+    """Relative steps-to-target still to gain below which a bracketed study stops (0.01: 1%)."""
+    lag_stop: float = 0.25
+    """Stop a running trial that lags its study's fastest trial by more than this fraction of
+    its steps (its best metric at step t is worse than the fastest one's at (1 - lag_stop) t),
+    checked from half the fastest trial's steps on; 0 turns it off. Needs early_stopping."""
+    cascade: bool = False
+    """`tpe` only: run the studies one batch size at a time (per seed) from the largest down,
+    each started from its finished larger neighbours' best LRs, one trial in flight per
+    study. Far less compute (on the NQM the small, expensive batch sizes then need about 3
+    trials each), but one trial at a time per seed; false: all batch sizes advance together
+    in rounds."""
 
 
 @dataclass(frozen=True)
@@ -393,6 +411,14 @@ def _check_values(job: JobConfig) -> None:
         raise JobError("lr_search.trials_per_batch_size: must be >= 1")
     if r.algorithm not in ("tpe", "random", "grid"):
         raise JobError(f"lr_search.algorithm: unknown {r.algorithm!r}; use tpe, random or grid")
+    if not (0 < r.convergence_tolerance < 1):
+        raise JobError(
+            f"lr_search.convergence_tolerance: {r.convergence_tolerance}; use a fraction in (0, 1), e.g. 0.01"
+        )
+    if not (0 <= r.lag_stop < 1):
+        raise JobError(
+            f"lr_search.lag_stop: {r.lag_stop}; use a fraction in [0, 1), e.g. 0.25 (0 turns it off)"
+        )
     t = job.target
     if t.direction not in ("min", "max"):
         raise JobError(

@@ -9,6 +9,7 @@ OptunaSearch would refuse the batch-size grid.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 from typing import Any
@@ -55,10 +56,13 @@ class SweepSearcher(Searcher):
         self.search = LRSearch(
             job.batch_sizes, job.seeds, r.min, r.max, job.trials_per_study, r.seed,
             r.algorithm if job.tuned else "grid", r.log, storage, r.widen_on_edge,
+            converge_tol=r.convergence_tolerance if r.stop_when_converged else None,
+            lag=r.lag_stop, cascade=r.cascade,
         )  # fmt: skip
         self.proposals: dict[str, Proposal] = {}
         self.best_metric: dict[str, float] = {}
         self.censored: dict[str, float] = {}  # trial id -> steps bound it was stopped at
+        self.curves: dict[str, list[tuple[float, float]]] = {}  # trial id -> (step, metric)
 
     # ---- Tune API ------------------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
@@ -89,6 +93,12 @@ class SweepSearcher(Searcher):
         v = result.get(self.job.target.metric)
         if v is None or not math.isfinite(v):
             return
+        curve = self.curves.setdefault(trial_id, [])
+        step = float(result.get("step", 0))
+        if curve and step <= curve[-1][0]:  # the final report, or a restored trial's repeat
+            curve[-1] = (curve[-1][0], float(v)) if step == curve[-1][0] else curve[-1]
+        else:
+            curve.append((step, float(v)))
         old = self.best_metric.get(trial_id)
         better = old is None or (v < old if self.job.target.direction == "min" else v > old)
         if better:
@@ -105,6 +115,7 @@ class SweepSearcher(Searcher):
             return
         self.on_trial_result(trial_id, result)
         outcome = trial_outcome(result, self.best_metric.get(trial_id), self.censored.get(trial_id))
+        outcome = dataclasses.replace(outcome, curve=tuple(self.curves.pop(trial_id, ())))
         t = self.job.target
         max_steps = self.job.max_steps_for(p.batch_size, self.train_sizes.get(p.batch_size))
         self.search.tell(p, outcome, max_steps, t.value, t.direction)
@@ -136,6 +147,8 @@ class SweepSearcher(Searcher):
             "search": self.search.state(),
             "proposals": self.proposals,
             "best_metric": self.best_metric,
+            "censored": self.censored,
+            "curves": self.curves,
         }
         with open(checkpoint_path, "wb") as f:
             pickle.dump(state, f)
@@ -146,6 +159,7 @@ class SweepSearcher(Searcher):
         self.proposals = state["proposals"]
         self.best_metric = state["best_metric"]
         self.censored = state.get("censored", {})
+        self.curves = state.get("curves", {})
         live: dict[str, set[int]] = {}
         for p in self.proposals.values():
             live.setdefault(p.study, set()).add(p.number)
@@ -155,9 +169,13 @@ class SweepSearcher(Searcher):
 class PerBatchSizeScheduler(FIFOScheduler):
     """Early stopping that compares a trial only with trials of the same study.
 
-    Two rules, both within a study (one batch size and seed): ASHA on the target metric at
-    step milestones (grace, grace*rf, grace*rf^2, ...), and a bound: a trial still running
-    past the best steps-to-target its study has already seen can no longer win.
+    Three rules, all within a study (one batch size and seed): ASHA on the target metric at
+    step milestones (grace, grace*rf, grace*rf^2, ...); a bound: a trial still running past
+    the best steps-to-target its study has already seen (or the bound from the other batch
+    sizes, :meth:`LRSearch.steps_bound`) can no longer win; and a lag: a trial too far behind
+    its study's fastest one at the same step (``lr_search.lag_stop``, :meth:`LRSearch.behind`).
+    Bound and lag stops are censored (the trial needed more steps); in a cascade there is no
+    ASHA (see :meth:`on_trial_result`).
     """
 
     def __init__(self, job: JobConfig, searcher: SweepSearcher, max_steps: int):
@@ -187,6 +205,18 @@ class PerBatchSizeScheduler(FIFOScheduler):
             return TrialScheduler.STOP
         value = result.get(self.target_metric)
         if value is None or not math.isfinite(value):
+            return TrialScheduler.CONTINUE
+        # Tune tells the scheduler before the searcher: fold this report into the best so far.
+        best = self.searcher.best_metric.get(trial.trial_id, value)
+        best = min(best, value) if self.sign < 0 else max(best, value)
+        if self.searcher.search.behind(study, step, best):
+            self.stopped.add(trial.trial_id)
+            self.searcher.censored[trial.trial_id] = float(step)  # slower than the fastest
+            return TrialScheduler.STOP
+        if self.searcher.search.cascade:
+            # A cascade runs a study's trials one after another, so ASHA would only compare a
+            # trial with earlier ones at early milestones, where a larger LR leads and a lower
+            # one (lower noise floor) may still win: the bound and the lag rule suffice.
             return TrialScheduler.CONTINUE
         bracket = self.brackets.get(study)
         if bracket is None:
