@@ -5,13 +5,16 @@ target 0.01, batch sizes 2^2..2^21; ground truth from :mod:`trainables.nqm_truth
 budget of trials per batch size, three searches run side by side in-process (no Ray), all
 through :class:`tune_jobs.lr_search.LRSearch` over the same LR range:
 
-- ``lr_search``: the project's search (TPE per batch size, seeded from the neighbouring batch
-  sizes' best LR by the linear and square-root rules, range widened at an edge);
+- ``lr_search``: the project's search with the ``lr_search`` settings of
+  ``tune_jobs/jobs/nqm_reference.yaml`` (a line search in log LR per batch size, seeded from
+  the neighbouring batch sizes' best LRs, stopped once converged, batch sizes in a cascade
+  from the largest down; docs/nqm.md, "Search efficiency");
 - ``random``: log-uniform random search;
 - ``grid``: a log grid with the same number of trials.
 
 Every search stops a trial (checked at its reports) once it has run as many steps as the
-search's ``steps_bound`` for its batch size (it can no longer win), or once its loss fell by
+search's ``steps_bound`` for its batch size (it can no longer win), once it lags its study's
+fastest trial (``LRSearch.behind``, the job's ``lag_stop``), or once its loss fell by
 less than 1% since half its current step count while still above the target (a plateau at
 its noise floor: it will not reach the target). Reported per
 (search, budget), mean over ``--repeats`` search seeds:
@@ -22,7 +25,7 @@ its noise floor: it will not reach the target). Reported per
 - ``compute``: sum of the steps every trial ran (early-stopped ones up to their stop), as a
   multiple of the oracle's: one run at the optimal LR per batch size.
 
-Run: ``.venv/bin/python benchmarks/search_efficiency.py [--budgets 4,8,16,32] [--repeats 3]``
+Run: ``.venv/bin/python benchmarks/search_efficiency.py [--budgets 4,8,12,16,32] [--repeats 3]``
 (add ``--smoke-test`` for a 10-second check).
 """
 
@@ -41,29 +44,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from trainables.api import Status, Target, TrialConfig  # noqa: E402
 from trainables.nqm_truth import NQM, REFERENCE_BATCH_SIZES, fit_critical_batch, ground_truth  # noqa: E402
 from trainables.workloads.nqm import train_exact  # noqa: E402
-from tune_jobs.lr_search import WAIT, LRSearch, Outcome  # noqa: E402
+from tune_jobs.config import load_job  # noqa: E402
+from tune_jobs.lr_search import WAIT, LRSearch, Outcome, Proposal  # noqa: E402
 
 TARGET = 0.01
 MAX_STEPS = 10**7  # per trial, as in tune_jobs/jobs/nqm_reference.yaml
 EVAL_EVERY = 100
 LR_RANGE = (1e-3, 2.0)  # as in nqm_reference.yaml; the optima run from 0.014 to 1.995
 METHODS = {"lr_search": "tpe", "random": "random", "grid": "grid"}
+JOB = Path(__file__).resolve().parents[1] / "tune_jobs" / "jobs" / "nqm_reference.yaml"
 
 
 class _Stop(Exception):
     pass
 
 
-def run_trial(batch_size: int, lr: float, bound: float, options: dict) -> Outcome:
-    """One nqm_exact trial, stopped at the first report at or past ``bound`` steps."""
-    seen = {"step": 0, "best": math.inf, "status": "", "steps": None}
+def run_trial(search: LRSearch, p: Proposal, options: dict) -> Outcome:
+    """One nqm_exact trial, stopped at the first report at or past the search's steps bound,
+    at a plateau, or once it is behind its study's fastest trial (``LRSearch.behind``)."""
+    batch_size, lr, bound = p.batch_size, p.lr, search.steps_bound(p.study)
+    seen = {"step": 0, "best": math.inf, "status": "", "steps": None, "censored": None}
+    curve: list[tuple[float, float]] = []
 
     def report(m: dict, checkpoint: dict | None = None) -> None:
         seen["step"], seen["status"] = m["step"], m["status"]
         seen["best"] = min(seen["best"], m["eval_loss"])
+        curve.append((m["step"], m["eval_loss"]))
         if m["status"] == Status.REACHED:
             seen["steps"] = m["steps_to_target"]
-        elif m["status"] == Status.RUNNING and (m["step"] >= bound or plateau(m)):
+        elif m["status"] == Status.RUNNING and m["step"] >= bound:
+            seen["censored"] = bound  # as the Tune scheduler marks it: needed more steps
+            raise _Stop
+        elif m["status"] == Status.RUNNING and (
+            plateau(m) or search.behind(p.study, m["step"], seen["best"])
+        ):
+            seen["censored"] = m["step"]  # will not reach, or slower than the fastest
             raise _Stop
 
     history: list[tuple[int, float]] = []
@@ -81,10 +96,14 @@ def run_trial(batch_size: int, lr: float, bound: float, options: dict) -> Outcom
     except _Stop:
         seen["status"] = "stopped_early"
     best = seen["best"] if math.isfinite(seen["best"]) else None
-    return Outcome(str(seen["status"]), seen["steps"], best, int(seen["steps"] or seen["step"]))
+    steps_run = int(seen["steps"] or seen["step"])
+    return Outcome(
+        str(seen["status"]), seen["steps"], best, steps_run, seen["censored"], tuple(curve)
+    )
 
 
 def run_search(algorithm: str, budget: int, seed: int, sizes: list[int], options: dict) -> dict:
+    lr = load_job(JOB).lr_search  # the reference job's convergence stop, lag rule, cascade
     search = LRSearch(
         sizes,
         [0],
@@ -94,12 +113,15 @@ def run_search(algorithm: str, budget: int, seed: int, sizes: list[int], options
         algorithm=algorithm,
         synchronous=False,
         cross_slack=1.0,  # exact problem: no noise to allow for
+        converge_tol=lr.convergence_tolerance if lr.stop_when_converged else None,
+        lag=lr.lag_stop,
+        cascade=lr.cascade,
     )
     best: dict[int, float] = {}
     compute = 0
     while (p := search.ask()) is not None:
-        assert p != WAIT  # in-process: every proposal is told before the next ask
-        out = run_trial(p.batch_size, p.lr, search.steps_bound(p.study), options)
+        assert p != WAIT  # one trial at a time: every proposal is told before the next ask
+        out = run_trial(search, p, options)
         compute += out.steps_run
         search.tell(p, out, MAX_STEPS, TARGET, "min")
         if out.steps_to_target is not None:
@@ -123,7 +145,7 @@ def evaluate(result: dict, truth: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--budgets", default="4,8,16,32", help="trials per batch size")
+    ap.add_argument("--budgets", default="4,8,12,16,32", help="trials per batch size")
     ap.add_argument("--repeats", type=int, default=3, help="search seeds per (method, budget)")
     ap.add_argument("--smoke-test", action="store_true", help="dim 1000, 5 batch sizes, budget 4")
     args = ap.parse_args(argv)
