@@ -261,6 +261,7 @@ def _fit(
     # server or the driver meanwhile: replay what is missing (one history query per trial).
     # Skipped only when this process saw every trial logged without a single failure.
     needed = (restore or tracker.ever_failed or tracker.pending or tracker.pending_final
+              or tracker.pending_params or tracker.to_terminate
               or set(tracker.runs) != set(statuses))  # fmt: skip
     try:
         if needed:

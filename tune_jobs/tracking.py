@@ -38,6 +38,7 @@ PARAM_KEYS = (
 )
 NON_METRICS = {"status", "steps_to_target", "step"}
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
+MAX_PARAMS = 100  # and of params
 
 
 def metric_points(result: dict[str, Any], timestamp_ms: int) -> list[Metric]:
@@ -87,7 +88,9 @@ class Tracker:
             str, int
         ] = {}  # tune trial id -> last step sent (or found) in MLflow
         self.pending: dict[str, list[Metric]] = {}
+        self.pending_params: dict[str, list[Param]] = {}  # sent with the run's first batch
         self.pending_final: dict[str, tuple[str, dict[str, Any] | None, str | None]] = {}
+        self.to_terminate: dict[str, str] = {}  # final batch sent; run status still to set
         self.last_failure = 0.0
         self.failures = 0
         self.ever_failed = False
@@ -102,6 +105,8 @@ class Tracker:
         return d
 
     def __setstate__(self, d):
+        d.setdefault("pending_params", {})  # a tracker pickled by an older version
+        d.setdefault("to_terminate", {})
         self.__dict__.update(d)
         self.fresh = False  # unpickled = a resumed sweep: its children may exist already
 
@@ -162,7 +167,8 @@ class Tracker:
                 run_id = run.info.run_id
                 params = {k: config[k] for k in PARAM_KEYS if k in config}
                 params.update(self.job_params)
-                self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+                # Sent with the run's first metrics (one request fewer per trial).
+                self.pending_params[trial_id] = [Param(k, str(v)) for k, v in params.items()]
             self.runs[trial_id] = run_id
 
         self._try(create)
@@ -179,22 +185,53 @@ class Tracker:
         self.pending.setdefault(trial_id, []).extend(metric_points(result, int(time.time() * 1000)))
 
     def flush(self, force: bool = False) -> bool:
-        """Send buffered points; True when nothing is left pending."""
-        for trial_id in list(self.pending):
-            run_id = self.runs.get(trial_id)
-            points = self.pending[trial_id]
-            if run_id is None or not points:
-                continue
-            while points:
-                chunk = points[:MAX_BATCH]
-                if not self._try(self.client.log_batch, run_id, metrics=chunk):
-                    return False
+        """Send buffered points; True when nothing is left pending.
+
+        Per trial, one ``log_batch`` carries its pending params, points and, once the trial
+        has ended, its final metrics and status tag; then ``set_terminated``. Each piece is
+        dropped from the buffer only after the request that carried it succeeded, so a retry
+        never sends a point twice."""
+        waiting = set(self.pending) | set(self.pending_final) | set(self.to_terminate)
+        if force:  # params alone wait for the trial's first points (one request fewer)
+            waiting |= set(self.pending_params)
+        for trial_id in sorted(waiting):
+            if trial_id in self.runs and not self._send(trial_id, self.runs[trial_id]):
+                return False
+        return not (self.pending or self.pending_params or self.pending_final or self.to_terminate)
+
+    def _send(self, trial_id: str, run_id: str) -> bool:
+        points = self.pending.get(trial_id, [])
+        params = self.pending_params.get(trial_id, [])
+        final = self.pending_final.get(trial_id)
+        fmetrics, ftags = self._final_parts(*final) if final else ([], [])
+        while points or params or final:
+            room = MAX_BATCH - len(fmetrics)
+            last = len(points) <= room and len(params) <= MAX_PARAMS
+            metrics = points + fmetrics if last else points[:MAX_BATCH]
+            chunk_params = params[:MAX_PARAMS]
+            tags = ftags if last else []
+            if not self._try(
+                self.client.log_batch, run_id, metrics=metrics, params=chunk_params, tags=tags
+            ):
+                return False
+            del params[: len(chunk_params)]
+            if last:
+                points.clear()
+                if final:
+                    self.to_terminate[trial_id] = final[0]
+                    del self.pending_final[trial_id]
+                    final = None
+            else:
                 del points[:MAX_BATCH]
-            del self.pending[trial_id]
-        for trial_id in list(self.pending_final):
-            if trial_id in self.runs and self._finish(trial_id, *self.pending_final[trial_id]):
-                del self.pending_final[trial_id]
-        return not self.pending and not self.pending_final
+        self.pending.pop(trial_id, None)
+        self.pending_params.pop(trial_id, None)
+        status = self.to_terminate.get(trial_id)
+        if status is not None:
+            end = "FAILED" if status == Status.ERRORED else "FINISHED"
+            if not self._try(self.client.set_terminated, run_id, end):
+                return False
+            del self.to_terminate[trial_id]
+        return True
 
     def finish(
         self, trial_id: str, status: str, last: dict[str, Any] | None, error: str | None = None
@@ -202,10 +239,10 @@ class Tracker:
         self.pending_final[trial_id] = (status, last, error)
         self.flush()
 
-    def _finish(
-        self, trial_id: str, status: str, last: dict[str, Any] | None, error: str | None
-    ) -> bool:
-        run_id = self.runs[trial_id]
+    @staticmethod
+    def _final_parts(
+        status: str, last: dict[str, Any] | None, error: str | None
+    ) -> tuple[list[Metric], list[RunTag]]:
         metrics, tags = [], [RunTag("critbatch.status", status)]
         now = int(time.time() * 1000)
         step = int((last or {}).get("step", 0))
@@ -215,6 +252,14 @@ class Tracker:
             metrics.append(Metric("objective", float(last["objective"]), now, step))
         if error:
             tags.append(RunTag("critbatch.error", error[-4900:]))
+        return metrics, tags
+
+    def _finish(
+        self, trial_id: str, status: str, last: dict[str, Any] | None, error: str | None
+    ) -> bool:
+        """Write a trial's final metrics, status tag and run status now (reconcile)."""
+        run_id = self.runs[trial_id]
+        metrics, tags = self._final_parts(status, last, error)
 
         def write() -> None:
             self.client.log_batch(run_id, metrics=metrics, tags=tags)
@@ -325,6 +370,10 @@ def reconcile(
         for i in range(0, len(points), MAX_BATCH):
             tracker.client.log_batch(run_id, metrics=points[i : i + MAX_BATCH])
         sent += len(points)
+        params = tracker.pending_params.get(trial_id, [])
+        for i in range(0, len(params), MAX_PARAMS):  # params that waited for points never sent
+            tracker.client.log_batch(run_id, params=params[i : i + MAX_PARAMS])
+        tracker.pending_params.pop(trial_id, None)
         if trial_id in statuses:
             status, err = statuses[trial_id]
             run = tracker.client.get_run(run_id)
