@@ -63,6 +63,12 @@ class SweepSearcher(Searcher):
         self.best_metric: dict[str, float] = {}
         self.censored: dict[str, float] = {}  # trial id -> steps bound it was stopped at
         self.curves: dict[str, list[tuple[float, float]]] = {}  # trial id -> (step, metric)
+        # No storage: the studies live in memory and travel in this searcher's snapshot
+        # (save/restore), taken by Tune together with its own trial states, so a resumed
+        # sweep sees studies and trials as of the same moment. An SQLite study file cost
+        # ~0.15 s per trial on 2 cores and 4 s to open; it is still read for sweeps that
+        # have one (started by an older critbatch).
+        self.in_memory = storage is None
 
     # ---- Tune API ------------------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
@@ -149,6 +155,7 @@ class SweepSearcher(Searcher):
             "best_metric": self.best_metric,
             "censored": self.censored,
             "curves": self.curves,
+            "studies": self.search.studies if self.in_memory else None,
         }
         with open(checkpoint_path, "wb") as f:
             pickle.dump(state, f)
@@ -160,6 +167,8 @@ class SweepSearcher(Searcher):
         self.best_metric = state["best_metric"]
         self.censored = state.get("censored", {})
         self.curves = state.get("curves", {})
+        if state.get("studies"):
+            self.search.studies.update(state["studies"])
         live: dict[str, set[int]] = {}
         for p in self.proposals.values():
             live.setdefault(p.study, set()).add(p.number)

@@ -206,7 +206,10 @@ def _fit(
         ),
         {"cpu": job.resources.cpus, "gpu": job.resources.gpus},
     )
-    searcher = SweepSearcher(job, f"sqlite:///{run_dir / 'optuna.db'}", train_sizes)
+    legacy_db = run_dir / "optuna.db"  # sweeps started before studies moved into memory
+    searcher = SweepSearcher(
+        job, f"sqlite:///{legacy_db}" if legacy_db.exists() else None, train_sizes
+    )
     scheduler = PerBatchSizeScheduler(job, searcher, max(max_steps.values()))
     tracker = Tracker(meta["tracking_uri"], meta["experiment_id"], meta["parent_run_id"], {
         "eval_every": str(job.eval_every), "target_metric": job.target.metric,
