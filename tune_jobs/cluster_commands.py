@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import logging
 import os
 import re
 import time
@@ -298,9 +299,30 @@ def submit_job(
             f"--address: {address!r} is not a dashboard URL; `critbatch submit` talks to the Ray Jobs API, "
             f"e.g. --address {DEFAULT_DASHBOARD} after `ray dashboard cluster.yaml`"
         )
+    from ray._private.authentication.authentication_token_setup import (
+        maybe_enable_token_auth_if_token_available,
+    )
+    from ray.exceptions import AuthenticationError
+
+    # A cluster with token auth (Ray >= 2.52; `ray start` turns it on when ~/.ray/auth_token
+    # exists) answers 401 without the token. `ray start` and `ray.init(address=...)` use a token
+    # they find, but the Jobs client only sends it when RAY_AUTH_MODE=token: do as `ray start`.
+    auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = auth_log.level
+    auth_log.setLevel(logging.ERROR)  # its "enabled for this Ray cluster" is about a local one
+    try:
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    finally:
+        auth_log.setLevel(level)
     try:
         client = JobSubmissionClient(address)
-    except Exception as e:  # ConnectionError, or a RuntimeError from the auth handshake
+    except AuthenticationError as e:
+        raise UsageError(
+            f"--address: the Ray dashboard at {address} refused the request ({str(e).splitlines()[0]}); "
+            "it uses token authentication: copy the cluster's token (`ray get-auth-token` on the head) "
+            "to ~/.ray/auth_token here, or set RAY_AUTH_TOKEN"
+        ) from None
+    except Exception as e:  # ConnectionError, or a RuntimeError from the handshake
         raise UsageError(
             f"--address: no Ray dashboard answers at {address} ({e.__class__.__name__}); run "
             f"`ray dashboard cluster.yaml` (it forwards {DEFAULT_DASHBOARD}) or give --address"
