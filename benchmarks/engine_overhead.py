@@ -93,10 +93,14 @@ def main() -> int:
     print(f"{'arm':>8}  {'s/trial':>8}  {'vs stock':>8}  {'vs reuse':>8}")
     for k in arms:
         print(f"{k:>8}  {per[k]:8.3f}  {per[k] / per['stock']:8.2f}  {per[k] / per['reuse']:8.2f}")
-    goal = per["engine"] <= 0.5
-    print(
-        f"\ngoal (<= 0.5 s per trial, amortized): {'met' if goal else 'NOT met'} ({per['engine']:.3f} s)"
-    )
+    # Overhead = what the engine adds per trial over a bare Tune loop of as many trials. Judged
+    # against the faster bare loop (actor reuse, which the engine also uses): the strict reading.
+    over_reuse, over_stock = per["engine"] - per["reuse"], per["engine"] - per["stock"]
+    print(f"\noverhead per trial: {over_reuse:+.3f} s over Tune with reuse_actors, "
+          f"{over_stock:+.3f} s over stock Tune")  # fmt: skip
+    goal = over_reuse <= 0.5
+    print(f"goal (<= 0.5 s of overhead per trial, amortized, over the faster bare loop): "
+          f"{'met' if goal else 'NOT met'}")  # fmt: skip
     return 0
 
 
