@@ -10,7 +10,11 @@ the per-step ``lr`` metric (the LR the schedule used at that step) becomes ``lr_
 MLflow histories are fetched in bulk: one SQL query per 500 runs for SQL stores, the server's
 ``get-history-bulk`` endpoint (100 runs per request, on a thread pool) for ``http(s)://``
 servers, and one ``get_metric_history`` call per run and metric only as the fallback
-(``fetch="per-metric"``). ``docs/loading.md`` has the details and the measured speed.
+(``fetch="per-metric"``). A finished sweep's parent run also carries a metrics snapshot
+(``critbatch/metrics.parquet``, written by :func:`write_metrics_snapshot` when the sweep ends):
+one download replaces the fetch for every trial whose latest metrics, as ``search_runs``
+returns them, show nothing was logged after it. ``docs/loading.md`` has the details and the
+measured speed.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import json
 import math
 import os
 import re
+import tempfile
+import time
 import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +54,11 @@ RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 BULK_ENDPOINT = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
 BULK_MAX_RUNS, BULK_MAX_POINTS = 100, 25_000  # limits of the server's bulk endpoint
 Fetch = Literal["auto", "sql", "rest-bulk", "per-metric"]
+HISTORY_COLUMNS = ["run_id", "key", "step", "timestamp", "value"]
+# Every point of a sweep's trial runs, one artifact on its parent run, and the parent tag that
+# says it is complete (set after the upload): JSON {"path", "runs", "points", "written_ms"}.
+SNAPSHOT_DIR, SNAPSHOT_FILE = "critbatch", "metrics.parquet"
+SNAPSHOT_TAG = "critbatch.metrics_snapshot"
 
 
 class SweepNotFoundError(LookupError):
@@ -73,9 +84,14 @@ def open_client(tracking_uri: str | None = None) -> MlflowClient:
 
 
 def load(
-    source: str | os.PathLike, tracking_uri: str | None = None, *, fetch: Fetch = "auto"
+    source: str | os.PathLike,
+    tracking_uri: str | None = None,
+    *,
+    fetch: Fetch = "auto",
+    snapshot: bool = True,
 ) -> pd.DataFrame:
-    """The tidy frame of a sweep; see the module docstring for ``source`` and ``fetch``."""
+    """The tidy frame of a sweep; see the module docstring for ``source`` and ``fetch``.
+    ``snapshot=False`` ignores the sweep's metrics snapshot and fetches every history."""
     path = Path(source)
     if path.is_dir():
         return load_ray_folder(path)
@@ -84,7 +100,7 @@ def load(
             f"{path} is a file, not a run folder. A `batch_size,steps` CSV loads with "
             "load_steps_csv(); a sweep loads from its run folder (e.g. critbatch_runs/<name>)."
         )
-    return load_mlflow(str(source), tracking_uri, fetch=fetch)
+    return load_mlflow(str(source), tracking_uri, fetch=fetch, snapshot=snapshot)
 
 
 # ---------------------------------------------------------------- Ray Tune run folder
@@ -195,7 +211,7 @@ def find_trial_runs(client: MlflowClient, parent: Run) -> list[Run]:
 
 
 def load_mlflow(
-    source: str, tracking_uri: str | None = None, *, fetch: Fetch = "auto"
+    source: str, tracking_uri: str | None = None, *, fetch: Fetch = "auto", snapshot: bool = True
 ) -> pd.DataFrame:
     """The tidy frame of the sweep ``source`` (experiment name or parent run id) in MLflow."""
     uri = resolve_tracking_uri(tracking_uri)
@@ -206,8 +222,30 @@ def load_mlflow(
         raise SweepNotFoundError(
             f"sweep run {parent.info.run_id} ({source!r} at {uri}) has no trial runs yet"
         )
-    history = fetch_histories(client, runs, fetch)
+    history = fetch_sweep_histories(client, parent, runs, fetch, snapshot=snapshot)
     return _tidy(_mlflow_frame(runs, history))
+
+
+def fetch_sweep_histories(
+    client: MlflowClient,
+    parent: Run,
+    runs: Sequence[Run],
+    fetch: Fetch = "auto",
+    *,
+    snapshot: bool = True,
+) -> pd.DataFrame:
+    """:func:`fetch_histories` of a sweep's trial ``runs``, taking the points of every run that
+    is fresh in the parent's metrics snapshot (:func:`fresh_run_ids`) from it and fetching only
+    the others. Without a snapshot, or with ``snapshot=False``, every history is fetched."""
+    snap = read_metrics_snapshot(client, parent) if snapshot else None
+    if snap is None:
+        return fetch_histories(client, runs, fetch)
+    fresh = fresh_run_ids(runs, snap)
+    stale = [r for r in runs if r.info.run_id not in fresh and r.data.metrics]
+    parts = [snap[snap["run_id"].isin(fresh)]]
+    if stale:
+        parts.append(fetch_histories(client, stale, fetch))
+    return pd.concat(parts, ignore_index=True)
 
 
 def fetch_histories(
@@ -234,8 +272,7 @@ def fetch_histories(
         rows = _fetch_per_metric(client, wanted)
     else:
         raise ValueError(f"fetch={fetch!r}; use auto, sql, rest-bulk or per-metric")
-    cols = ["run_id", "key", "step", "timestamp", "value"]
-    return pd.DataFrame.from_records(rows, columns=cols)
+    return pd.DataFrame.from_records(rows, columns=HISTORY_COLUMNS)
 
 
 def _fetch_sql(store, run_ids: list[str]) -> list[tuple]:
@@ -299,6 +336,84 @@ def _fetch_per_metric(client: MlflowClient, wanted: dict[str, list[str]]) -> lis
         for key in keys
         for m in client.get_metric_history(run_id, key)
     ]
+
+
+# ---------------------------------------------------------------- metrics snapshot
+def write_metrics_snapshot(client: MlflowClient, parent_run_id: str, fetch: Fetch = "auto") -> dict:
+    """Every logged point of the sweep's trial runs as one artifact on its parent run,
+    ``critbatch/metrics.parquet`` (columns as :func:`fetch_histories` returns them, NaN kept),
+    then the parent tag ``critbatch.metrics_snapshot`` with a summary, which is returned.
+
+    Read back from the store (the fastest fetch it allows), so it holds exactly what MLflow
+    holds. Written when a sweep ends and by ``critbatch sync``; loading uses it only for runs
+    with nothing logged since (:func:`fresh_run_ids`), so an old snapshot is never wrong, only
+    less useful."""
+    parent = client.get_run(parent_run_id)
+    runs = find_trial_runs(client, parent)
+    history = fetch_histories(client, runs, fetch)
+    history = history.astype({"step": "int64", "timestamp": "int64", "value": "float64"})
+    with tempfile.TemporaryDirectory(prefix="critbatch-snapshot-") as tmp:
+        path = Path(tmp) / SNAPSHOT_FILE
+        history.to_parquet(path, index=False, compression="zstd")  # pyarrow: an mlflow dependency
+        client.log_artifact(parent_run_id, str(path), SNAPSHOT_DIR)
+    summary = {"path": f"{SNAPSHOT_DIR}/{SNAPSHOT_FILE}", "runs": len(runs),
+               "points": len(history), "written_ms": int(time.time() * 1000)}  # fmt: skip
+    client.set_tag(parent_run_id, SNAPSHOT_TAG, json.dumps(summary))
+    return summary
+
+
+def read_metrics_snapshot(client: MlflowClient, parent: Run) -> pd.DataFrame | None:
+    """The parent run's metrics snapshot, or None when it has none (no tag) or it cannot be
+    read (a warning says why; loading then fetches every history)."""
+    tag = parent.data.tags.get(SNAPSHOT_TAG)
+    if not tag:
+        return None
+    try:
+        path = json.loads(tag)["path"]
+        with tempfile.TemporaryDirectory(prefix="critbatch-snapshot-") as tmp:
+            local = client.download_artifacts(parent.info.run_id, path, tmp)
+            snap = pd.read_parquet(local, columns=HISTORY_COLUMNS)
+    except Exception as e:  # a missing or damaged artifact, an unreadable artifact store
+        warnings.warn(
+            f"sweep {parent.info.run_id}: metrics snapshot unreadable ({type(e).__name__}: "
+            f"{e}); fetching every history instead",
+            stacklevel=3,
+        )
+        return None
+    return snap
+
+
+def fresh_run_ids(runs: Sequence[Run], snapshot: pd.DataFrame) -> set[str]:
+    """Runs whose points in ``snapshot`` are all they have: for every metric of the run, its
+    latest point as the store returns it with the run (``search_runs``: step, timestamp,
+    value) is the snapshot's last point of that metric, and the snapshot has no metric the run
+    lacks. A run that logged anything since (a running or resumed sweep) fails the check; so
+    does a run the snapshot does not hold. Runs without metrics need no fetch and are left out.
+
+    Not caught: a point logged after the snapshot at a step below the metric's latest one.
+    critbatch does that only in ``reconcile`` (filling a gap left by a killed driver), which
+    runs before the snapshot of the same sweep end or ``critbatch sync`` is written."""
+    # The latest metric objects (with step and timestamp) ride on every Run from search_runs;
+    # RunData exposes only their values publicly.
+    latest = pd.DataFrame.from_records(
+        [(r.info.run_id, m.key, m.step, m.timestamp, m.value)
+         for r in runs for m in r.data._metric_objs],
+        columns=HISTORY_COLUMNS,
+    )  # fmt: skip
+    snap = snapshot[snapshot["run_id"].isin(set(latest["run_id"]))]
+    # MLflow's latest point is the greatest (step, timestamp, value).
+    last = snap.sort_values(["run_id", "key", "step", "timestamp", "value"], na_position="first")
+    last = last.drop_duplicates(["run_id", "key"], keep="last")
+    both = latest.merge(last, on=["run_id", "key"], how="outer", suffixes=("", "_snap"))
+    same = (
+        (both["step"] == both["step_snap"])
+        & (both["timestamp"] == both["timestamp_snap"])
+        & (
+            (both["value"] == both["value_snap"])
+            | (both["value"].isna() & both["value_snap"].isna())
+        )
+    )
+    return set(latest["run_id"]) - set(both.loc[~same, "run_id"])
 
 
 def _mlflow_frame(runs: Sequence[Run], history: pd.DataFrame) -> pd.DataFrame:

@@ -229,6 +229,8 @@ def sync_command(args) -> int:
     print(
         f"synced: {counts['runs_created']} child runs created, {counts['points_sent']} metric points sent"
     )
+    if counts["snapshot_points"] >= 0:
+        print(f"metrics snapshot rewritten on the parent run: {counts['snapshot_points']} points")
     return 0
 
 

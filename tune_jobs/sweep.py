@@ -266,16 +266,20 @@ def _fit(
     needed = (restore or tracker.ever_failed or tracker.pending or tracker.pending_final
               or tracker.pending_params or tracker.to_terminate
               or set(tracker.runs) != set(statuses))  # fmt: skip
+    synced = True
     try:
         if needed:
             reconcile(tracker, run_dir, statuses)
             _delete_orphans(tracker, set(statuses))
     except Exception as e:
+        synced = False
         print(
             f"critbatch: MLflow unreachable ({e}); run `critbatch sync {run_dir}` when it is back",
             file=sys.stderr,
         )
     _finish_parent(tracker, trials)
+    if synced:  # else `critbatch sync` writes it, once MLflow holds every point
+        write_snapshot(tracker.client, tracker.parent_run_id, run_dir)
     return SweepResult(
         run_dir,
         meta["tracking_uri"],
@@ -309,8 +313,26 @@ def _finish_parent(tracker, trials: list[dict[str, Any]]) -> None:
         print(f"critbatch: could not finish the MLflow parent run ({e})", file=sys.stderr)
 
 
+def write_snapshot(client, parent_run_id: str, run_dir: Path) -> int | None:
+    """The sweep's metrics snapshot on its parent run (docs/loading.md: loading then downloads
+    one file instead of every history); its number of points, or None when it could not be
+    written: that never fails the sweep, and `critbatch sync` writes it later."""
+    from analysis.loaders import write_metrics_snapshot
+
+    try:
+        return write_metrics_snapshot(client, parent_run_id)["points"]
+    except Exception as e:
+        print(
+            f"critbatch: could not write the MLflow metrics snapshot ({type(e).__name__}: {e}); "
+            f"loading still works, only slower; `critbatch sync {run_dir}` writes it",
+            file=sys.stderr,
+        )
+        return None
+
+
 def sync_sweep(run_dir: Path) -> dict[str, int]:
-    """Replay into MLflow what Tune recorded (after an MLflow outage)."""
+    """Replay into MLflow what Tune recorded (after an MLflow outage), then rewrite the
+    sweep's metrics snapshot (``snapshot_points``: -1 when it could not be written)."""
     from tune_jobs.tracking import Tracker, final_status, read_results, reconcile
 
     meta = json.loads((run_dir / SWEEP_FILE).read_text())
@@ -320,7 +342,9 @@ def sync_sweep(run_dir: Path) -> dict[str, int]:
         rows = read_results(d) if d.is_dir() else []
         if rows:
             statuses[rows[-1]["trial_id"]] = (final_status(rows[-1]), None)
-    return reconcile(tracker, run_dir, statuses)
+    counts = reconcile(tracker, run_dir, statuses)
+    points = write_snapshot(tracker.client, tracker.parent_run_id, run_dir)
+    return counts | {"snapshot_points": -1 if points is None else points}
 
 
 def remove_sweep(run_dir: Path) -> None:
