@@ -2,15 +2,20 @@
 
 Builds a sweep in the documented MLflow layout (a parent run, N child runs x P eval points of
 6 per-step metrics, plus ``steps_to_target``/``objective`` on reached trials) on a real
-``mlflow server`` (SQLite backend) started here on 127.0.0.1, then times, side by side:
+``mlflow server`` (SQLite backend, artifacts proxied by the server) started here on
+127.0.0.1, ends it as a sweep ends (``write_metrics_snapshot``: the metrics snapshot on the
+parent run), then times, side by side:
 
-- ``load(experiment, server_uri)``: the bulk path (``get-history-bulk``, 100 runs a request);
+- ``load(experiment, server_uri)``: the snapshot path (one artifact download, every run
+  checked fresh against ``search_runs``);
+- ``load(..., snapshot=False)``: the bulk path (``get-history-bulk``, 100 runs a request);
 - the naive loop (one ``get_metric_history`` per run and metric), on ``--naive-trials`` runs
   and extrapolated linearly to N when that is fewer than N (the table says so);
 - ``load`` straight from the server's SQLite file (the path for a local ``sqlite:///`` store).
 
-It checks that the bulk and naive histories agree on the naive subset, prints a table, and
-exits 1 if ``load`` through the server takes longer than ``--limit`` seconds (default 30).
+It checks that the snapshot and bulk frames are identical and that the bulk and naive
+histories agree on the naive subset, prints a table, and exits 1 if ``load`` through the
+server takes longer than ``--limit`` seconds (default 30).
 
     .venv/bin/python benchmarks/load_mlflow.py                 # 1000 trials x 200 points
     .venv/bin/python benchmarks/load_mlflow.py --smoke-test    # 20 trials x 20 points
@@ -42,7 +47,13 @@ MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 
 
 def log_sweep(
-    client: MlflowClient, experiment: str, trials: int, points: int, seed: int = 0, workers: int = 4
+    client: MlflowClient,
+    experiment: str,
+    trials: int,
+    points: int,
+    seed: int = 0,
+    workers: int = 4,
+    artifact_location: str | None = None,
 ) -> str:
     """Log a finished sweep in the layout of docs/architecture.md; return the parent run id.
 
@@ -51,7 +62,7 @@ def log_sweep(
     shrinks with batch size, or run out of steps. Values are random floats, so a round trip
     that loses precision shows.
     """
-    exp_id = client.create_experiment(experiment)
+    exp_id = client.create_experiment(experiment, artifact_location=artifact_location)
     max_steps = points * EVAL_EVERY
     job = {
         "workload": "synthetic", "strategy": "tuned", "target_metric": "eval_loss",
@@ -107,7 +118,8 @@ def log_sweep(
 def start_server(db: Path, workers: int = 4) -> tuple[subprocess.Popen, str]:
     """A real `mlflow server` on 127.0.0.1 over the SQLite file ``db``; its log beside it.
 
-    ``workers``: uvicorn workers (4 is `mlflow server`'s default). The GenAI job runner (eight
+    Artifacts are served by the server (``mlflow-artifacts:/``, its default), as in a
+    shared deployment. ``workers``: uvicorn workers (4 is `mlflow server`'s default). The GenAI job runner (eight
     more processes that only matter for GenAI jobs) is switched off: it serves no tracking
     request, and its start-up alone takes minutes of CPU on 2 cores."""
     with socket.socket() as s:
@@ -119,7 +131,7 @@ def start_server(db: Path, workers: int = 4) -> tuple[subprocess.Popen, str]:
             [
                 sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                 "--backend-store-uri", f"sqlite:///{db}",
-                "--default-artifact-root", str(db.parent / "artifacts"), "--workers", str(workers),
+                "--artifacts-destination", str(db.parent / "artifacts"), "--workers", str(workers),
             ],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
@@ -154,7 +166,13 @@ def timed(fn):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from analysis.loaders import fetch_histories, find_parent_run, find_trial_runs, load
+    from analysis.loaders import (
+        fetch_histories,
+        find_parent_run,
+        find_trial_runs,
+        load,
+        write_metrics_snapshot,
+    )
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=1000, help="child runs in the sweep")
@@ -168,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke_test:
         args.trials, args.points, args.naive_trials = 20, 20, 20
     n_naive = min(args.naive_trials, args.trials)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     with tempfile.TemporaryDirectory(prefix="critbatch-bench-") as tmp:
         db = Path(args.db).resolve() if args.db else Path(tmp) / "server.db"
@@ -176,17 +195,27 @@ def main(argv: list[str] | None = None) -> int:
         if direct.get_experiment_by_name("bench") is None:
             # Written straight into the server's SQLite file (the same SqlAlchemyStore code the
             # server runs) before it starts: through HTTP this takes ~10x longer on 2 cores.
+            # Its artifacts go through the server, as when the sweep logs to it.
+            where = "mlflow-artifacts:/bench"
             _, t_write, _ = timed(
-                lambda: log_sweep(direct, "bench", args.trials, args.points, workers=1)
+                lambda: log_sweep(
+                    direct, "bench", args.trials, args.points, workers=1, artifact_location=where
+                )
             )
             print(f"wrote {args.trials} trials x {args.points} points into {db} in {t_write:.0f} s")
         proc, uri = start_server(db, args.server_workers)
         try:
             client = MlflowClient(uri)
+            parent_id = find_parent_run("bench", uri).info.run_id
+            # The sweep's end: the driver writes the snapshot through the server.
+            snap, t_snap, _ = timed(lambda: write_metrics_snapshot(client, parent_id))
+            size = sum(a.file_size for a in client.list_artifacts(parent_id, "critbatch"))
             server_cpu = _cpu_seconds(proc)
             df, t_load, cpu_load = timed(lambda: load("bench", uri))
             server_cpu = _cpu_seconds(proc) - server_cpu
-            _, t_sql, _ = timed(lambda: load("bench", f"sqlite:///{db}"))
+            bulk_df, t_bulk_load, _ = timed(lambda: load("bench", uri, snapshot=False))
+            # The SQLite file cannot resolve the server's mlflow-artifacts:/ snapshot.
+            _, t_sql, _ = timed(lambda: load("bench", f"sqlite:///{db}", snapshot=False))
             runs, t_meta, _ = timed(lambda: find_trial_runs(client, find_parent_run("bench", uri)))
             _, t_bulk_all, _ = timed(lambda: fetch_histories(client, runs, "rest-bulk"))
             naive, t_naive, _ = timed(lambda: fetch_histories(client, runs[:n_naive], "per-metric"))
@@ -199,31 +228,44 @@ def main(argv: list[str] | None = None) -> int:
         .reset_index(drop=True)
         .equals(bulk.sort_values(key).reset_index(drop=True))
     )
+    same_frames = df.equals(bulk_df)
     x = args.trials / n_naive
     naive_all = t_naive * x
-    naive_load = t_load - t_bulk_all + naive_all  # load() with the per-metric fetch instead
+    naive_load = t_bulk_load - t_bulk_all + naive_all  # load() with the per-metric fetch instead
     n, p = args.trials, args.points
     print(
-        f"\n{n} trials x {p} points: {len(df)} frame rows; server --workers {args.server_workers}"
+        f"\n{n} trials x {p} points: {len(df)} frame rows, {snap['points']} points; "
+        f"server --workers {args.server_workers}; snapshot {size / 2**20:.1f} MiB"
     )
     print(f"| step | trials timed | seconds | seconds for {n} trials |")
     print("|---|---|---|---|")
-    print(f"| `load()` from the server (bulk fetch), total | {n} | {t_load:.1f} | {t_load:.1f} |")
-    print(f"| of which: find parent + search trial runs | {n} | {t_meta:.1f} | {t_meta:.1f} |")
-    print(f"| of which: bulk fetch of every history | {n} | {t_bulk_all:.1f} | {t_bulk_all:.1f} |")
-    print(f"| bulk fetch, naive subset | {n_naive} | {t_bulk:.1f} | {t_bulk * x:.1f} (x{x:g}) |")
-    print(
-        f"| naive fetch, `get_metric_history` per run and metric | {n_naive} | {t_naive:.1f} | {naive_all:.1f} (x{x:g}) |"
-    )
-    print(f"| `load()` with the naive fetch (estimated) | - | - | {naive_load:.1f} |")
-    print(f"| `load()` on the server's SQLite file (sql fetch) | {n} | {t_sql:.1f} | {t_sql:.1f} |")
+    rows = [
+        ("writing the snapshot at the sweep's end (bulk read + upload)", n, t_snap, t_snap),
+        ("`load()` from the server (snapshot), total", n, t_load, t_load),
+        ("`load(snapshot=False)` from the server (bulk fetch), total", n, t_bulk_load, t_bulk_load),
+        ("of which: find parent + search trial runs", n, t_meta, t_meta),
+        ("bulk fetch of every history (timed alone)", n, t_bulk_all, t_bulk_all),
+        ("bulk fetch, naive subset", n_naive, t_bulk, f"{t_bulk * x:.1f} (x{x:g})"),
+        ("naive fetch, `get_metric_history` per run and metric", n_naive, t_naive,
+         f"{naive_all:.1f} (x{x:g})"),
+        ("`load()` with the naive fetch (estimated)", "-", None, naive_load),
+        ("`load(snapshot=False)` on the server's SQLite file (sql fetch)", n, t_sql, t_sql),
+    ]  # fmt: skip
+    for what, trials, secs, total in rows:
+        secs = "-" if secs is None else f"{secs:.1f}"
+        total = total if isinstance(total, str) else f"{total:.1f}"
+        print(f"| {what} | {trials} | {secs} | {total} |")
     print(
         f"\nload(): {t_load:.1f} s wall, {cpu_load:.1f} s client CPU, {server_cpu:.1f} s server CPU"
     )
     print(f"naive / bulk fetch, side by side on {n_naive} trials: {t_naive / t_bulk:.1f}x")
-    print(f"naive load / load(): {naive_load / t_load:.1f}x; bulk == naive on the subset: {same}")
-    if not same:
-        print("FAIL: bulk and naive histories differ")
+    print(
+        f"naive load (estimated) / load(): {naive_load / t_load:.1f}x; "
+        f"bulk load / load(): {t_bulk_load / t_load:.1f}x"
+    )
+    print(f"snapshot frame == bulk frame: {same_frames}; bulk == naive on the subset: {same}")
+    if not (same and same_frames):
+        print("FAIL: the snapshot, bulk and naive paths disagree")
         return 1
     if t_load > args.limit:
         print(f"FAIL: load() took {t_load:.1f} s > {args.limit:g} s")
