@@ -47,6 +47,38 @@ def test_same_seed_same_proposals_whatever_the_completion_order():
     assert run(True) == run(False)
 
 
+def test_a_round_sees_only_earlier_rounds_however_tune_interleaves_asks_and_results():
+    """Tune suggests one trial at a time as slots free up, so within a round some trials are
+    asked after others have reported: proposals and stop bounds must not depend on that."""
+
+    def outcome(p):
+        steps = 10 + 100 * abs(math.log(p.lr / (0.01 * p.batch_size**0.5)))
+        return Outcome("reached", steps, 0.1, steps)
+
+    def run(interleave):
+        s = LRSearch([8, 32, 128], [0], 1e-3, 1.0, 5, seed=3)
+        lrs, bounds = [], []
+        while True:
+            props = []
+            while (p := s.ask()) not in (None, WAIT):
+                props.append(p)
+                if interleave:  # the next ask comes after this result
+                    bounds.append(round(s.steps_bound("bs128-seed0"), 9))
+                    s.tell(p, outcome(p), 1000, 0.2, "min")
+            if not props:
+                break
+            if not interleave:
+                for p in props:
+                    bounds.append(round(s.steps_bound("bs128-seed0"), 9))
+                    s.tell(p, outcome(p), 1000, 0.2, "min")
+            lrs.extend((p.study, p.number, round(p.lr, 12)) for p in props)
+        return sorted(lrs), bounds
+
+    interleaved, eager = run(True), run(False)
+    assert interleaved == eager
+    assert len(eager[0]) > 3 * 2  # several rounds ran
+
+
 def test_neighbour_seeding_and_grid():
     s = LRSearch([8, 32], [0], 1e-3, 10.0, 3, algorithm="grid")
     lrs = sorted(p.lr for p in [s.ask(), s.ask()])

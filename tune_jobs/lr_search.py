@@ -140,6 +140,11 @@ class LRSearch:
         self.reached_cut = math.inf
         self.diverged: dict[str, list[float]] = {}  # study -> LRs that diverged
         self.unknown: dict[str, list[float]] = {}  # study -> LRs stopped, not known worse
+        # Synchronous rounds: results wait here until every study has reported the round,
+        # then apply in a fixed order, so what a proposal or a stop rule sees never depends on
+        # which trial of the round finished first (Tune suggests one trial at a time as slots
+        # free up, so a round's later proposals would otherwise see its earlier results).
+        self.pending: list[tuple] = []
         idx = 0
         for s in self.seeds:
             for b in self.batch_sizes:
@@ -388,6 +393,36 @@ class LRSearch:
     def tell(
         self, proposal: Proposal, outcome: Outcome, max_steps: int, target: float, direction: str
     ) -> float:
+        """Record a result (applied now, or at the end of its round when synchronous)."""
+        value = objective(outcome, max_steps, target, direction)
+        if not (self.synchronous and not self.cascade):
+            self._apply(proposal, outcome, max_steps, target, direction)
+            return value
+        self.pending.append((proposal, outcome, max_steps, target, direction))
+        self._publish_if_round_done()
+        return value
+
+    def _publish_if_round_done(self) -> None:
+        live = [n for n in self.studies if n not in self.done]
+        if not live:
+            return
+        r = min(self.told[n] for n in live)
+        reported = dict(self.told)
+        for item in self.pending:
+            reported[item[0].study] += 1
+        if any(reported[n] < min(r + 1, self.n_trials) for n in live):
+            return
+        order = {n: i for i, n in enumerate(self.studies)}
+        pending, self.pending = self.pending, []
+        for item in sorted(pending, key=lambda it: (order[it[0].study], it[0].number)):
+            if item[1] is None:
+                self._apply_fail(item[0])
+            else:
+                self._apply(*item)
+
+    def _apply(
+        self, proposal: Proposal, outcome: Outcome, max_steps: int, target: float, direction: str
+    ) -> None:
         value = objective(outcome, max_steps, target, direction)
         self.reached_cut = float(max_steps)  # objectives <= max_steps are steps of reached trials
         self.sign = 1.0 if direction == "min" else -1.0
@@ -418,7 +453,6 @@ class LRSearch:
             self._maybe_widen(proposal.study)
         if self.converged(proposal.study):
             self.done.add(proposal.study)
-        return value
 
     def converged(self, name: str) -> bool:
         """Has this study's line search converged (``converge_tol``)? Its best reached trial
@@ -487,6 +521,13 @@ class LRSearch:
 
     def fail(self, proposal: Proposal) -> None:
         """A trial that errored (not diverged: divergence is a result) leaves its study."""
+        if not (self.synchronous and not self.cascade):
+            self._apply_fail(proposal)
+            return
+        self.pending.append((proposal, None, 0, 0.0, ""))
+        self._publish_if_round_done()
+
+    def _apply_fail(self, proposal: Proposal) -> None:
         self.studies[proposal.study].tell(proposal.number, state=optuna.trial.TrialState.FAIL)
         self.told[proposal.study] += 1
 
@@ -542,6 +583,7 @@ class LRSearch:
             "done": sorted(self.done),
             "reached_cut": self.reached_cut,
             "sign": self.sign,
+            "pending": list(self.pending),
         }
 
     def load_state(self, state: dict, live_numbers: dict[str, set[int]]) -> None:
@@ -559,6 +601,7 @@ class LRSearch:
         self.done.update(state.get("done", ()))
         self.reached_cut = state.get("reached_cut", self.reached_cut)
         self.sign = state.get("sign", self.sign)
+        self.pending = list(state.get("pending", []))
         for name, study in self.studies.items():
             for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
                 if t.number not in live_numbers.get(name, set()):
