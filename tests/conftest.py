@@ -39,9 +39,11 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_HOME, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def ray_local():
-    """A real local Ray instance (2 CPUs) shared by the tests of one session."""
+    """A real local Ray instance (2 CPUs) shared by the tests of one session: started by the
+    first test that asks for it, and again by the next one if a test shut it down (the bad
+    input tests do, so that no Ray is reused); the session's end shuts it down."""
     import ray
 
     from tune_jobs.sweep import init_ray
