@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -27,6 +28,18 @@ os.chdir(sys.argv[1])
 from tune_jobs.cli import main
 sys.exit(main(["run", "job.yaml", "--num-cpus", "2", "--no-progress"]))
 """
+
+
+def _uv() -> list[str]:
+    """`python3 -m uv` as the README runs it (that form also sets the variable that made the
+    nested uv pick the wrong interpreter): with the interpreter this venv was made from (under
+    `uv run`, plain `python3` is the venv's own, which has no uv), else the uv binary."""
+    base = getattr(sys, "_base_executable", None) or "python3"
+    if subprocess.run([base, "-m", "uv", "--version"], capture_output=True).returncode == 0:
+        return [base, "-m", "uv"]
+    uv = os.environ.get("UV") or shutil.which("uv")
+    assert uv, "uv is needed (the README's commands install it)"
+    return [uv]
 
 
 @pytest.mark.slow
@@ -48,7 +61,7 @@ def test_sweep_under_uv_run_from_another_folder(tmp_path):
     }
     env["HOME"] = str(tmp_path)
     env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="cbu", dir="/tmp")  # short socket paths
-    uv = ["python3", "-m", "uv"]  # the README's form; it also sets UV_INTERNAL__PARENT_INTERPRETER
+    uv = _uv()
     proc = subprocess.Popen([*uv, "run", "--frozen", "python", "-c", DRIVER, str(tmp_path)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
     try:
