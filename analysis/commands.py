@@ -32,6 +32,10 @@ def register(subparsers) -> None:
     )
     p.add_argument("--out", type=Path, help="report folder (default critbatch_reports/<source>)")
     p.add_argument(
+        "--no-snapshot", action="store_true",
+        help="ignore the sweep's metrics snapshot artifact and fetch every history from MLflow",
+    )  # fmt: skip
+    p.add_argument(
         "--tracking-uri",
         help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
     )
@@ -139,7 +143,7 @@ def analyze_command(args: argparse.Namespace) -> int:
     from analysis.report import write_report
 
     try:
-        df = loaders.load(args.source, args.tracking_uri)
+        df = loaders.load(args.source, args.tracking_uri, snapshot=not args.no_snapshot)
     except _INPUT_ERRORS as e:
         raise UsageError(f"cannot load {args.source!r}: {e}") from e
     out = args.out or _default_out(args.source)

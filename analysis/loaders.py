@@ -370,6 +370,7 @@ def read_metrics_snapshot(client: MlflowClient, parent: Run) -> pd.DataFrame | N
         return None
     try:
         path = json.loads(tag)["path"]
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file
         with tempfile.TemporaryDirectory(prefix="critbatch-snapshot-") as tmp:
             local = client.download_artifacts(parent.info.run_id, path, tmp)
             snap = pd.read_parquet(local, columns=HISTORY_COLUMNS)

@@ -120,6 +120,23 @@ def test_unreadable_snapshot_warns_and_fetches_everything(sqlite_uri):
     pd.testing.assert_frame_equal(got, expected, check_exact=True)
 
 
+def test_analyze_no_snapshot_never_reads_it(sqlite_uri, tmp_path):
+    import warnings
+
+    from tune_jobs.cli import main
+
+    client = MlflowClient(sqlite_uri)
+    parent_id = log_sweep(client, "nosnap", trials=8, points=5, workers=1)
+    client.set_tag(parent_id, SNAPSHOT_TAG, json.dumps({"path": "critbatch/absent.parquet"}))
+    args = ["analyze", "nosnap", "--tracking-uri", sqlite_uri, "--no-log-artifacts",
+            "--target-metric", "eval_loss", "--target-value", "0.3"]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*metrics snapshot unreadable.*")
+        assert main([*args, "--out", str(tmp_path / "a"), "--no-snapshot"]) == 0
+    with pytest.warns(UserWarning, match="metrics snapshot unreadable"):
+        assert main([*args, "--out", str(tmp_path / "b")]) == 0
+
+
 def test_snapshot_write_never_fails_the_sweep(monkeypatch, tmp_path, capsys):
     from tune_jobs.sweep import write_snapshot
 
