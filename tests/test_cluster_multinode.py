@@ -72,6 +72,11 @@ def synthetic_job(tmp_path: Path, name: str, tracking_uri: str, **fields: Any) -
     reach, no early stopping), so every trial reports the same number of times."""
     from tune_jobs.config import parse_job
 
+    return parse_job(synthetic_job_data(tmp_path, name, tracking_uri, **fields))
+
+
+def synthetic_job_data(tmp_path: Path, name: str, tracking_uri: str, **fields: Any) -> dict:
+    """The job file of :func:`synthetic_job` as a dict (``fields`` merge into its sections)."""
     data: dict[str, Any] = {
         "name": name,
         "workload": "synthetic",
@@ -90,7 +95,7 @@ def synthetic_job(tmp_path: Path, name: str, tracking_uri: str, **fields: Any) -
             data[k] = {**data[k], **v}
         else:
             data[k] = v
-    return parse_job(data)
+    return data
 
 
 def trial_rows(run_dir: Path) -> dict[str, list[dict[str, Any]]]:

@@ -30,6 +30,7 @@ import psutil
 import pytest
 import yaml
 from conftest import free_port
+from test_cluster_multinode import synthetic_job_data
 from test_sweep import children
 
 from tune_jobs.cluster_commands import WORKING_DIR_EXCLUDES
@@ -172,19 +173,10 @@ def test_submit_wait_runs_the_sweep_on_a_ray_head(ray_head: RayHead, tmp_path: P
     wd = _repo_copy(tmp_path / "repo")
     name = "submit-e2e"
     db = tmp_path / "mlflow.db"
-    job = {
-        "name": name,
-        "workload": "synthetic",
-        "batch_sizes": [16, 64],
-        "lr_search": {"min": 0.01, "max": 0.3, "trials_per_batch_size": 2, "algorithm": "grid"},
-        "target": {"metric": "eval_loss", "value": 0.0, "direction": "min"},
-        "budget": {"max_steps": 20},
-        "eval_every": 10,
-        "resources": {"cpus": 1, "gpus": 0},
-        "early_stopping": {"enabled": False},
-        "tracking": {"uri": f"sqlite:///{db}", "experiment": name},
-        "storage": str(tmp_path / "runs"),  # absolute: submit refuses a relative one
-    }
+    job = synthetic_job_data(
+        tmp_path, name, f"sqlite:///{db}", batch_sizes=[16, 64], budget={"max_steps": 20},
+        tracking={"experiment": name},
+    )  # storage: absolute (tmp_path / "runs"), as submit requires  # fmt: skip
     job_file = wd / "tune_jobs" / "jobs" / f"{name}.yaml"
     job_file.write_text(yaml.safe_dump(job, sort_keys=False))
 
