@@ -103,6 +103,16 @@ def test_gpus_of_a_cluster_that_autoscales_from_zero_are_accepted(
             head_only,
             scalable,
         )
+    # the largest ask is what is checked, and the field that raised it is named
+    with pytest.raises(
+        JobError,
+        match=r"^resources.gpus_from_batch_size \(B = 32\): each trial asks for 2 GPUs.*lower resources.gpus_from_batch_size or",
+    ):
+        check_resources(
+            synthetic_job(tmp_path, "f", sqlite_uri,
+                          resources={"gpus": 0.25, "gpus_from_batch_size": {32: 2}}),
+            head_only, scalable,
+        )  # fmt: skip
     # without a launcher config (a plain cluster), the plain message
     with pytest.raises(
         JobError, match=r"^resources.gpus: each trial asks for 1.0 GPU but the Ray cluster has 0"

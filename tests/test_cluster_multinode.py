@@ -207,3 +207,31 @@ def test_trials_spread_over_nodes_and_half_gpus_pack_two_per_node(
     # Logical GPUs only: torch sees no CUDA, so the trainable chose the CPU ("auto").
     assert all(r["train_loss"] == r["train_loss"] for rs in rows.values() for r in rs)
     assert_mlflow_matches_tune(sqlite_uri, job.experiment, result.run_dir)
+
+
+@pytest.mark.slow
+def test_gpus_from_batch_size_packs_small_trials_and_gives_large_ones_a_whole_gpu(
+    tmp_path: Path, sqlite_uri: str
+) -> None:
+    from tune_jobs.sweep import run_sweep
+
+    # One node with 1 logical GPU and 4 CPUs. B = 8, 16, 32 ask 0.25 GPU each and may run
+    # together; B = 64 asks the whole GPU (`gpus_from_batch_size: {64: 1}`), so it runs alone.
+    job = synthetic_job(
+        tmp_path, "gpu-by-batch", sqlite_uri,
+        batch_sizes=[8, 16, 32, 64],
+        lr_search={"trials_per_batch_size": 1},
+        resources={"cpus": 1, "gpus": 0.25, "gpus_from_batch_size": {64: 1}},
+        options={"sleep_per_step": 0.15},
+    )  # fmt: skip
+    with local_cluster([{"num_cpus": 4, "num_gpus": 1}]) as cluster:
+        result = run_sweep(job, address=cluster.address, progress=False)
+
+    rows = trial_rows(result.run_dir)
+    assert len(rows) == 4 and all(t["status"] == "not_reached" for t in result.trials)
+    by_batch = {rs[-1]["config"]["batch_size"]: running_intervals(rs) for rs in rows.values()}
+    small = [by_batch[b] for b in (8, 16, 32)]
+    assert max_overlap(small) >= 2  # quarter-GPU trials shared the GPU
+    for iv in small:  # the whole-GPU trial shared it with none
+        assert max_overlap([iv, by_batch[64]]) == 1, (iv, by_batch[64])
+    assert_mlflow_matches_tune(sqlite_uri, job.experiment, result.run_dir)

@@ -58,8 +58,25 @@ def with_(**changes):
         (with_(eval_every=0), "eval_every", ">= 1"),
         (with_(strategy__name="cosine"), "strategy.name", "tuned, blr, lsr or srsr"),
         (with_(strategy__name="lsr"), "strategy", "base_lr > 0"),
-        (with_(resources__gpus=-1), "resources", "gpus >= 0"),
+        (with_(resources__gpus=-1), "resources.gpus", "number >= 0"),
         (with_(resources__gpus=1.5), "resources.gpus", "whole number"),
+        (with_(resources__cpus=0), "resources.cpus", "must be > 0"),
+        (with_(resources__gpus_from_batch_size=[1]), "resources.gpus_from_batch_size", "a mapping"),
+        (
+            with_(resources__gpus_from_batch_size={"big": 1}),
+            "resources.gpus_from_batch_size",
+            "e.g. {8192: 1}",
+        ),
+        (
+            with_(resources__gpus_from_batch_size={8192: 1.5}),
+            "resources.gpus_from_batch_size.8192",
+            "whole number",
+        ),
+        (
+            with_(resources__gpus_from_batch_size={8192: "one"}),
+            "resources.gpus_from_batch_size.8192",
+            "number >= 0",
+        ),
         (with_(data__fraction=1.5), "data.fraction", "(0, 1]"),
         (with_(tracking__uri="./mlruns"), "tracking.uri", "sqlite:///mlflow.db"),
         (with_(name="a b"), "name", "names a folder"),
@@ -96,6 +113,19 @@ def test_bad_field_names_field_and_fix(job, field, fix):
     msg = str(e.value)
     assert msg.startswith(field), msg
     assert fix in msg, msg
+
+
+def test_gpus_from_batch_size_gives_large_batches_more_gpu(capsys, tmp_path):
+    job = parse_job(
+        with_(batch_sizes=[64, 4096, 8192, 16384],
+              resources={"gpus": 0.25, "gpus_from_batch_size": {4096: 0.5, 8192: 1}})
+    )  # fmt: skip
+    assert [job.resources.gpus_for(b) for b in job.batch_sizes] == [0.25, 0.5, 1, 1]
+    assert parse_job(GOOD).resources.gpus_for(16) == 0.0  # no mapping: `gpus` everywhere
+    p = tmp_path / "j.yaml"
+    p.write_text(yaml.safe_dump(job.to_dict()))
+    assert main(["check", str(p)]) == 0
+    assert "0.25 GPU (B >= 4096: 0.5, B >= 8192: 1)" in capsys.readouterr().out
 
 
 def test_good_job_defaults_and_plan_size():

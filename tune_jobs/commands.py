@@ -136,7 +136,7 @@ def plan_text(job) -> str:
         f" per trial (steps by batch size: {', '.join(f'{b}:{s}' for b, s in zip(job.batch_sizes, steps, strict=True))}); eval every {job.eval_every} steps",
         f"  trials: {'at most ' if job.tuned and job.lr_search.stop_when_converged else ''}{job.total_trials} = {len(job.batch_sizes)} batch sizes x {len(job.seeds)} seeds x {job.trials_per_study}"
         + (" (a study stops once its LR search has converged)" if job.tuned and job.lr_search.stop_when_converged else ""),
-        f"  resources per trial: {job.resources.cpus:g} CPU, {job.resources.gpus:g} GPU; "
+        f"  resources per trial: {job.resources.cpus:g} CPU, {job.resources.describe_gpus()}; "
         f"early stopping {'on' if job.early_stopping.enabled and job.tuned else 'off'}",
         f"  MLflow: {job.tracking.uri}, experiment {job.experiment!r}; run folder {Path(job.storage) / job.name}",
     ]

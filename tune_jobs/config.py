@@ -104,6 +104,19 @@ class ResourcesConfig:
     """CPUs per trial."""
     gpus: float = 0.0
     """GPUs per trial; fractions pack several trials on one GPU (e.g. 0.25)."""
+    gpus_from_batch_size: dict[int, float] = field(default_factory=dict)
+    """GPUs per trial from a batch size on, e.g. {8192: 1}: trials at B >= 8192 get a whole
+    GPU while smaller ones pack `gpus` each (the largest key <= B applies)."""
+
+    def gpus_for(self, batch_size: int) -> float:
+        """GPUs one trial at ``batch_size`` asks for."""
+        keys = [k for k in self.gpus_from_batch_size if k <= batch_size]
+        return self.gpus_from_batch_size[max(keys)] if keys else self.gpus
+
+    def describe_gpus(self) -> str:
+        """``0.25 GPU (B >= 8192: 1)``."""
+        steps = ", ".join(f"B >= {b}: {g:g}" for b, g in sorted(self.gpus_from_batch_size.items()))
+        return f"{self.gpus:g} GPU" + (f" ({steps})" if steps else "")
 
 
 @dataclass(frozen=True)
@@ -330,6 +343,24 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+def _check_resources(r: ResourcesConfig) -> None:
+    if r.cpus <= 0:
+        raise JobError("resources.cpus: must be > 0 (CPUs per trial, e.g. 1)")
+    asks = [("resources.gpus", r.gpus)]
+    for b, g in r.gpus_from_batch_size.items():
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise JobError(
+                f"resources.gpus_from_batch_size: key {b!r} is not a batch size; the keys are "
+                "positive integers, e.g. {8192: 1}"
+            )
+        asks.append((f"resources.gpus_from_batch_size.{b}", g))
+    for name, g in asks:
+        if isinstance(g, bool) or not isinstance(g, int | float) or g < 0:
+            raise JobError(f"{name}: {g!r} must be a number >= 0 (fractions allowed, e.g. 0.25)")
+        if g > 1 and g != int(g):
+            raise JobError(f"{name}: above 1, ask for a whole number of GPUs")
+
+
 def parse_job(data: Any, source: str = "job") -> JobConfig:
     """Validate a mapping (parsed YAML) into a :class:`JobConfig`; raises :class:`JobError`."""
     if not isinstance(data, dict):
@@ -444,10 +475,7 @@ def _check_values(job: JobConfig) -> None:
         raise JobError("budget: max_steps and epochs must be positive")
     if job.eval_every < 1:
         raise JobError("eval_every: must be >= 1 step")
-    if job.resources.cpus <= 0 or job.resources.gpus < 0:
-        raise JobError("resources: cpus must be > 0 and gpus >= 0 (fractions allowed, e.g. 0.25)")
-    if job.resources.gpus > 1 and job.resources.gpus != int(job.resources.gpus):
-        raise JobError("resources.gpus: above 1, ask for a whole number of GPUs")
+    _check_resources(job.resources)
     if not 0 < job.data.fraction <= 1:
         raise JobError(
             f"data.fraction: {job.data.fraction} must be in (0, 1], e.g. 0.5 for half the training set"

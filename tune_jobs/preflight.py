@@ -123,32 +123,39 @@ def check_resources(
 ) -> None:
     """Ray leaves a trial PENDING forever when no node can hold it: say so instead. A cluster
     that autoscales from zero GPU workers has no GPU yet: fine when a node type the autoscaler
-    may add (``scalable``, default: :func:`autoscaling_node_types`) holds one trial."""
+    may add (``scalable``, default: :func:`autoscaling_node_types`) holds one trial. The GPU
+    ask checked is the largest one (``resources.gpus_from_batch_size`` may raise it)."""
     gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
-    if gpus < job.resources.gpus or cpus < job.resources.cpus:
+    need_cpus = job.resources.cpus
+    big = max(job.batch_sizes, key=job.resources.gpus_for)
+    need_gpus = job.resources.gpus_for(big)
+    gpu_field = (
+        "resources.gpus"
+        if need_gpus == job.resources.gpus
+        else f"resources.gpus_from_batch_size (B = {big})"
+    )
+    if gpus < need_gpus or cpus < need_cpus:
         scalable = autoscaling_node_types() if scalable is None else scalable
-        if any(
-            t.get("GPU", 0) >= job.resources.gpus and t.get("CPU", 0) >= job.resources.cpus
-            for t in scalable
-        ):
+        if any(t.get("GPU", 0) >= need_gpus and t.get("CPU", 0) >= need_cpus for t in scalable):
             return  # the autoscaler adds such a node for the first pending trial
         if scalable:
-            field = (
-                "gpus"
-                if not any(t.get("GPU", 0) >= job.resources.gpus for t in scalable)
-                else "cpus"
+            short_of_gpus = not any(t.get("GPU", 0) >= need_gpus for t in scalable)
+            field, kind, n = (
+                (gpu_field, "GPU", need_gpus)
+                if short_of_gpus
+                else ("resources.cpus", "CPU", need_cpus)
             )
             raise JobError(
-                f"resources.{field}: each trial asks for {getattr(job.resources, field):g} {field[:-1].upper()}s, more than "
-                f"any node type the autoscaler may add offers ({', '.join(map(str, scalable))}); lower resources.{field} "
-                "or add a bigger node type to the cluster file"
+                f"{field}: each trial asks for {n:g} {kind}s, more than any node type the "
+                f"autoscaler may add offers ({', '.join(map(str, scalable))}); lower "
+                f"{field.split(' ')[0]} or add a bigger node type to the cluster file"
             )
-    if job.resources.gpus > 0 and gpus < job.resources.gpus:
+    if need_gpus > 0 and gpus < need_gpus:
         raise JobError(
-            f"resources.gpus: each trial asks for {job.resources.gpus} GPU but the Ray cluster has {gpus:g}; "
+            f"{gpu_field}: each trial asks for {need_gpus} GPU but the Ray cluster has {gpus:g}; "
             "set resources.gpus: 0 to train on CPU, or run on a GPU cluster (`critbatch submit`)"
         )
-    if cpus < job.resources.cpus:
+    if cpus < need_cpus:
         raise JobError(
-            f"resources.cpus: each trial asks for {job.resources.cpus:g} CPUs but the cluster has {cpus:g}; lower it"
+            f"resources.cpus: each trial asks for {need_cpus:g} CPUs but the cluster has {cpus:g}; lower it"
         )

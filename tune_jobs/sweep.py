@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from tune_jobs.config import JobConfig, JobError, parse_job
+from tune_jobs.config import JobConfig, JobError, ResourcesConfig, parse_job
 from tune_jobs.preflight import (  # noqa: F401  (re-exported: tests and tools import them from here)
     AUTOSCALING_CONFIG,
     autoscaling_node_types,
@@ -183,6 +184,15 @@ def resume_sweep(name_or_dir: str, storage: str = "critbatch_runs", *, address: 
     return _fit(job, run_dir, meta, restore=True, progress=progress)
 
 
+def trial_resources(resources: ResourcesConfig, config: dict[str, Any]) -> Any:
+    """Tune's resource request for one trial: ``resources.gpus_from_batch_size`` gives the
+    large batch sizes more of a GPU than the small ones, which pack several to a GPU."""
+    from ray.tune import PlacementGroupFactory
+
+    gpus = resources.gpus_for(config["batch_size"])
+    return PlacementGroupFactory([{"CPU": resources.cpus, **({"GPU": gpus} if gpus else {})}])
+
+
 def _fit(
     job: JobConfig, run_dir: Path, meta: dict[str, Any], *, restore: bool, progress: bool
 ) -> SweepResult:
@@ -204,7 +214,9 @@ def _fit(
         tune.with_parameters(
             run_tune_trial, base=base, max_steps=max_steps, cpus=job.resources.cpus
         ),
-        {"cpu": job.resources.cpus, "gpu": job.resources.gpus},
+        functools.partial(trial_resources, job.resources)
+        if job.resources.gpus_from_batch_size
+        else {"cpu": job.resources.cpus, "gpu": job.resources.gpus},
     )
     legacy_db = run_dir / "optuna.db"  # sweeps started before studies moved into memory
     searcher = SweepSearcher(
