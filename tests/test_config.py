@@ -163,6 +163,23 @@ def test_every_shipped_job_passes_check(path, capsys):
     assert "ok: the job is valid" in capsys.readouterr().out
 
 
+def test_every_paper_workload_has_blr_lsr_srsr_and_tuned_jobs():
+    """Table 1's workloads, each with the three strategies the paper compares and critbatch's
+    tuned search. (svhn_extra_resnet34 is the SVHN row on 604,388 images, only for the paper's
+    data-fraction figure, which uses BLR.)"""
+    strategies: dict[str, set[str]] = {}
+    for path in JOBS:
+        if path.name.startswith("paper_"):
+            job = load_job(path)
+            strategies.setdefault(job.workload, set()).add(job.strategy.name)
+    table_1 = {f"cifar10_{m}" for m in ("resnet34", "vgg16", "alexnet", "mobilenetv2")} | {
+        f"{d}_resnet34" for d in ("cifar100", "svhn", "mnist")
+    } | {"wikitext2_lstm", "cityscapes_drn"}  # fmt: skip
+    assert table_1 <= set(strategies)
+    for workload in table_1:
+        assert strategies[workload] == {"blr", "lsr", "srsr", "tuned"}, workload
+
+
 def test_check_cli_bad_job_exits_2_and_names_field(tmp_path, capsys):
     p = tmp_path / "j.yaml"
     p.write_text(yaml.safe_dump(with_(batch_sizes=[])))

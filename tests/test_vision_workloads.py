@@ -202,7 +202,7 @@ IMAGE_JOBS = sorted(
 def test_paper_image_jobs_follow_table_1():
     from tune_jobs.config import load_job
 
-    assert len(IMAGE_JOBS) == 25
+    assert len(IMAGE_JOBS) == 33
     for path in IMAGE_JOBS:
         job = load_job(path)
         assert get_workload(job.workload).dataset is not None, path
