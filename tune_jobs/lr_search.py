@@ -16,10 +16,12 @@ from dataclasses import dataclass
 
 import optuna
 
+from tune_jobs import lr_rules
+from tune_jobs.lr_rules import SEED_STEP
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 LAG_FROM = 0.5  # behind() applies from this fraction of the fastest trial's steps on
-SEED_STEP = 1.1  # first step out (LR factor) from a seed the neighbours predicted
 
 
 @dataclass(frozen=True)
@@ -269,19 +271,18 @@ class LRSearch:
         neighbour did not reach); if it is the largest or smallest LR tried, step out: by ``SEED_STEP`` from a
         seed the neighbours predicted, 2x from one they did not, then twice the distance to
         the next LR tried (an expanding search). ``None``: nothing to suggest (TPE proposes).
+        The numbers come from :mod:`tune_jobs.lr_rules` (:func:`~tune_jobs.lr_rules.step_out`,
+        :func:`~tune_jobs.lr_rules.bracket_lr`); this picks the points and the step.
         """
         pts = sorted((math.log(lr), v) for lr, v in self.results.get(name, {}).items())
         tried = [x for x, _ in pts]
-
-        def fresh(x: float) -> bool:
-            return all(abs(x - t) > 0.01 for t in tried)
 
         # A reached trial slower than what smaller batch sizes show is achievable here (the
         # slack-scaled cross bound) is no anchor for a line search: start from the neighbours.
         cut = min(self.reached_cut, self._cross_bound(b, s, examples=False))
         if not [v for _, v in pts if v <= cut]:
             for lr in self._seed_lrs(b, s):
-                if fresh(math.log(lr)):
+                if lr_rules.fresh(math.log(lr), tried):
                     return lr
             if self.cascade and b == self.batch_sizes[-1] and not self._neighbour_bests(b, s):
                 # The first study of a cascade, nothing known: start at the top of the range
@@ -292,35 +293,22 @@ class LRSearch:
             if not pts or min(v for _, v in pts) > self.reached_cut:
                 return None  # nothing reached here yet, the neighbours' LRs tried: TPE
         i = min(range(len(pts)), key=lambda j: pts[j][1])
-        xb, fb = pts[i][0], math.log(pts[i][1])
+        xb = pts[i][0]
         step = math.log(SEED_STEP) if self._predicted(b, s) else math.log(2)
         if i in (0, len(pts) - 1):
+            gap = None
             if len(pts) > 1:
                 # Expand (twice the last step) only when the best is the newest trial and
                 # improved on its inner neighbour, the trial before it, which reached too: a
                 # slope to follow (a first reach below an unreached LR is no slope).
                 order = list(self.results[name])
                 j = 1 if i == 0 else len(pts) - 2
-                inner, d = pts[j][0], abs(xb - pts[j][0])
+                inner = pts[j][0]
                 newest = [math.log(lr) for lr in order[-2:]]
-                if newest == [inner, xb] and pts[j][1] <= self.reached_cut and d <= 1.0:
-                    step = max(step, 2 * d)
-            return math.exp(xb + step if i == len(pts) - 1 else xb - step)
-        (xl, vl), (xr, vr) = pts[i - 1], pts[i + 1]
-        x_new = None
-        if vl <= self.reached_cut and vr <= self.reached_cut:
-            fl, fr = math.log(vl), math.log(vr)
-            den = (xb - xl) * (fb - fr) - (xb - xr) * (fb - fl)
-            if den != 0:
-                x_new = xb - 0.5 * ((xb - xl) ** 2 * (fb - fr) - (xb - xr) ** 2 * (fb - fl)) / den
-        if x_new is None or not (xl < x_new < xr) or not fresh(x_new):
-            far, near = (xl, xr) if xb - xl > xr - xb else (xr, xl)
-            # golden section, but no further than a step out would go (at most twice the
-            # distance to the other side): a far unreached side (a first random trial, a
-            # seed past the noise floor) says little about where the optimum is
-            cap = max(step, 2 * abs(xb - near))
-            x_new = xb + math.copysign(min(0.382 * abs(far - xb), cap), far - xb)
-        return math.exp(x_new) if fresh(x_new) else None
+                if newest == [inner, xb] and pts[j][1] <= self.reached_cut:
+                    gap = abs(xb - inner)
+            return lr_rules.step_out(xb, step, up=i == len(pts) - 1, slope_gap=gap)
+        return lr_rules.bracket_lr(pts[i - 1], pts[i], pts[i + 1], self.reached_cut, step, tried)
 
     def _neighbour_bests(self, b: int, s: int) -> list[tuple[int, float]]:
         """(batch size, best LR) of the other studies whose best trial reached the target."""
@@ -338,7 +326,7 @@ class LRSearch:
         done = self._neighbour_bests(b, s)
         if not done:
             return False
-        nb, _ = min(done, key=lambda x: abs(math.log(x[0] / b)))
+        nb, _ = lr_rules.nearest(done, b)
         return self.finished(study_name(nb, s))
 
     def _seed_lrs(self, b: int, s: int) -> list[float]:
@@ -352,42 +340,16 @@ class LRSearch:
         square-root rule, and unscaled. Never at or above an LR that diverged at this or a
         smaller batch size (the stability edge barely moves with B): the neighbour's own best
         LR instead, which reaches the target at a larger batch size no later than there.
+        (:func:`tune_jobs.lr_rules.seed_lrs`; this gathers the neighbours and diverged LRs.)
         """
-        done = sorted(self._neighbour_bests(b, s))
-        if not done:
-            return []
-        lb = math.log(b)
-        below = [(math.log(bb), math.log(lr)) for bb, lr in done if bb < b]
-        above = [(math.log(bb), math.log(lr)) for bb, lr in done if bb > b]
-        nb, lr_nb = min(done, key=lambda x: abs(math.log(x[0] / b)))
-        guesses = []
-        pair = None
-        if below and above:
-            pair = below[-1], above[0]
-        elif len(below) >= 2 or len(above) >= 2:
-            pair = tuple(below[-2:]) if below else tuple(above[:2])
-        if pair is not None:
-            # 1 / LR = a + c / B through the two (McCandlish's saturating form), else the power
-            # law through them; either kept within the linear and flat rules from the nearest.
-            (x1, y1), (x2, y2) = pair
-            u1, u2, v1, v2 = math.exp(-x1), math.exp(-x2), math.exp(-y1), math.exp(-y2)
-            c = (v1 - v2) / (u1 - u2)
-            inv = v1 + c * (1 / b - u1)
-            if c >= 0 and inv > 0:
-                guess = 1 / inv
-            else:
-                guess = math.exp(y1 + (y2 - y1) * (lb - x1) / (x2 - x1))
-            lo, hi = sorted((lr_nb, lr_nb * b / nb))
-            guesses.append(min(max(guess, lo), hi))
-        guesses += [lr_nb * b / nb, lr_nb * math.sqrt(b / nb), lr_nb]
         bad = [
             lr
             for bb in self.batch_sizes
             if bb <= b
             for lr in self.diverged.get(study_name(bb, s), ())
         ]
-        cap = min(bad, default=math.inf)
-        return [(lr if lr < cap else lr_nb if lr_nb < cap else cap / 2) for lr in guesses]
+        done = sorted(self._neighbour_bests(b, s))
+        return lr_rules.seed_lrs(done, b, diverged_below=min(bad, default=math.inf))
 
     # ---- results -----------------------------------------------------------------------------
     def tell(
@@ -463,7 +425,8 @@ class LRSearch:
         the other (the unreached side is steep: noise floor or divergence). A neighbour stopped
         by a rule that does not show it worse (``censored_at`` unset: ASHA) blocks it. With an unreached
         side the bracket must also span at most ``SEED_STEP`` squared in LR; with both
-        sides stopped by the steps bound (none diverged) that narrow bracket suffices."""
+        sides stopped by the steps bound (none diverged) that narrow bracket suffices.
+        The test on the bracket is :func:`tune_jobs.lr_rules.bracket_converged`."""
         if self.converge_tol is None:
             return False
         b, s = _parse(name)
@@ -474,34 +437,19 @@ class LRSearch:
         cut = min(self.reached_cut, self._cross_bound(b, s, examples=False))
         if not 0 < i < len(pts) - 1 or pts[i][1] > cut:
             return False
-        (xl, vl), (xb, vb), (xr, vr) = pts[i - 1], pts[i], pts[i + 1]
-        fb = math.log(vb)
+        xl, xr = pts[i - 1][0], pts[i + 1][0]
         unknown = self.unknown.get(name, ())
         if math.exp(xl) in unknown or math.exp(xr) in unknown:
             return False  # stopped by a rule that does not say it was worse (ASHA)
-        ok_l, ok_r = vl <= self.reached_cut, vr <= self.reached_cut
-        if ok_l and ok_r:
-            fl, fr = math.log(vl), math.log(vr)
-            # f = a (x - xv)^2 + fv through the three points
-            d1, d2 = (fl - fb) / (xl - xb), (fr - fb) / (xr - xb)
-            a = (d2 - d1) / (xr - xl)
-            if a <= 0:
-                return False
-            xv = min(max(0.5 * (xb + xl) - d1 / (2 * a), xl), xr)
-            gain = a * (xb - xv) ** 2
-        elif xr - xl > 2 * math.log(SEED_STEP) + 1e-9:
-            return False  # a wide bracket with an unreached side: too little known
-        elif ok_l or ok_r:
-            xn, fn, xf = (xl, math.log(vl), xr) if ok_l else (xr, math.log(vr), xl)
-            a = (fn - fb) / (xn - xb) ** 2
-            gain = a * (0.5 * (xf - xb)) ** 2
-        else:
-            # Both sides stopped by the steps bound (they needed more steps than the best):
-            # a narrow bracket of worse trials. A diverged side says nothing of how steep the
-            # curve is short of the stability edge, where large batches find their best LR.
-            bad = self.diverged.get(name, ())
-            return not any(math.exp(x) in bad for x in (xl, xr))
-        return math.expm1(gain) <= self.converge_tol
+        bad = self.diverged.get(name, ())
+        return lr_rules.bracket_converged(
+            pts[i - 1],
+            pts[i],
+            pts[i + 1],
+            self.reached_cut,
+            self.converge_tol,
+            side_diverged=any(math.exp(x) in bad for x in (xl, xr)),
+        )
 
     def behind(self, name: str, step: float, best_value: float) -> bool:
         """Has a running trial of this study fallen behind its fastest reached trial by more
@@ -541,22 +489,15 @@ class LRSearch:
             self.range[name] = (lo / 4, hi)
 
     def _cross_bound(self, b: int, s: int, examples: bool = True) -> float:
-        """Steps this batch size needs at its best LR at most, from the other batch sizes.
-
-        A larger batch at the same LR has less gradient noise, so in expectation it needs no
-        more steps: the best steps of a smaller batch size bound this one's. And a smaller
-        batch needs no more examples (E(B) = B S(B) grows with B, McCandlish et al.; it is
-        the premise of a critical batch size): bb > b bounds it by (bb / b) x its steps.
-        Measured steps are noisy (a lucky trial, a quantised accuracy target), so the bound gets
-        slack; 1.0 suits exact problems (the NQM benchmark). ``examples=False``: the smaller
-        batch sizes' bound only (loose: in the linear regime S(B) is about S(B/2) / 2, so a
-        trial slower than it is far from the best LR; the examples bound is tight there)."""
-        other = [
-            self.stop_bound.get(study_name(bb, s), math.inf) * (1.0 if bb < b else bb / b)
-            for bb in self.batch_sizes
-            if bb < b or (examples and bb > b)
-        ]
-        return self.cross_slack * min(other, default=math.inf)
+        """Steps this batch size needs at its best LR at most, from the other batch sizes'
+        best steps so far (:func:`tune_jobs.lr_rules.cross_bound`: a smaller batch size's
+        steps, a larger one's examples). Measured steps are noisy (a lucky trial, a quantised
+        accuracy target), so the bound gets slack; 1.0 suits exact problems (the NQM
+        benchmark). ``examples=False``: the smaller batch sizes' bound only (loose: in the
+        linear regime S(B) is about S(B/2) / 2, so a trial slower than it is far from the best
+        LR; the examples bound is tight there)."""
+        best = {bb: self.stop_bound.get(study_name(bb, s), math.inf) for bb in self.batch_sizes}
+        return lr_rules.cross_bound(best, b, self.cross_slack, examples)
 
     def steps_bound(self, name: str) -> float:
         """Best steps-to-target of a study so far, or the bound from the other batch sizes if

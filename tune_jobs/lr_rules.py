@@ -1,0 +1,217 @@
+"""The numerical rules of the learning-rate search, as pure functions of floats.
+
+:class:`tune_jobs.lr_search.LRSearch` keeps the bookkeeping (studies, rounds, what was tried
+and told) and asks these where to go next and when to stop. Nothing here knows Optuna, Ray
+or MLflow, so each rule can be tested alone.
+
+Units: ``x`` is log LR; a point is ``(x, objective)``, the objective being steps to target
+for a trial that reached it (at most ``reached_cut``, the steps budget) and more than the
+budget for one that did not (:func:`tune_jobs.lr_search.objective`); ``f`` is its log. The
+line search assumes steps to target unimodal in log LR, roughly a parabola in (log LR, log
+steps) near the optimum.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+SEED_STEP = 1.1  # first step out (LR factor) from a seed the neighbours predicted
+FRESH = 0.01  # log LR: a proposal closer than this to an LR tried is a repeat
+EXPAND_MAX = 1.0  # log LR: an expanding step follows a slope only from a gap this small
+GOLDEN = 0.382  # golden-section fraction of the wider side of a bracket
+
+Point = tuple[float, float]  # (log LR, objective)
+
+
+def fresh(x: float, tried: Iterable[float]) -> bool:
+    """Is log LR ``x`` more than :data:`FRESH` from every log LR ``tried``?"""
+    return all(abs(x - t) > FRESH for t in tried)
+
+
+def nearest(neighbours: Sequence[tuple[int, float]], batch_size: int) -> tuple[int, float]:
+    """The (batch size, best LR) of ``neighbours`` closest to ``batch_size`` in log batch
+    size; on a tie the first listed."""
+    return min(neighbours, key=lambda x: abs(math.log(x[0] / batch_size)))
+
+
+# ---- line search in log LR -------------------------------------------------------------------
+def step_out(x_best: float, step: float, up: bool, slope_gap: float | None = None) -> float:
+    """LR one ``step`` (log LR) past the best trial, which is the largest (``up``) or the
+    smallest LR tried. ``slope_gap``: distance (log LR) from the best to its inner
+    neighbour when the search is following a slope (the best is the newest trial and
+    improved on that neighbour, tried just before it and reached too); the step then
+    doubles that gap if larger (an expanding search), unless the gap exceeds
+    :data:`EXPAND_MAX`."""
+    if slope_gap is not None and slope_gap <= EXPAND_MAX:
+        step = max(step, 2 * slope_gap)
+    return math.exp(x_best + step if up else x_best - step)
+
+
+def parabola_vertex(left: Point, best: Point, right: Point) -> float | None:
+    """Abscissa of the vertex of the parabola through three ``(x, f)`` points (successive
+    parabolic interpolation); ``None`` when they are collinear. Not checked for convexity:
+    the caller keeps the result only strictly inside ``(left x, right x)``."""
+    (xl, fl), (xb, fb), (xr, fr) = left, best, right
+    den = (xb - xl) * (fb - fr) - (xb - xr) * (fb - fl)
+    if den == 0:
+        return None
+    return xb - 0.5 * ((xb - xl) ** 2 * (fb - fr) - (xb - xr) ** 2 * (fb - fl)) / den
+
+
+def golden_step(xl: float, xb: float, xr: float, step: float) -> float:
+    """Golden-section point into the wider side of the bracket ``xl < xb < xr``, but no
+    further than ``max(step, 2 x the narrower side)`` from ``xb``: a far unreached side (a
+    first random trial, a seed past the noise floor) says little about where the optimum
+    is."""
+    far, near = (xl, xr) if xb - xl > xr - xb else (xr, xl)
+    cap = max(step, 2 * abs(xb - near))
+    return xb + math.copysign(min(GOLDEN * abs(far - xb), cap), far - xb)
+
+
+def bracket_lr(
+    left: Point, best: Point, right: Point, reached_cut: float, step: float, tried: list[float]
+) -> float | None:
+    """Next LR inside the bracket ``left < best < right`` (both sides worse): the vertex of
+    the parabola in (log LR, log steps) when both sides reached (objective <= ``reached_cut``)
+    and the vertex lies strictly inside and is fresh, else :func:`golden_step`. ``None``
+    when that point was tried already (:func:`fresh`)."""
+    (xl, vl), (xb, vb), (xr, vr) = left, best, right
+    x_new = None
+    if vl <= reached_cut and vr <= reached_cut:
+        x_new = parabola_vertex((xl, math.log(vl)), (xb, math.log(vb)), (xr, math.log(vr)))
+    if x_new is None or not (xl < x_new < xr) or not fresh(x_new, tried):
+        x_new = golden_step(xl, xb, xr, step)
+    return math.exp(x_new) if fresh(x_new, tried) else None
+
+
+# ---- convergence -----------------------------------------------------------------------------
+def parabola_gain(left: Point, best: Point, right: Point) -> float | None:
+    """Log steps still to gain from ``best``: f(best) - f(vertex) of the parabola through
+    three ``(x, f)`` points, the vertex clamped to ``[left x, right x]``; ``None`` when the
+    parabola is not convex (no minimum to gain towards)."""
+    (xl, fl), (xb, fb), (xr, fr) = left, best, right
+    # f = a (x - xv)^2 + fv through the three points
+    d1, d2 = (fl - fb) / (xl - xb), (fr - fb) / (xr - xb)
+    a = (d2 - d1) / (xr - xl)
+    if a <= 0:
+        return None
+    xv = min(max(0.5 * (xb + xl) - d1 / (2 * a), xl), xr)
+    return a * (xb - xv) ** 2
+
+
+def one_sided_gain(near: Point, best: Point, x_far: float) -> float:
+    """Log steps still to gain from ``best`` when only the ``near`` side (an ``(x, f)``
+    point) reached: the curvature of ``f = a (x - x_best)^2`` through ``near``, the optimum
+    put halfway towards the unreached side at ``x_far`` (steep: noise floor or divergence)."""
+    (xn, fn), (xb, fb) = near, best
+    a = (fn - fb) / (xn - xb) ** 2
+    return a * (0.5 * (x_far - xb)) ** 2
+
+
+def bracket_converged(
+    left: Point,
+    best: Point,
+    right: Point,
+    reached_cut: float,
+    tol: float,
+    side_diverged: bool,
+    max_width: float = 2 * math.log(SEED_STEP),
+) -> bool:
+    """Has a line search whose best trial ``best`` has a worse trial on each side
+    (``left``, ``right``) converged: are the steps still to gain in that bracket below
+    ``tol`` (relative)?
+
+    Both sides reached (objective <= ``reached_cut``): the gain is :func:`parabola_gain` in
+    (log LR, log steps); not convex: no. One side did not: the bracket must span at most
+    ``max_width`` (log LR), and the gain is :func:`one_sided_gain`. Neither did (both
+    stopped by the steps bound: they needed more steps than the best): a narrow bracket of
+    worse trials suffices, unless a side diverged (``side_diverged``): divergence says
+    nothing of how steep the curve is short of the stability edge, where large batches find
+    their best LR.
+    """
+    (xl, vl), (xb, vb), (xr, vr) = left, best, right
+    fb = math.log(vb)
+    ok_l, ok_r = vl <= reached_cut, vr <= reached_cut
+    if ok_l and ok_r:
+        gain = parabola_gain((xl, math.log(vl)), (xb, fb), (xr, math.log(vr)))
+        if gain is None:
+            return False
+    elif xr - xl > max_width + 1e-9:
+        return False  # a wide bracket with an unreached side: too little known
+    elif ok_l or ok_r:
+        xn, fn, xf = (xl, math.log(vl), xr) if ok_l else (xr, math.log(vr), xl)
+        gain = one_sided_gain((xn, fn), (xb, fb), xf)
+    else:
+        return not side_diverged
+    return math.expm1(gain) <= tol
+
+
+# ---- cascade seeds and bounds from the other batch sizes -------------------------------------
+def saturating_lr(p1: Point, p2: Point, batch_size: int) -> float:
+    """Best LR at ``batch_size`` from two (log B, log best LR) points: 1 / LR = a + c / B
+    through them (McCandlish et al.'s eps_max / (1 + B_noise / B)); where that line cannot
+    give it (c < 0: the LR falls with B; or 1 / LR <= 0 at ``batch_size``) the power law
+    through them."""
+    (x1, y1), (x2, y2) = p1, p2
+    u1, u2, v1, v2 = math.exp(-x1), math.exp(-x2), math.exp(-y1), math.exp(-y2)
+    c = (v1 - v2) / (u1 - u2)
+    inv = v1 + c * (1 / batch_size - u1)
+    if c >= 0 and inv > 0:
+        return 1 / inv
+    return math.exp(y1 + (y2 - y1) * (math.log(batch_size) - x1) / (x2 - x1))
+
+
+def seed_lrs(
+    neighbours: list[tuple[int, float]], batch_size: int, diverged_below: float = math.inf
+) -> list[float]:
+    """First LRs to try at ``batch_size``, best guess first, from the (batch size, best LR)
+    of other batch sizes' reached bests, sorted by batch size.
+
+    Through the nearest two (one on each side when there are), :func:`saturating_lr` gives
+    the first guess, kept between the nearest one's LR and its linearly scaled LR. Then
+    that neighbour's LR scaled by the linear rule, the square-root rule, and unscaled.
+    ``diverged_below``: the smallest LR that diverged at this or a smaller batch size; a
+    guess at or above it becomes the neighbour's own LR (which reaches the target at a
+    larger batch size no later than there), or half that LR if it is no lower either.
+    """
+    if not neighbours:
+        return []
+    b = batch_size
+    below = [(math.log(bb), math.log(lr)) for bb, lr in neighbours if bb < b]
+    above = [(math.log(bb), math.log(lr)) for bb, lr in neighbours if bb > b]
+    nb, lr_nb = nearest(neighbours, b)
+    guesses = []
+    pair = None
+    if below and above:
+        pair = below[-1], above[0]
+    elif len(below) >= 2 or len(above) >= 2:
+        pair = tuple(below[-2:]) if below else tuple(above[:2])
+    if pair is not None:
+        lo, hi = sorted((lr_nb, lr_nb * b / nb))
+        guesses.append(min(max(saturating_lr(pair[0], pair[1], b), lo), hi))
+    guesses += [lr_nb * b / nb, lr_nb * math.sqrt(b / nb), lr_nb]
+    cap = diverged_below
+    return [(lr if lr < cap else lr_nb if lr_nb < cap else cap / 2) for lr in guesses]
+
+
+def cross_bound(
+    best_steps: dict[int, float], batch_size: int, slack: float, examples: bool = True
+) -> float:
+    """Steps ``batch_size`` needs at its best LR at most, from the best steps to target of
+    the other batch sizes (``best_steps``; inf where none reached).
+
+    A larger batch at the same LR has less gradient noise, so in expectation it needs no
+    more steps: the best steps of a smaller batch size bound this one's. And a smaller
+    batch needs no more examples (E(B) = B S(B) grows with B, McCandlish et al.; it is the
+    premise of a critical batch size): bb > b bounds it by (bb / b) x its steps. ``slack``
+    multiplies the bound (measured steps are noisy); ``examples=False``: the smaller batch
+    sizes' bound only. inf when nothing bounds it.
+    """
+    b = batch_size
+    other = [
+        steps * (1.0 if bb < b else bb / b)
+        for bb, steps in best_steps.items()
+        if bb < b or (examples and bb > b)
+    ]
+    return slack * min(other, default=math.inf)
