@@ -246,20 +246,6 @@ class LRSearch:
         self.asked[name] += 1
         return Proposal(name, b, s, lr, trial.number)
 
-    def _enqueue_from_neighbours(self, name: str, b: int, s: int) -> None:
-        """Start a study at LRs its neighbours suggest (linear and square-root scaling)."""
-        done = [
-            (bb, self.best[study_name(bb, s)][1])
-            for bb in self.batch_sizes
-            if study_name(bb, s) in self.best
-        ]
-        if not done:
-            return
-        nb, lr_nb = min(done, key=lambda x: abs(math.log(x[0] / b)))
-        lo, hi = self.range[name]
-        for lr in {lr_nb * b / nb, lr_nb * math.sqrt(b / nb)}:
-            self.studies[name].enqueue_trial({"lr": min(max(lr, lo), hi)}, skip_if_exists=True)
-
     def _next_lr(self, name: str, b: int, s: int) -> float | None:
         """A line search in log LR on this study's own results, else its neighbours' best LR.
 
