@@ -102,6 +102,33 @@ def test_diverging_trials_are_results_not_crashes(ray_local, tmp_path):
     assert row.diverged == 2 and row.steps_to_target is None
 
 
+def test_lsr_sweep_scales_the_lr_warms_up_in_epochs_and_logs_the_strategy(ray_local, tmp_path):
+    """The seed paper's LSR through the whole sweep: one trial per batch size at
+    lr = base_lr * B / base_batch_size, a linear warm-up of W epochs (more steps at the small
+    batch size), and the strategy in every child run's params."""
+    job = parse_job(synthetic_job(
+        tmp_path, "lsr", batch_sizes=[16, 64],
+        strategy={"name": "lsr", "base_batch_size": 16, "base_lr": 0.02, "warmup_epochs": 0.25},
+        target={"metric": "eval_loss", "value": 0.0, "direction": "min"},  # every trial runs on
+        budget={"epochs": 0.5}, eval_every=8, early_stopping={"enabled": False}))  # fmt: skip
+    res = run_sweep(job, progress=False)
+    assert sorted((t["batch_size"], t["lr"]) for t in res.trials) == [(16, 0.02), (64, 0.08)]
+    _, kids = children(MlflowClient(job.tracking.uri), "lsr")
+    assert len(kids) == 2
+    client = MlflowClient(job.tracking.uri)
+    # synthetic: 4,096 training examples, so W = 0.25 epochs is 64 steps at B = 16, 16 at B = 64
+    for k in kids:
+        b, p = int(k.data.params["batch_size"]), k.data.params
+        peak, warmup = 0.02 * b / 16, 4096 // b // 4
+        assert (p["strategy"], p["strategy.base_lr"], p["strategy.base_batch_size"]) == ("lsr", "0.02", "16")
+        assert p["strategy.warmup_epochs"] == "0.25" and float(p["lr"]) == pytest.approx(peak)
+        lrs = {m.step: m.value for m in client.get_metric_history(k.info.run_id, "lr")}
+        assert max(lrs) == 4096 // b // 2  # half an epoch of steps
+        for step, lr in lrs.items():  # the LR of the window's last step (0-based step - 1)
+            assert lr == pytest.approx(peak * min(step / warmup, 1.0)), (b, step)
+        assert min(lrs.values()) < peak  # the first eval point is inside the warm-up
+
+
 def test_existing_sweep_name_is_refused_before_anything_runs(ray_local, tmp_path):
     d = synthetic_job(
         tmp_path,

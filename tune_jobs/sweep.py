@@ -223,9 +223,13 @@ def _fit(
         job, f"sqlite:///{legacy_db}" if legacy_db.exists() else None, train_sizes
     )
     scheduler = PerBatchSizeScheduler(job, searcher, max(max_steps.values()))
+    # Every child run carries its LR strategy (the seed paper's BLR/LSR/SRSR and their warm-up),
+    # so runs compare in the MLflow UI without opening the parent.
+    strategy = {f"strategy.{k}": str(v) for k, v in dataclasses.asdict(job.strategy).items()}
     tracker = Tracker(meta["tracking_uri"], meta["experiment_id"], meta["parent_run_id"], {
         "eval_every": str(job.eval_every), "target_metric": job.target.metric,
-        "target_value": str(job.target.value), "target_direction": job.target.direction})  # fmt: skip
+        "target_value": str(job.target.value), "target_direction": job.target.direction,
+        **strategy})  # fmt: skip
     tracker.fresh = not restore
     callbacks = [JsonLoggerCallback(), MlflowCallback(tracker, searcher.objective_for)]
     if progress:
