@@ -20,6 +20,10 @@ autotuning, DataLoader workers starting); cuda is synchronised before each clock
     .venv/bin/python benchmarks/throughput.py                             # GPU: 128, 1024, 8192
     .venv/bin/python benchmarks/throughput.py --device cpu --batch-sizes 16,64 --steps 3
     .venv/bin/python benchmarks/throughput.py --smoke-test                # seconds, any device
+    .venv/bin/python benchmarks/throughput.py --data-only                 # input pipelines alone
+
+``--data-only`` times the two input pipelines without the model: a plain loop's ceiling is
+its DataLoader's rate, whatever the GPU.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -69,13 +74,17 @@ def critbatch_path(
     warmup: int,
     bf16: bool,
     channels_last: bool,
+    data_only: bool = False,
 ) -> float:
-    """Images/s of the image workloads' training step (the shared loop's inner loop)."""
+    """Images/s of the image workloads' training step (the shared loop's inner loop); with
+    ``data_only``, of their batches alone (gather, crop, flip, normalise, on the device)."""
     images = DeviceImages(
         CIFAR.mean, CIFAR.std, device, augment=True, pad=4, flip=True, channels_last=channels_last
     )
     x, y = (t.to(device) for t in data)
     batches = TensorBatches((x, y), batch_size, seed=0, transform=images)
+    if data_only:
+        return _rate(lambda: next(batches), batch_size, device, steps, warmup)
     model = resnet34(10).to(device, memory_format=images.memory_format).train()
     opt = _sgd(model)
     loss_sum = torch.zeros((), device=device)
@@ -92,6 +101,11 @@ def critbatch_path(
         opt.step()
         loss_sum.add_(loss.detach())
 
+    return _rate(step, batch_size, device, steps, warmup)
+
+
+def _rate(step: Any, batch_size: int, device: torch.device, steps: int, warmup: int) -> float:
+    """Images/s of ``steps`` calls of ``step`` after ``warmup`` untimed ones."""
     for _ in range(warmup):
         step()
     _sync(device)
@@ -132,8 +146,10 @@ def plain_path(
     steps: int,
     warmup: int,
     workers: int,
+    data_only: bool = False,
 ) -> float:
-    """Images/s of a plain DataLoader loop: CPU transforms, .to(device) per step, fp32."""
+    """Images/s of a plain DataLoader loop: CPU transforms, .to(device) per step, fp32; with
+    ``data_only``, of its batches alone (the loader's batch moved to the device)."""
     loader = torch.utils.data.DataLoader(
         _PlainDataset(*data),
         batch_size=batch_size,
@@ -143,8 +159,6 @@ def plain_path(
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
     )
-    model = resnet34(10).to(device).train()
-    opt = _sgd(model)
 
     def batches():
         while True:
@@ -152,22 +166,25 @@ def plain_path(
 
     it = batches()
 
-    def step() -> None:
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
         xb, yb = next(it)
-        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        return xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+
+    if data_only:
+        rate = _rate(batch, batch_size, device, steps, warmup)
+        it.close()
+        return rate
+    model = resnet34(10).to(device).train()
+    opt = _sgd(model)
+
+    def step() -> None:
+        xb, yb = batch()
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(xb), yb)
         loss.backward()
         opt.step()
 
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    rate = batch_size * steps / (time.perf_counter() - t0)
+    rate = _rate(step, batch_size, device, steps, warmup)
     it.close()  # drops the loader's iterator: its workers stop before the next batch size
     return rate
 
@@ -202,6 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--channels-last", choices=("auto", "on", "off"), default="auto", help="critbatch path"
     )
+    p.add_argument(
+        "--data-only",
+        action="store_true",
+        help="time the batches alone (no model): the input pipelines side by side",
+    )
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument(
         "--smoke-test", action="store_true", help="batch sizes 8,16, 1 timed step: checks it runs"
@@ -220,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
     )
     print(
-        f"ResNet-34, CIFAR-10 shapes, {args.train_size:,} random images; device {name}; torch {torch.__version__}"
+        f"{'input pipelines only (no model)' if args.data_only else 'ResNet-34'}, CIFAR-10 shapes, "
+        f"{args.train_size:,} random images; device {name}; torch {torch.__version__}"
     )
     print(
         f"critbatch path: bf16={'on' if bf16 else 'off'}, channels_last={'on' if channels_last else 'off'}; "
@@ -229,8 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'batch':>6}  {'critbatch img/s':>15}  {'plain img/s':>12}  {'ratio':>6}")
     rows = []
     for b in (int(s) for s in args.batch_sizes.split(",")):
-        fast = critbatch_path(data, b, device, args.steps, args.warmup, bf16, channels_last)
-        plain = plain_path(data, b, device, args.steps, args.warmup, args.workers)
+        fast = critbatch_path(
+            data, b, device, args.steps, args.warmup, bf16, channels_last, args.data_only
+        )
+        plain = plain_path(data, b, device, args.steps, args.warmup, args.workers, args.data_only)
         rows.append(
             {
                 "batch_size": b,
@@ -251,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             "bf16": bf16,
             "channels_last": channels_last,
             "workers": args.workers,
+            "data_only": args.data_only,
         }
         args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     return 0
