@@ -106,6 +106,7 @@ class TrialConfig:
     data_root: str = ""  # where on-disk datasets live ("" = $CRITBATCH_DATA or ~/.critbatch/data)
     device: str = "auto"  # "auto" = cuda if available, else cpu
     noise_scale: bool = False  # also log the gradient noise scale estimate (B_simple)
+    micro_batch_size: int = 0  # > 0: run larger batches as parts of at most this many examples
     options: dict[str, Any] = field(default_factory=dict)  # workload-specific knobs
 
     def to_dict(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import torch
 
 from trainables import schedules
 from trainables.api import Report, Status, TrialConfig
+from trainables.microbatch import backward_mean
 
 
 class TensorBatches:
@@ -169,10 +170,9 @@ def train_supervised(
         batch = next(task.batches)
         opt.zero_grad(set_to_none=True)
         if noise is None:
-            loss = task.loss(model, batch)
-            loss.backward()
+            loss = backward_mean(model, task.loss, batch, config.micro_batch_size)
         else:
-            loss = noise.backward(model, task.loss, batch)
+            loss = noise.backward(model, task.loss, batch, config.micro_batch_size)
         if task.clip_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), task.clip_grad_norm)
         opt.step()

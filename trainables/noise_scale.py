@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from trainables.microbatch import backward_mean, batch_len, slice_batch
+
 Num = Any  # float, numpy array or torch tensor
 
 
@@ -87,23 +89,6 @@ class NoiseScaleEMA:
         self.beta, self.gsq, self.trsigma, self.n = s["beta"], s["gsq"], s["trsigma"], s["n"]
 
 
-def _batch_len(batch: Any) -> int:
-    if isinstance(batch, torch.Tensor):
-        return int(batch.shape[0])
-    if isinstance(batch, dict):
-        return _batch_len(next(iter(batch.values())))
-    return _batch_len(batch[0])
-
-
-def _slice(batch: Any, lo: int, hi: int) -> Any:
-    """Examples lo..hi of a batch: a tensor, or a tuple / list / dict of them."""
-    if isinstance(batch, torch.Tensor):
-        return batch[lo:hi]
-    if isinstance(batch, dict):
-        return {k: _slice(v, lo, hi) for k, v in batch.items()}
-    return type(batch)(_slice(v, lo, hi) for v in batch)
-
-
 class GradientNoiseScale:
     """Loop hook: ``backward(model, loss_fn, batch) -> loss`` replaces ``loss.backward()``.
 
@@ -112,7 +97,8 @@ class GradientNoiseScale:
     its backward, so the accumulated ``.grad`` is the full-batch mean gradient G_B, exactly as
     without the hook. The first half's gradient G_b1 is copied before the second backward;
     G_b2 = (B G_B - b1 G_b1) / b2. Both halves give an estimate pair; their mean is averaged.
-    Batches of one example fall back to a plain backward (no estimate).
+    Batches of one example fall back to a plain backward (no estimate). ``micro_batch_size``
+    runs each half in parts (:func:`trainables.microbatch.backward_mean`); b stays B/2.
     """
 
     def __init__(self, beta: float = 0.99):
@@ -123,22 +109,23 @@ class GradientNoiseScale:
         model: torch.nn.Module,
         loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
         batch: Any,
+        micro_batch_size: int = 0,
     ) -> torch.Tensor:
-        big_b = _batch_len(batch)
+        big_b = batch_len(batch)
         if big_b < 2:
-            loss = loss_fn(model, batch)
-            loss.backward()
-            return loss.detach()
+            return backward_mean(model, loss_fn, batch, micro_batch_size)
         b1 = big_b // 2
         b2 = big_b - b1
         params = [p for p in model.parameters() if p.requires_grad]
-        loss1 = loss_fn(model, _slice(batch, 0, b1))
-        (loss1 * (b1 / big_b)).backward()
+        loss1 = backward_mean(
+            model, loss_fn, slice_batch(batch, 0, b1), micro_batch_size, b1 / big_b
+        )
         g1 = [
             p.grad.detach().clone() * (big_b / b1) if p.grad is not None else None for p in params
         ]
-        loss2 = loss_fn(model, _slice(batch, b1, big_b))
-        (loss2 * (b2 / big_b)).backward()
+        loss2 = backward_mean(
+            model, loss_fn, slice_batch(batch, b1, big_b), micro_batch_size, b2 / big_b
+        )
         with torch.no_grad():
             parts1, parts2, parts_big = [], [], []
             for p, g in zip(params, g1, strict=True):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -135,7 +136,11 @@ def plan_text(job) -> str:
         f"  budget: {'max ' + str(job.budget.max_steps) + ' steps' if job.budget.max_steps else str(job.budget.epochs) + ' epochs'}"
         f" per trial (steps by batch size: {', '.join(f'{b}:{s}' for b, s in zip(job.batch_sizes, steps, strict=True))}); eval every {job.eval_every} steps",
         f"  trials: {'at most ' if job.tuned and job.lr_search.stop_when_converged else ''}{job.total_trials} = {len(job.batch_sizes)} batch sizes x {len(job.seeds)} seeds x {job.trials_per_study}"
-        + (" (a study stops once its LR search has converged)" if job.tuned and job.lr_search.stop_when_converged else ""),
+        + (
+            " (a study stops once its LR search has converged)"
+            if job.tuned and job.lr_search.stop_when_converged
+            else ""
+        ),
         f"  resources per trial: {job.resources.cpus:g} CPU, {job.resources.describe_gpus()}; "
         f"early stopping {'on' if job.early_stopping.enabled and job.tuned else 'off'}",
         f"  MLflow: {job.tracking.uri}, experiment {job.experiment!r}; run folder {Path(job.storage) / job.name}",
@@ -143,6 +148,16 @@ def plan_text(job) -> str:
     if job.log_noise_scale:
         lines.append(
             "  gradient noise scale: B_simple logged at every eval point (two half-batch gradients per step)"
+        )
+    if job.micro_batch_size:
+        split = [
+            f"{b}:{math.ceil(b / job.micro_batch_size)}"
+            for b in job.batch_sizes
+            if b > job.micro_batch_size
+        ]
+        lines.append(
+            f"  micro-batches of at most {job.micro_batch_size} examples; parts per step: "
+            + (", ".join(split) if split else "none (no batch size is larger)")
         )
     if not job.tuned:
         lrs = ", ".join(f"{b}:{peak_lr(job.schedule(), b):.4g}" for b in job.batch_sizes)

@@ -192,6 +192,11 @@ class JobConfig:
     two half-batch gradients per step (metrics `noise_scale_bsimple`, `noise_scale_gsq`,
     `noise_scale_trsigma`); the report shows it beside B_crit. Supervised workloads and
     `nqm_sgd` only."""
+    micro_batch_size: int = 0
+    """Gradient accumulation: a batch larger than this runs as near-equal parts of at most this
+    many examples whose gradients add up to the full-batch mean gradient, so batch sizes beyond
+    a GPU's memory still train (BatchNorm then normalises per part, as on several GPUs).
+    0 = one pass. Workloads on the shared supervised loop only."""
 
     # ---- derived --------------------------------------------------------------------------
     @property
@@ -251,6 +256,7 @@ class JobConfig:
             data_fraction=self.data.fraction,
             data_root=self.data.root,
             noise_scale=self.log_noise_scale,
+            micro_batch_size=self.micro_batch_size,
             options=dict(self.options),
         )
 
@@ -491,6 +497,7 @@ def _check_values(job: JobConfig) -> None:
             "divergence_factor: must be > 1 (10 = diverged when the loss is 10x its start)"
         )
     _check_noise_scale(job, known[job.workload])
+    _check_micro_batch(job, known[job.workload])
     uri = job.tracking.uri
     if not (
         uri.startswith(("sqlite:///", "http://", "https://", "databricks", "postgresql", "mysql"))
@@ -505,6 +512,19 @@ def _check_values(job: JobConfig) -> None:
 # Workloads with their own training loop (``Workload.train``) that log B_simple; workloads
 # built on the shared supervised loop (``Workload.build``) all do (trainables/loop.py).
 NOISE_SCALE_OWN_LOOPS = {"nqm_sgd"}
+
+
+def _check_micro_batch(job: JobConfig, workload: Any) -> None:
+    if job.micro_batch_size < 0:
+        raise JobError("micro_batch_size: must be >= 0 (0 = every batch in one pass)")
+    if job.micro_batch_size and workload.train is not None:
+        why = {
+            "wikitext2_lstm": "its batches are token streams whose LSTM hidden state carries across steps",
+        }.get(job.workload, "it runs its own training loop, not the shared one")
+        raise JobError(
+            f"micro_batch_size: workload {job.workload} cannot split its batches ({why}); "
+            "set micro_batch_size: 0"
+        )
 
 
 def _check_noise_scale(job: JobConfig, workload: Any) -> None:
