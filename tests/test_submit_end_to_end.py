@@ -215,6 +215,9 @@ def test_submit_wait_runs_the_sweep_on_a_ray_head(ray_head: RayHead, tmp_path: P
     cells = [ln.split() for ln in table.splitlines() if ln.strip()[:2] in ("16", "64")]
     assert [(c[0], c[-4]) for c in cells] == [("16", "2"), ("64", "2")], table  # batch size, trials
     assert "4 trials in" in log and "parent run" in log
+    # streamed over the dashboard's websocket, each line once (no fallback to polling)
+    assert r.stdout.count("Running entrypoint for job") == 1 and r.stdout.count(heading) == 1
+    assert "log stream" not in r.stderr, r.stderr[-2000:]
 
     # Tune's run folder: one trial folder per trial, each with its result.json.
     run_dir = tmp_path / "runs" / name

@@ -18,6 +18,7 @@ import difflib
 import logging
 import os
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -339,11 +340,31 @@ def submit_job(
 
 
 def wait_for_job(client: Any, sid: str, timeout: float = 24 * 3600, echo: bool = True) -> str:
-    """Follow a submitted job until it ends; returns its final status (SUCCEEDED, FAILED, STOPPED)."""
+    """Follow a submitted job until it ends; returns its final status (SUCCEEDED, FAILED, STOPPED).
+
+    The log is streamed (the dashboard's websocket tail: each line once, however long a
+    multi-day sweep's log grows); if the stream breaks, the rest is polled, printing only
+    what was not shown yet."""
+    import asyncio
+
     from ray.job_submission import JobStatus
 
     deadline = time.time() + timeout
     shown = 0
+    if echo:
+
+        async def follow() -> None:
+            nonlocal shown
+            async for chunk in client.tail_job_logs(sid):
+                print(chunk, end="", flush=True)
+                shown += len(chunk)
+
+        try:
+            asyncio.run(asyncio.wait_for(follow(), timeout))
+        except TimeoutError:
+            pass
+        except Exception as e:  # the stream broke (head restarted, proxy): poll the rest
+            print(f"\n(the log stream of {sid} broke: {e}; polling instead)", file=sys.stderr)
     while time.time() < deadline:
         status = client.get_job_status(sid)
         if echo:
