@@ -16,6 +16,7 @@ import torch
 from tests.datafiles import write_cifar10, write_cifar100, write_mnist, write_svhn
 from trainables.api import REQUIRED_METRICS, TrialConfig
 from trainables.datasets.images import DatasetNotFoundError
+from trainables.microbatch import backward_mean
 from trainables.registry import get_workload, run_trial
 from trainables.workloads import vision
 
@@ -179,11 +180,16 @@ def test_resnet34_on_cuda_defaults_bf16_channels_last(root):
     x, _ = next(task.batches)
     assert x.is_cuda and x.is_contiguous(memory_format=torch.channels_last)  # on by default on cuda
     model = task.model.cuda()
-    # any host sync in batching, augmentation, forward or backward raises
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loss_sum = torch.zeros((), device="cuda")
+    # any host sync in batching, augmentation, forward, backward (whole or in micro-batches),
+    # the optimizer step or the loss accumulation raises
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for _ in range(2):
-            task.loss(model, next(task.batches)).backward()
+        for micro in (0, 3):
+            opt.zero_grad(set_to_none=True)
+            loss_sum += backward_mean(model, task.loss, next(task.batches), micro)
+            opt.step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
     [last] = _run(root, "cifar10_resnet34", device="cuda")
