@@ -189,7 +189,12 @@ def trial_resources(resources: ResourcesConfig, config: dict[str, Any]) -> Any:
     large batch sizes more of a GPU than the small ones, which pack several to a GPU."""
     from ray.tune import PlacementGroupFactory
 
-    gpus = resources.gpus_for(config["batch_size"])
+    b = config.get("batch_size")
+    gpus = (
+        resources.gpus_for(b)
+        if b is not None  # Tune may ask without a trial's config: the largest ask then
+        else max([resources.gpus, *resources.gpus_from_batch_size.values()])
+    )
     return PlacementGroupFactory([{"CPU": resources.cpus, **({"GPU": gpus} if gpus else {})}])
 
 
