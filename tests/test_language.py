@@ -218,3 +218,14 @@ def test_registry_entry():
     assert w.metrics == {"eval_loss": "min", "eval_perplexity": "min"}
     assert w.train_size == 2_088_628 // 35
     assert w.dataset == "wikitext2"
+    assert w.build is not None and w.train is None  # the shared loop, with the task's clip
+    assert "hidden state" in w.whole_batches
+
+
+@pytest.mark.parametrize("over", [{"noise_scale": True}, {"micro_batch_size": 2}])
+def test_the_loop_refuses_to_split_token_streams(tmp_path, over):
+    # `critbatch check` refuses these job fields first; a TrialConfig built by hand must not
+    # slip through and reset the carried hidden state on every part.
+    write_wikitext2(tmp_path)
+    with pytest.raises(ValueError, match="hidden state carries across steps"):
+        run_trial(_config(tmp_path, **over), lambda m, c=None: None)

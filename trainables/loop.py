@@ -123,6 +123,11 @@ def seed_everything(seed: int) -> None:
 def train_supervised(
     workload, config: TrialConfig, report: Report, state: dict | None = None
 ) -> None:
+    if workload.whole_batches and (config.noise_scale or config.micro_batch_size):
+        raise ValueError(
+            f"{workload.name} cannot split its batches ({workload.whole_batches}): "
+            "set micro_batch_size: 0 and log_noise_scale: false"
+        )
     seed_everything(config.seed)
     device = resolve_device(config.device)
     task: Task = workload.build(config, device)

@@ -50,6 +50,9 @@ class Workload:
     dataset: str | None = None  # on-disk dataset it reads (for `critbatch data`), if any
     cpu_friendly: bool = True  # small enough to run on a laptop CPU
     defaults: dict[str, Any] = field(default_factory=dict)  # suggested job settings
+    # Why a batch cannot be cut into parts (micro-batches, B_simple's two half batches);
+    # "" when it can. Job fields that would cut it are refused with this reason.
+    whole_batches: str = ""
 
     def all_metrics(self) -> dict[str, str]:
         return {"train_loss": "min", "train_loss_ema": "min", **self.metrics}

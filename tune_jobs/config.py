@@ -517,10 +517,8 @@ NOISE_SCALE_OWN_LOOPS = {"nqm_sgd"}
 def _check_micro_batch(job: JobConfig, workload: Any) -> None:
     if job.micro_batch_size < 0:
         raise JobError("micro_batch_size: must be >= 0 (0 = every batch in one pass)")
-    if job.micro_batch_size and workload.train is not None:
-        why = {
-            "wikitext2_lstm": "its batches are token streams whose LSTM hidden state carries across steps",
-        }.get(job.workload, "it runs its own training loop, not the shared one")
+    if job.micro_batch_size and (workload.train is not None or workload.whole_batches):
+        why = workload.whole_batches or "it runs its own training loop, not the shared one"
         raise JobError(
             f"micro_batch_size: workload {job.workload} cannot split its batches ({why}); "
             "set micro_batch_size: 0"
@@ -528,12 +526,16 @@ def _check_micro_batch(job: JobConfig, workload: Any) -> None:
 
 
 def _check_noise_scale(job: JobConfig, workload: Any) -> None:
-    if not job.log_noise_scale or workload.train is None or job.workload in NOISE_SCALE_OWN_LOOPS:
+    if not job.log_noise_scale:
         return
-    why = {
-        "nqm_exact": "it follows the exact expected loss and samples no gradients; use nqm_sgd",
-        "wikitext2_lstm": "its batches carry the LSTM's hidden state across steps",
-    }.get(job.workload, "its training loop has no B_simple estimator")
+    if workload.whole_batches:
+        why = workload.whole_batches
+    elif workload.train is None or job.workload in NOISE_SCALE_OWN_LOOPS:
+        return
+    else:
+        why = {
+            "nqm_exact": "it follows the exact expected loss and samples no gradients; use nqm_sgd",
+        }.get(job.workload, "its training loop has no B_simple estimator")
     raise JobError(
         f"log_noise_scale: workload {job.workload} cannot log the gradient noise scale ({why}); "
         "set log_noise_scale: false"

@@ -24,26 +24,25 @@ Medium is the default: the paper does not give its LSTM size, and 650 units with
 for 40 epochs is the example README's first WikiText-2 recipe (the 200-unit code default is
 its quick demo). ``size: small`` is about 3x cheaper per step, for sweeps on a budget.
 
-The shared loop has no gradient-clipping hook, so :func:`train` is that loop with one line
-added (``clip_grad_norm_`` between backward and step); everything else (report keys, status,
-checkpoints) is the same. The carried hidden state is the model's extra state, so it is in
-``model.state_dict()`` and a restored trial continues its streams exactly.
+It trains in the shared loop (:func:`trainables.loop.train_supervised`), with the clip as
+the task's ``clip_grad_norm``. A batch stays whole (no micro-batches, no B_simple half
+batches): its streams' hidden state carries to the next step. The carried hidden state is
+the model's extra state, so it is in ``model.state_dict()`` and a restored trial continues
+its streams exactly.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables import schedules
-from trainables.api import Report, Status, Target, TrialConfig
+from trainables.api import Target, TrialConfig
 from trainables.datasets import wikitext
-from trainables.loop import Task, _status, resolve_device, seed_everything
+from trainables.loop import Task
 from trainables.registry import Workload, register
 
 OPTIONS = (
@@ -196,114 +195,14 @@ def build(config: TrialConfig, device: torch.device) -> Task:
         eval_loss = float(total) / count
         return {"eval_loss": eval_loss, "eval_perplexity": math.exp(min(eval_loss, 700.0))}
 
-    return Task(model, batches, loss, evaluate, batches.steps_per_epoch * config.batch_size)
-
-
-def train(config: TrialConfig, report: Report, state: dict | None = None) -> None:
-    """:func:`trainables.loop.train_supervised` plus gradient-norm clipping (``options.clip``)."""
-    if config.noise_scale:
-        raise ValueError(
-            "wikitext2_lstm does not support noise_scale (its batches carry hidden state)"
-        )
-    seed_everything(config.seed)
-    device = resolve_device(config.device)
-    task = build(config, device)
-    clip = float(config.options.get("clip", 0.25))
-    model = task.model.to(device)
-    opt = torch.optim.SGD(
-        model.parameters(),
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        nesterov=bool(config.options.get("nesterov", False)) and config.momentum > 0,
+    return Task(
+        model,
+        batches,
+        loss,
+        evaluate,
+        batches.steps_per_epoch * config.batch_size,
+        clip_grad_norm=float(o.get("clip", 0.25)),
     )
-    steps_per_epoch = task.train_size / config.batch_size
-    step, ema, initial_loss, wall = 0, None, None, 0.0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        task.batches.load_state_dict(state["batches"])
-        step, ema, initial_loss = state["step"], state["ema"], state["initial_loss"]
-        wall = state["wall"]
-        torch.set_rng_state(state["rng"])  # dropout masks continue as in an uninterrupted run
-        if "cuda_rng" in state:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-
-    model.train()
-    t0 = time.perf_counter() - wall
-    loss_sum = torch.zeros((), device=device)
-    n_in_window, evals_done = 0, 0
-    while step < config.max_steps:
-        lr = schedules.lr_at(step, config.lr, config.schedule, steps_per_epoch)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss = task.loss(model, next(task.batches))
-        loss.backward()
-        if clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        opt.step()
-        step += 1
-        loss_sum += loss.detach()
-        n_in_window += 1
-        if initial_loss is None:
-            initial_loss = float(loss.detach())
-        if step % config.eval_every and step < config.max_steps:
-            continue
-
-        train_loss = float(loss_sum) / n_in_window
-        loss_sum.zero_()
-        n_in_window = 0
-        ema = (
-            train_loss
-            if ema is None
-            else config.ema_beta * ema + (1 - config.ema_beta) * train_loss
-        )
-        diverged = not math.isfinite(train_loss) or train_loss > config.divergence_factor * max(
-            initial_loss, 1e-12
-        )
-        metrics: dict[str, Any] = {}
-        if not diverged:
-            model.eval()
-            with torch.no_grad():
-                metrics.update(task.evaluate(model))
-            model.train()
-            diverged = any(not math.isfinite(v) for v in metrics.values())
-        metrics.update(
-            step=step,
-            examples=step * config.batch_size,
-            epoch=step / steps_per_epoch,
-            lr=lr,
-            train_loss=train_loss,
-            train_loss_ema=ema,
-            wall_time=time.perf_counter() - t0,
-        )
-        status = _status(config, metrics, diverged)
-        metrics["status"] = str(status)
-        if status == Status.REACHED:
-            metrics["steps_to_target"] = step
-        evals_done += 1
-        checkpoint = None
-        if (
-            status == Status.RUNNING
-            and config.checkpoint_every
-            and evals_done % config.checkpoint_every == 0
-        ):
-            checkpoint = {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "batches": task.batches.state_dict(),
-                "step": step,
-                "ema": ema,
-                "initial_loss": initial_loss,
-                "wall": metrics["wall_time"],
-                "rng": torch.get_rng_state(),
-            }
-            if device.type == "cuda":
-                checkpoint["cuda_rng"] = torch.cuda.get_rng_state_all()
-        report(metrics, checkpoint)
-        if status != Status.RUNNING:
-            return
 
 
 register(
@@ -314,9 +213,10 @@ register(
         default_target=Target("eval_perplexity", 150.0, "min"),
         train_size=wikitext.TRAIN_TOKENS
         // DEFAULT_BPTT,  # windows of 35 tokens in the standard train file
-        train=train,
+        build=build,
         dataset="wikitext2",
         cpu_friendly=False,
         defaults={"lr_min": 1.0, "lr_max": 100.0},
+        whole_batches="its batches are token streams whose LSTM hidden state carries across steps",
     )
 )
