@@ -12,7 +12,7 @@ import re
 import sys
 from pathlib import Path
 
-from tune_jobs.cli import UsageError
+from trainables.api import InputError
 
 # Errors that mean "bad input" rather than a bug: loaders raise LookupError (no such sweep),
 # FileNotFoundError and ValueError (bad CSV); analysis raises AnalysisError (a ValueError).
@@ -118,12 +118,12 @@ def _target(args, df):
     from analysis.steps import Target, paper_threshold
 
     if args.paper_threshold and args.target_value is not None:
-        raise UsageError("give either --paper-threshold or --target-value, not both")
+        raise InputError("give either --paper-threshold or --target-value, not both")
     metric = args.target_metric or "train_loss"
     direction = args.direction or ("max" if "acc" in metric else "min")
     if args.target_value is not None:
         if args.target_metric is None:
-            raise UsageError(
+            raise InputError(
                 "--target-value needs --target-metric (e.g. --target-metric eval_accuracy)"
             )
         return Target(metric, args.target_value, direction, "fixed goal")
@@ -145,7 +145,7 @@ def analyze_command(args: argparse.Namespace) -> int:
     try:
         df = loaders.load(args.source, args.tracking_uri, snapshot=not args.no_snapshot)
     except _INPUT_ERRORS as e:
-        raise UsageError(f"cannot load {args.source!r}: {e}") from e
+        raise InputError(f"cannot load {args.source!r}: {e}") from e
     out = args.out or _default_out(args.source)
     try:
         target = _target(args, df)
@@ -157,7 +157,7 @@ def analyze_command(args: argparse.Namespace) -> int:
             title=f"critbatch report: {args.source}",
         )  # fmt: skip
     except ValueError as e:
-        raise UsageError(f"{e}") from e
+        raise InputError(f"{e}") from e
     print(result.headline())
     for note in result.notes:
         print(f"note: {note}")
@@ -182,12 +182,12 @@ def _steps_table(path: Path):
     try:
         table = loaders.load_steps_csv(path)
     except FileNotFoundError as e:
-        raise UsageError(f"{e}; pass the path of a CSV with header batch_size,steps") from e
+        raise InputError(f"{e}; pass the path of a CSV with header batch_size,steps") from e
     except (ValueError, LookupError) as e:
-        raise UsageError(f"{e}") from e
+        raise InputError(f"{e}") from e
     missing = [c for c in ("batch_size", "steps") if c not in table.columns]
     if missing:
-        raise UsageError(
+        raise InputError(
             f"{path}: missing column(s) {missing}; the header must be batch_size,steps"
         )
     if "seed" not in table.columns:  # repeated rows of one batch size are repeated measurements
@@ -204,7 +204,7 @@ def fit_command(args: argparse.Namespace) -> int:
             table, args.overhead, args.reference_batch_size, args.bootstrap, args.level, args.seed
         )
     except ValueError as e:
-        raise UsageError(f"{args.steps_csv}: {e}") from e
+        raise InputError(f"{args.steps_csv}: {e}") from e
     d = result.to_dict()
     if args.json:
         from analysis.report import json_safe

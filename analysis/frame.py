@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from trainables.api import InputError
+
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "trial",
     "batch_size",
@@ -40,10 +42,10 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
 )
 
 
-class AnalysisError(ValueError):
+class AnalysisError(InputError):
     """The data cannot answer the question asked (missing columns, too few batch sizes, ...).
 
-    The message names the problem and what to change; the CLI turns it into a UsageError.
+    The message names the problem and what to change; the CLI turns it into exit code 2.
     """
 
 

@@ -37,12 +37,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from analysis.frame import REQUIRED_COLUMNS as TRIAL_COLUMNS
+from trainables.api import InputError, final_status
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 ROLE_TAG, PARENT_TAG = "critbatch.role", "mlflow.parentRunId"
 TRIAL_ID_TAG, STATUS_TAG = "critbatch.trial_id", "critbatch.status"
 STEP_LR = "lr_at_step"  # the per-step `lr` metric; `lr` is the trial's (peak) learning rate
-FINAL_STATUSES = {"reached", "not_reached", "diverged", "stopped_early", "errored"}
 # Tune's own keys in result.json: bookkeeping, not metrics.
 TUNE_KEYS = {
     "config", "trial_id", "date", "timestamp", "time_this_iter_s", "time_total_s", "pid",
@@ -61,7 +61,7 @@ SNAPSHOT_DIR, SNAPSHOT_FILE = "critbatch", "metrics.parquet"
 SNAPSHOT_TAG = "critbatch.metrics_snapshot"
 
 
-class SweepNotFoundError(LookupError):
+class SweepNotFoundError(InputError, LookupError):
     """The source names no sweep: no such folder, experiment or run, or no trials in it."""
 
 
@@ -128,10 +128,8 @@ def _ray_trial_frame(result_json: Path) -> pd.DataFrame:
     missing = [k for k in ("batch_size", "lr") if k not in cfg]
     if missing:
         raise ValueError(f"{result_json}: trial config lacks {missing}; not a critbatch trial")
-    last = rows[-1].get("status")
     errored = any((result_json.parent / n).exists() for n in ("error.txt", "error.pkl"))
-    # A trial whose last report still says `running` was stopped by the scheduler.
-    status = "errored" if errored else last if last in FINAL_STATUSES else "stopped_early"
+    status = final_status(rows[-1].get("status"), errored)
     metrics = pd.DataFrame([{k: v for k, v in r.items() if k not in TUNE_KEYS} for r in rows])
     metrics = metrics.rename(columns={"lr": STEP_LR}).drop(columns=["status"], errors="ignore")
     if "step" not in metrics:
@@ -435,8 +433,9 @@ def _trial_meta(run: Run) -> dict:
         raise ValueError(
             f"trial run {run.info.run_id} lacks params {missing}; not a critbatch trial"
         )
-    status = t.get(STATUS_TAG) or {"RUNNING": "running", "FAILED": "errored"}.get(
-        run.info.status, "stopped_early"
+    live = run.info.status == "RUNNING"
+    status = t.get(STATUS_TAG) or (
+        "running" if live else final_status(None, errored=run.info.status == "FAILED")
     )
     return {
         "run_id": run.info.run_id,

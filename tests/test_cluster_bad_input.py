@@ -11,7 +11,7 @@ import pytest
 import yaml
 from test_cluster_multinode import synthetic_job
 
-from tune_jobs.cli import UsageError
+from trainables.api import InputError
 from tune_jobs.config import JobError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,16 +176,16 @@ def test_submit_refuses_results_that_would_die_with_the_job(tmp_path: Path) -> N
     from tune_jobs.cluster_commands import submit_job
 
     with pytest.raises(
-        UsageError, match=r"^storage: 'critbatch_runs' is relative.*storage: /shared/critbatch_runs"
+        InputError, match=r"^storage: 'critbatch_runs' is relative.*storage: /shared/critbatch_runs"
     ):
         submit_job(_job_file(tmp_path, storage="critbatch_runs"), working_dir=tmp_path)
     with pytest.raises(
-        UsageError, match=r"^tracking.uri: 'sqlite:///mlflow.db' is relative.*http://127.0.0.1:5000"
+        InputError, match=r"^tracking.uri: 'sqlite:///mlflow.db' is relative.*http://127.0.0.1:5000"
     ):
         submit_job(
             _job_file(tmp_path, tracking={"uri": "sqlite:///mlflow.db"}), working_dir=tmp_path
         )
-    with pytest.raises(UsageError, match=r"^JOB: .* is outside the working_dir"):
+    with pytest.raises(InputError, match=r"^JOB: .* is outside the working_dir"):
         submit_job(_job_file(tmp_path), working_dir=REPO)
 
 
@@ -194,10 +194,10 @@ def test_submit_to_an_unreachable_dashboard_fails_fast(tmp_path: Path) -> None:
 
     address = f"http://127.0.0.1:{_dead_port()}"
     t0 = time.time()
-    with pytest.raises(UsageError) as e:
+    with pytest.raises(InputError) as e:
         submit_job(_job_file(tmp_path), working_dir=tmp_path, address=address)
     assert time.time() - t0 < 30
     assert str(e.value).startswith(f"--address: no Ray dashboard answers at {address}")
     assert "ray dashboard cluster.yaml" in str(e.value)
-    with pytest.raises(UsageError, match=r"^--address: '127.0.0.1:6379' is not a dashboard URL"):
+    with pytest.raises(InputError, match=r"^--address: '127.0.0.1:6379' is not a dashboard URL"):
         submit_job(_job_file(tmp_path), working_dir=tmp_path, address="127.0.0.1:6379")

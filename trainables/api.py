@@ -23,6 +23,14 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 
+class InputError(ValueError):
+    """Bad input from the user (a job field, an option, a path, a flag, their own code).
+
+    The message names what is wrong and the fix. Every layer raises it (or a subclass); the
+    command line alone turns it into ``critbatch: error: ...`` and exit code 2.
+    """
+
+
 class Status(StrEnum):
     """Final status of a trial, as recorded in the last report and in MLflow."""
 
@@ -34,6 +42,22 @@ class Status(StrEnum):
         "stopped_early"  # the scheduler stopped it (set by the runner, not the trainable)
     )
     ERRORED = "errored"  # an exception (set by the runner)
+
+
+FINAL_STATUSES = frozenset(s.value for s in Status if s is not Status.RUNNING)
+
+
+def final_status(last_status: str | None, errored: bool = False) -> str:
+    """The status a finished trial is recorded with, from the ``status`` of its last report.
+
+    A trial that ended while its last report still said ``running`` (or never reported) was
+    stopped by the scheduler: ``stopped_early``. An exception makes it ``errored``.
+    """
+    if errored:
+        return Status.ERRORED.value
+    if last_status in FINAL_STATUSES:
+        return str(last_status)
+    return Status.STOPPED_EARLY.value
 
 
 # Keys every report carries. Units: step = optimizer steps taken so far; examples = step *
@@ -127,10 +151,4 @@ class Report(Protocol):
 
     def __call__(
         self, metrics: dict[str, Any], checkpoint: dict[str, Any] | None = None
-    ) -> None: ...
-
-
-class Trainable(Protocol):
-    def __call__(
-        self, config: TrialConfig, report: Report, state: dict[str, Any] | None = None
     ) -> None: ...

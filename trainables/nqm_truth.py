@@ -381,21 +381,21 @@ def ground_truth(
 
 
 def _parse_batch_sizes(text: str) -> list[int]:
-    from tune_jobs.cli import UsageError
+    from trainables.api import InputError
 
     try:
         sizes = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise UsageError(
+        raise InputError(
             f"--batch-sizes {text!r}: give comma-separated integers, e.g. 4,8,16"
         ) from None
     if not sizes or min(sizes) < 1:
-        raise UsageError(f"--batch-sizes {text!r}: give one or more positive integers, e.g. 4,8,16")
+        raise InputError(f"--batch-sizes {text!r}: give one or more positive integers, e.g. 4,8,16")
     return sorted(set(sizes))
 
 
 def _command(args) -> int:
-    from tune_jobs.cli import UsageError
+    from trainables.api import InputError
 
     checks = [
         ("--dim", args.dim >= 1, "give a positive integer, e.g. --dim 10000"),
@@ -406,21 +406,21 @@ def _command(args) -> int:
     ]
     for flag, ok, fix in checks:
         if not ok:
-            raise UsageError(f"{flag} {getattr(args, flag[2:].replace('-', '_'))}: {fix}")
+            raise InputError(f"{flag} {getattr(args, flag[2:].replace('-', '_'))}: {fix}")
     nqm = NQM(args.dim, args.exponent, args.noise_scale, args.s0)
     if not 0 < args.target < nqm.initial_loss():
-        raise UsageError(
+        raise InputError(
             f"--target {args.target}: give a loss in (0, {nqm.initial_loss():.4g}) (the initial loss)"
         )
     sizes = (
         _parse_batch_sizes(args.batch_sizes) if args.batch_sizes else list(REFERENCE_BATCH_SIZES)
     )
     if len(sizes) < 2:
-        raise UsageError("--batch-sizes: give at least two batch sizes to fit B_crit")
+        raise InputError("--batch-sizes: give at least two batch sizes to fit B_crit")
     try:
         truth = ground_truth(nqm, sizes, args.target, args.momentum)
     except ValueError as e:
-        raise UsageError(
+        raise InputError(
             f"--target {args.target}: {e}; raise the target or the batch sizes"
         ) from None
     if args.json:

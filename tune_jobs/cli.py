@@ -13,6 +13,8 @@ import argparse
 import importlib
 import sys
 
+from trainables.api import InputError
+
 COMMAND_MODULES = (
     "tune_jobs.commands",  # run, check, resume, quickstart, workloads
     "tune_jobs.cluster_commands",  # submit (a job file to a Ray cluster)
@@ -20,10 +22,6 @@ COMMAND_MODULES = (
     "trainables.nqm_truth",  # nqm (exact ground truth of the noisy quadratic model)
     "trainables.datasets.download",  # data download
 )
-
-
-class UsageError(Exception):
-    """Bad input from the user: printed as `critbatch: error: ...`, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except UsageError as e:
+    except InputError as e:
         print(f"critbatch: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -51,9 +49,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    # `python -m tune_jobs.cli`: run the imported module's main, so UsageError raised by
-    # subcommands (which import `tune_jobs.cli`) is the class caught here.
-    from tune_jobs.cli import main as _main
 
-    sys.exit(_main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from tune_jobs.cli import UsageError
+from trainables.api import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"  # `ray dashboard cluster.yaml` forwards it here
@@ -42,7 +42,7 @@ WORKING_DIR_EXCLUDES = [
 PROVIDERS = ("aws", "gcp", "azure", "local", "kuberay", "vsphere", "aliyun", "external")
 
 
-class ClusterConfigError(UsageError):
+class ClusterConfigError(InputError):
     """A cluster.yaml that `ray up` would reject, or that would expose a port: names the field and the fix."""
 
 
@@ -282,7 +282,7 @@ def submit_job(
     try:
         rel = job_file.relative_to(wd)
     except ValueError:
-        raise UsageError(
+        raise InputError(
             f"JOB: {str(job_path)!r} is outside the working_dir {wd} that is uploaded to the cluster; "
             "put the job file in the repo (e.g. tune_jobs/jobs/) or pass --working-dir"
         ) from None
@@ -290,13 +290,13 @@ def submit_job(
         job = load_job(job_file, _overrides(overrides))
         check_job_for_cluster(job)
     except JobError as e:
-        raise UsageError(str(e)) from None
+        raise InputError(str(e)) from None
 
     from ray.job_submission import JobSubmissionClient
 
     address = address or os.environ.get("RAY_ADDRESS") or DEFAULT_DASHBOARD
     if not address.startswith(("http://", "https://")):
-        raise UsageError(
+        raise InputError(
             f"--address: {address!r} is not a dashboard URL; `critbatch submit` talks to the Ray Jobs API, "
             f"e.g. --address {DEFAULT_DASHBOARD} after `ray dashboard cluster.yaml`"
         )
@@ -318,13 +318,13 @@ def submit_job(
     try:
         client = JobSubmissionClient(address)
     except AuthenticationError as e:
-        raise UsageError(
+        raise InputError(
             f"--address: the Ray dashboard at {address} refused the request ({str(e).splitlines()[0]}); "
             "it uses token authentication: copy the cluster's token (`ray get-auth-token` on the head) "
             "to ~/.ray/auth_token here, or set RAY_AUTH_TOKEN"
         ) from None
     except Exception as e:  # ConnectionError, or a RuntimeError from the handshake
-        raise UsageError(
+        raise InputError(
             f"--address: no Ray dashboard answers at {address} ({e.__class__.__name__}); run "
             f"`ray dashboard cluster.yaml` (it forwards {DEFAULT_DASHBOARD}) or give --address"
         ) from None

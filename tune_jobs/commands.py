@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from tune_jobs.cli import UsageError
+from trainables.api import InputError
 
 JOBS_DIR = Path(__file__).resolve().parent / "jobs"
 
@@ -102,7 +102,7 @@ def _overrides(pairs: list[str]) -> dict:
     out = {}
     for pair in pairs:
         if "=" not in pair:
-            raise UsageError(f"--set {pair!r}: write FIELD=VALUE, e.g. --set budget.max_steps=500")
+            raise InputError(f"--set {pair!r}: write FIELD=VALUE, e.g. --set budget.max_steps=500")
         k, v = pair.split("=", 1)
         out[k.strip()] = yaml.safe_load(v)
     return out
@@ -114,7 +114,7 @@ def _load(args):
     try:
         return load_job(args.job, _overrides(args.set))
     except JobError as e:
-        raise UsageError(str(e)) from None
+        raise InputError(str(e)) from None
 
 
 def plan_text(job) -> str:
@@ -210,7 +210,7 @@ def run_command(args) -> int:
         result = run_sweep(job, address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress,
                            job_yaml=args.job.read_text())  # fmt: skip
     except JobError as e:
-        raise UsageError(str(e)) from None
+        raise InputError(str(e)) from None
     _report_sweep(result, job, args.analyze)
     return 0
 
@@ -223,7 +223,7 @@ def resume_command(args) -> int:
         result = resume_sweep(args.sweep, args.storage, address=args.address, num_cpus=args.num_cpus,
                               progress=not args.no_progress)  # fmt: skip
     except JobError as e:
-        raise UsageError(str(e)) from None
+        raise InputError(str(e)) from None
     import json
 
     from tune_jobs.config import parse_job
@@ -239,7 +239,7 @@ def sync_command(args) -> int:
     p = Path(args.sweep)
     run_dir = p if (p / SWEEP_FILE).exists() else Path(args.storage) / args.sweep
     if not (run_dir / SWEEP_FILE).exists():
-        raise UsageError(f"no sweep {args.sweep!r} under {args.storage}; give the run folder")
+        raise InputError(f"no sweep {args.sweep!r} under {args.storage}; give the run folder")
     counts = sync_sweep(run_dir.resolve())
     print(
         f"synced: {counts['runs_created']} child runs created, {counts['points_sent']} metric points sent"
@@ -264,7 +264,7 @@ def quickstart_command(args) -> int:
         job = load_job(path, over)
         check_tracking_uri(job.tracking.uri)
     except JobError as e:
-        raise UsageError(str(e)) from None
+        raise InputError(str(e)) from None
     print(plan_text(job), flush=True)
     result = run_sweep(job, num_cpus=args.num_cpus, job_yaml=path.read_text())
     _report_sweep(result, job, not args.no_report)

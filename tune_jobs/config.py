@@ -19,10 +19,7 @@ from typing import Any
 import yaml
 
 from trainables.api import Schedule, Target, TrialConfig
-
-
-class JobError(ValueError):
-    """A job file (or flag) is invalid. The message names the field and the fix."""
+from tune_jobs.job_checks import JobError, check_values
 
 
 @dataclass(frozen=True)
@@ -355,8 +352,6 @@ def parse_job(data: Any, source: str = "job") -> JobConfig:
         raise JobError(
             f"{source}: a job file is a YAML mapping of fields (name, workload, batch_sizes, ...)"
         )
-    from tune_jobs.job_checks import check_values  # it needs JobError from here
-
     job = _build(JobConfig, data)
     check_values(job)
     return job

@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tune_jobs.config import JobConfig, JobError, ResourcesConfig
+from trainables.api import InputError
+
+if TYPE_CHECKING:  # annotations only: config.py imports this module
+    from tune_jobs.config import JobConfig, ResourcesConfig
+
+
+class JobError(InputError):
+    """A job file (or flag) is invalid. The message names the field and the fix."""
 
 
 def check_values(job: JobConfig) -> None:

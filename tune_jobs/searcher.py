@@ -18,7 +18,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.schedulers.async_hyperband import _Bracket
 from ray.tune.search import Searcher
 
-from trainables.api import Status
+from trainables.api import Status, final_status
 from tune_jobs.config import JobConfig
 from tune_jobs.lr_search import WAIT, LRSearch, Outcome, Proposal, study_name
 
@@ -26,12 +26,10 @@ from tune_jobs.lr_search import WAIT, LRSearch, Outcome, Proposal, study_name
 def trial_outcome(
     last: dict[str, Any], best_metric: float | None, censored_at: float | None = None
 ) -> Outcome:
-    status = last.get("status", Status.STOPPED_EARLY)
-    if status == Status.RUNNING:
-        status = Status.STOPPED_EARLY
+    status = final_status(last.get("status"))
     reached = last.get("steps_to_target")
     return Outcome(
-        str(status),
+        status,
         reached,
         best_metric,
         int(last.get("step", 0)),

@@ -267,13 +267,13 @@ def _fit(
 
     trials = []
     statuses: dict[str, tuple[str, str | None]] = {}
-    from tune_jobs.tracking import final_status
+    from trainables.api import final_status
 
     for res in grid:
         m = dict(res.metrics or {})
         cfg = m.get("config") or res.config or {}
         err = None if res.error is None else f"{type(res.error).__name__}: {res.error}"
-        status = final_status(m, errored=res.error is not None)
+        status = final_status(m.get("status"), errored=res.error is not None)
         tid = m.get("trial_id") or (res.path and Path(res.path).name.split("_")[-2])
         statuses[tid] = (status, err)
         trials.append({
@@ -354,7 +354,8 @@ def write_snapshot(client, parent_run_id: str, run_dir: Path) -> int | None:
 def sync_sweep(run_dir: Path) -> dict[str, int]:
     """Replay into MLflow what Tune recorded (after an MLflow outage), then rewrite the
     sweep's metrics snapshot (``snapshot_points``: -1 when it could not be written)."""
-    from tune_jobs.tracking import Tracker, final_status, read_results, reconcile
+    from trainables.api import final_status
+    from tune_jobs.tracking import Tracker, read_results, reconcile
 
     meta = json.loads((run_dir / SWEEP_FILE).read_text())
     tracker = Tracker(meta["tracking_uri"], meta["experiment_id"], meta["parent_run_id"], {})
@@ -362,7 +363,7 @@ def sync_sweep(run_dir: Path) -> dict[str, int]:
     for d in run_dir.iterdir():
         rows = read_results(d) if d.is_dir() else []
         if rows:
-            statuses[rows[-1]["trial_id"]] = (final_status(rows[-1]), None)
+            statuses[rows[-1]["trial_id"]] = (final_status(rows[-1].get("status")), None)
     counts = reconcile(tracker, run_dir, statuses)
     points = write_snapshot(tracker.client, tracker.parent_run_id, run_dir)
     return counts | {"snapshot_points": -1 if points is None else points}

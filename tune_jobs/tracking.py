@@ -22,7 +22,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from trainables.api import Status
+from trainables.api import Status, final_status
 
 log = logging.getLogger("critbatch.tracking")
 
@@ -62,14 +62,6 @@ def metric_points(result: dict[str, Any], timestamp_ms: int) -> list[Metric]:
             continue
         out.append(Metric(k, float(v) if math.isfinite(v) else float("nan"), timestamp_ms, step))
     return out
-
-
-def final_status(last: dict[str, Any] | None, errored: bool = False) -> str:
-    """A trial that completed while still `running` was stopped by the scheduler."""
-    if errored:
-        return str(Status.ERRORED)
-    s = (last or {}).get("status", Status.RUNNING)
-    return str(Status.STOPPED_EARLY) if s == Status.RUNNING else str(s)
 
 
 class Tracker:
@@ -291,7 +283,7 @@ class MlflowCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = self.last.pop(trial.trial_id, None) or trial.last_result
-        status = final_status(last)
+        status = final_status((last or {}).get("status"))
         if last is not None and self.objective_fn is not None:
             last = dict(last)
             last["objective"] = self.objective_fn(trial.trial_id, last)

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trainables.api import InputError
+
 ENV_VAR = "CRITBATCH_DATA"
 DEFAULT_ROOT = "~/.critbatch/data"
 
@@ -38,7 +40,7 @@ class ImageSplit:
         return int(self.labels.shape[0])
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(InputError, FileNotFoundError):
     """A dataset's files are not where the data root says; the message says how to get them."""
 
 
