@@ -41,8 +41,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from analysis.fits import fit_mccandlish  # noqa: E402
+from analysis.ground_truth import ground_truth  # noqa: E402
 from trainables.api import Status, Target, TrialConfig  # noqa: E402
-from trainables.nqm_truth import NQM, REFERENCE_BATCH_SIZES, fit_critical_batch, ground_truth  # noqa: E402
+from trainables.nqm_truth import NQM, REFERENCE_BATCH_SIZES  # noqa: E402
 from trainables.workloads.nqm import train_exact  # noqa: E402
 from tune_jobs.config import load_job  # noqa: E402
 from tune_jobs.lr_search import WAIT, LRSearch, Outcome, Proposal  # noqa: E402
@@ -134,9 +136,9 @@ def evaluate(result: dict, truth: dict) -> dict:
     found = result["best"]
     reached = [b for b in truth["batch_sizes"] if b in found]
     excess = [found[b] / opt[b] - 1 for b in reached]
-    fit = fit_critical_batch(reached, [found[b] for b in reached]) if len(reached) >= 2 else None
+    fit = fit_mccandlish(reached, [found[b] for b in reached]) if len(reached) >= 3 else None
     return {
-        "b_crit_err": abs(fit["b_crit"] / truth["b_crit"] - 1) if fit else math.inf,
+        "b_crit_err": abs(fit.b_crit / truth["b_crit"] - 1) if fit else math.inf,
         "excess": float(np.mean(excess)) if excess else math.inf,
         "compute": result["compute"] / sum(truth["steps"]),
         "miss": len(truth["batch_sizes"]) - len(reached),

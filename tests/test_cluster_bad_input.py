@@ -70,7 +70,7 @@ def test_gpus_of_a_cluster_that_autoscales_from_zero_are_accepted(
 ) -> None:
     """On the head of a `ray up` cluster with no GPU worker yet, the launcher's config says a
     GPU node can be added: the sweep must start (the first pending trial triggers the scale-up)."""
-    from tune_jobs.cluster_commands import check_cluster_config
+    from tune_jobs.cluster import check_cluster_config
     from tune_jobs.sweep import autoscaling_node_types, check_resources
 
     bootstrap = tmp_path / "ray_bootstrap_config.yaml"  # as `ray up` writes it on the head
@@ -143,7 +143,7 @@ def test_tracking_server_unreachable_at_start(tmp_path: Path) -> None:
 
 
 def test_malformed_cluster_yaml_is_named_and_fixable(tmp_path: Path) -> None:
-    from tune_jobs.cluster_commands import ClusterConfigError, check_cluster_config
+    from tune_jobs.cluster import ClusterConfigError, check_cluster_config
 
     cfg = yaml.safe_load((REPO / "cluster.yaml").read_text())
     cfg["available_node_types"]["gpu.g5"]["resources"] = {"CPU": "four", "GPU": 1}
@@ -173,7 +173,7 @@ def _job_file(dir_: Path, **fields) -> Path:
 
 
 def test_submit_refuses_results_that_would_die_with_the_job(tmp_path: Path) -> None:
-    from tune_jobs.cluster_commands import submit_job
+    from tune_jobs.cluster import submit_job
 
     with pytest.raises(
         InputError, match=r"^storage: 'critbatch_runs' is relative.*storage: /shared/critbatch_runs"
@@ -190,7 +190,7 @@ def test_submit_refuses_results_that_would_die_with_the_job(tmp_path: Path) -> N
 
 
 def test_submit_to_an_unreachable_dashboard_fails_fast(tmp_path: Path) -> None:
-    from tune_jobs.cluster_commands import submit_job
+    from tune_jobs.cluster import submit_job
 
     address = f"http://127.0.0.1:{_dead_port()}"
     t0 = time.time()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tune_jobs.cluster_commands import ClusterConfigError, check_cluster_config
+from tune_jobs.cluster import ClusterConfigError, check_cluster_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = [REPO / "cluster.yaml", *sorted((REPO / "cluster").glob("*.yaml"))]

@@ -8,14 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from trainables.nqm_truth import (
-    NQM,
-    SGDPath,
-    fit_critical_batch,
-    ground_truth,
-    optimal_lr,
-    steps_to_target,
-)
+from analysis.ground_truth import ground_truth
+from trainables.nqm_truth import NQM, SGDPath, optimal_lr, steps_to_target
 from tune_jobs.cli import main
 
 REFERENCE = NQM()  # dim 10^4, h_i = 1/i, c_i = h_i, s0 = 1
@@ -55,14 +49,6 @@ def test_crossing_time_is_continuous_version_of_steps():
     t = path.crossing_time(0.01)
     assert math.floor(t) + 1 == path.first_step(below=0.01)
     assert path.loss(t) == pytest.approx(0.01, rel=1e-9)
-
-
-def test_fit_recovers_a_known_curve():
-    b = np.array([2**j for j in range(2, 16)])
-    fit = fit_critical_batch(b, 1000.0 * (1 + 300.0 / b))
-    assert fit["b_crit"] == pytest.approx(300.0, rel=1e-6)
-    assert fit["s_min"] == pytest.approx(1000.0, rel=1e-6)
-    assert fit["e_min"] == pytest.approx(3e5, rel=1e-6)
 
 
 def test_ground_truth_obeys_the_known_regimes():

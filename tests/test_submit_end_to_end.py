@@ -33,7 +33,7 @@ from conftest import free_port
 from test_cluster_multinode import synthetic_job_data
 from test_sweep import children
 
-from tune_jobs.cluster_commands import WORKING_DIR_EXCLUDES
+from tune_jobs.cluster import WORKING_DIR_EXCLUDES
 
 pytestmark = pytest.mark.slow
 

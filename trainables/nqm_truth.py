@@ -1,4 +1,4 @@
-"""Exact ground truth of the noisy quadratic model (NQM; ../shared/SCIENCE.md §6).
+"""Exact ground truth of the noisy quadratic model (NQM; Zhang et al. 2019, "Which Algorithmic Choices Matter at Which Batch Sizes?"; docs/nqm.md).
 
 Loss L(theta) = 1/2 sum_i h_i theta_i^2, stochastic gradient g_i = h_i theta_i + noise_i with
 Var(noise_i) = c_i / B. Everything here is a pure function of (problem, batch size, LR,
@@ -15,13 +15,12 @@ momentum): no sampling, no torch.
   :class:`MomentumPath` scans a grid of relative resolution 1/64 by jumping with powers of M,
   then bisects inside the first grid interval that ends below the target.
 
-``critbatch nqm`` prints the optimal LR and minimal steps per batch size and the fitted
-critical batch size (McCandlish et al.: S = S_min (1 + B_crit / B)).
+:func:`exact_curve` gives the optimal LR and minimal steps per batch size; ``critbatch nqm``
+prints them with the fitted critical batch size (McCandlish et al.: S = S_min (1 + B_crit / B)).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 
@@ -343,29 +342,16 @@ def optimal_lr(
     return best
 
 
-def fit_critical_batch(batch_sizes, steps) -> dict[str, float]:
-    """Least squares on log S = log(S_min + E_min / B); returns b_crit = E_min / S_min and both.
-
-    ``b_crit_rel_se``: relative standard error of B_crit from the Jacobian (a fit-quality
-    figure; the NQM curve is exact, so it measures model misfit, not noise).
-    """
-    b = np.asarray(batch_sizes, float)
-    s = np.asarray(steps, float)
-    x0 = np.log([s.min(), (b * s).min()])
-    res = optimize.least_squares(lambda p: np.log(np.exp(p[0]) + np.exp(p[1]) / b) - np.log(s), x0)
-    s_min, e_min = (float(v) for v in np.exp(res.x))
-    dof = max(len(b) - 2, 1)
-    cov = np.linalg.pinv(res.jac.T @ res.jac) * float(res.fun @ res.fun) / dof
-    rel_se = math.sqrt(max(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1], 0.0))  # se of log(E_min/S_min)
-    return {"b_crit": e_min / s_min, "s_min": s_min, "e_min": e_min, "b_crit_rel_se": rel_se}
-
-
-def ground_truth(
+def exact_curve(
     nqm: NQM, batch_sizes=REFERENCE_BATCH_SIZES, target: float = 0.01, momentum: float = 0.0
 ) -> dict:
-    """Optimal LR and minimal steps per batch size, and the fitted critical batch size."""
+    """The optimal LR and minimal steps-to-target at each batch size, exactly.
+
+    The critical batch size of this curve is fitted by :func:`analysis.ground_truth.ground_truth`
+    with the same fitter the sweeps use, so the two are comparable.
+    """
     best = [optimal_lr(nqm, int(b), target, momentum) for b in batch_sizes]
-    out = {
+    return {
         "dim": nqm.dim,
         "exponent": nqm.exponent,
         "noise_scale": nqm.noise_scale,
@@ -376,81 +362,3 @@ def ground_truth(
         "best_lr": [lr for lr, _ in best],
         "steps": [k for _, k in best],
     }
-    out.update(fit_critical_batch(out["batch_sizes"], out["steps"]))
-    return out
-
-
-def _parse_batch_sizes(text: str) -> list[int]:
-    from trainables.api import InputError
-
-    try:
-        sizes = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise InputError(
-            f"--batch-sizes {text!r}: give comma-separated integers, e.g. 4,8,16"
-        ) from None
-    if not sizes or min(sizes) < 1:
-        raise InputError(f"--batch-sizes {text!r}: give one or more positive integers, e.g. 4,8,16")
-    return sorted(set(sizes))
-
-
-def _command(args) -> int:
-    from trainables.api import InputError
-
-    checks = [
-        ("--dim", args.dim >= 1, "give a positive integer, e.g. --dim 10000"),
-        ("--exponent", args.exponent >= 0, "give a value >= 0 (h_i = i^-exponent), e.g. 1"),
-        ("--noise-scale", args.noise_scale > 0, "give a value > 0 (c_i = scale * h_i), e.g. 1"),
-        ("--s0", args.s0 > 0, "give a value > 0 (initial E theta_i^2), e.g. 1"),
-        ("--momentum", 0 <= args.momentum < 1, "give a value in [0, 1), e.g. 0.9"),
-    ]
-    for flag, ok, fix in checks:
-        if not ok:
-            raise InputError(f"{flag} {getattr(args, flag[2:].replace('-', '_'))}: {fix}")
-    nqm = NQM(args.dim, args.exponent, args.noise_scale, args.s0)
-    if not 0 < args.target < nqm.initial_loss():
-        raise InputError(
-            f"--target {args.target}: give a loss in (0, {nqm.initial_loss():.4g}) (the initial loss)"
-        )
-    sizes = (
-        _parse_batch_sizes(args.batch_sizes) if args.batch_sizes else list(REFERENCE_BATCH_SIZES)
-    )
-    if len(sizes) < 2:
-        raise InputError("--batch-sizes: give at least two batch sizes to fit B_crit")
-    try:
-        truth = ground_truth(nqm, sizes, args.target, args.momentum)
-    except ValueError as e:
-        raise InputError(
-            f"--target {args.target}: {e}; raise the target or the batch sizes"
-        ) from None
-    if args.json:
-        print(json.dumps(truth, indent=2))
-        return 0
-    print(f"NQM dim={nqm.dim} h_i=i^-{nqm.exponent:g} c_i={nqm.noise_scale:g}*h_i s0={nqm.s0:g} "
-          f"target={args.target:g} momentum={args.momentum:g}")  # fmt: skip
-    print(f"{'batch_size':>10} {'best_lr':>12} {'steps':>12} {'examples':>14}")
-    for b, lr, k in zip(truth["batch_sizes"], truth["best_lr"], truth["steps"], strict=True):
-        print(f"{b:>10} {lr:>12.5g} {k:>12} {b * k:>14}")
-    print(
-        f"B_crit = {truth['b_crit']:.5g}  S_min = {truth['s_min']:.5g}  E_min = {truth['e_min']:.5g}"
-    )
-    return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "nqm",
-        help="exact ground truth of the noisy quadratic model: best LR, steps, B_crit",
-        description="Optimal learning rate and minimal steps-to-target per batch size of the "
-        "noisy quadratic model (exact expected-loss recurrence), and the fitted critical batch "
-        "size. Defaults: the reference setup of Zhang et al. 2019.",
-    )
-    p.add_argument("--dim", type=int, default=10_000, help="number of coordinates (10000)")
-    p.add_argument("--exponent", type=float, default=1.0, help="curvature h_i = i^-exponent (1)")
-    p.add_argument("--noise-scale", type=float, default=1.0, help="noise c_i = scale * h_i (1)")
-    p.add_argument("--s0", type=float, default=1.0, help="initial E theta_i^2 (1)")
-    p.add_argument("--target", type=float, default=0.01, help="target expected loss (0.01)")
-    p.add_argument("--batch-sizes", default="", help="comma-separated, e.g. 4,8,16 (2^2..2^21)")
-    p.add_argument("--momentum", type=float, default=0.0, help="heavy-ball momentum beta (0)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=_command)

@@ -357,6 +357,17 @@ def parse_job(data: Any, source: str = "job") -> JobConfig:
     return job
 
 
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``--set FIELD=VALUE`` flags as {dotted field: YAML value}."""
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise JobError(f"--set {pair!r}: write FIELD=VALUE, e.g. --set budget.max_steps=500")
+        k, v = pair.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
 def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> JobConfig:
     """Read and validate a YAML job file. ``overrides`` (dotted keys) replace fields."""
     p = Path(path)

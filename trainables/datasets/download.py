@@ -12,13 +12,12 @@ needs a login on its site, so it cannot be fetched by a script).
 
 from __future__ import annotations
 
-import argparse
 import importlib
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainables.api import InputError
 from trainables.datasets import images
 
 
@@ -151,7 +150,8 @@ def _module_download(source: DataSource) -> Callable[[Path], object] | None:
 def download(name: str, root: Path, force: bool = False) -> str:
     """Fetch dataset ``name`` into ``root``; returns what happened, in words.
 
-    Raises ``RuntimeError`` with the manual step when it cannot be fetched by a script.
+    Raises :class:`InputError` with the manual step when it cannot be fetched by a script, or
+    naming the dataset and the folder when the fetch fails (no network, a proxy, a full disk).
     """
     source = SOURCES[name]
     if source.present(root) and not force:
@@ -159,55 +159,14 @@ def download(name: str, root: Path, force: bool = False) -> str:
     root.mkdir(parents=True, exist_ok=True)
     fetch = source.fetch or _module_download(source)
     if fetch is None:
-        raise RuntimeError(
+        raise InputError(
             f"{name} cannot be downloaded by critbatch: {source.manual.replace('ROOT', str(root))}"
         )
-    fetch(root)
-    return f"{name}: downloaded into {root}"
-
-
-def _cmd_list(args: argparse.Namespace) -> int:
-    root, source = images.data_root(args.root or "")
-    print(f"data root: {root} (from {source})")
-    width = max(len(n) for n in SOURCES)
-    for name, s in SOURCES.items():
-        state = "present" if s.present(root) else "missing"
-        print(f"  {name:<{width}}  {state:<7}  {s.size:>7}  {s.description}")
-    print("get one with: critbatch data download <dataset> [--root DIR]")
-    return 0
-
-
-def _cmd_download(args: argparse.Namespace) -> int:
-    root, _ = images.data_root(args.root or "")
     try:
-        print(download(args.dataset, root, force=args.force))
-    except RuntimeError as e:
-        print(f"critbatch: error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:  # no network, a proxy, a full disk: say which dataset and where
-        print(
-            f"critbatch: error: downloading {args.dataset} into {root} failed: {e}", file=sys.stderr
-        )
-        return 1
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    data = subparsers.add_parser(
-        "data",
-        help="list and download the datasets the workloads read",
-        description="Datasets live under one data root: a job's data_root field, else "
-        "$CRITBATCH_DATA, else ~/.critbatch/data.",
-    )
-    sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    root_help = "data root (default: $CRITBATCH_DATA, else ~/.critbatch/data)"
-
-    ls = sub.add_parser("list", help="the datasets, and which are present under the data root")
-    ls.add_argument("--root", default="", help=root_help)
-    ls.set_defaults(func=_cmd_list)
-
-    dl = sub.add_parser("download", help="fetch a dataset into the data root (needs internet)")
-    dl.add_argument("dataset", choices=sorted(SOURCES), help="dataset to fetch")
-    dl.add_argument("--root", default="", help=root_help)
-    dl.add_argument("--force", action="store_true", help="fetch even if the files are present")
-    dl.set_defaults(func=_cmd_download)
+        fetch(root)
+    except OSError as e:
+        raise InputError(
+            f"downloading {name} into {root} failed: {e}; check the network, or place the files "
+            "there by hand (critbatch data list shows where)"
+        ) from None
+    return f"{name}: downloaded into {root}"

@@ -1,19 +1,18 @@
-"""`critbatch submit` (a job file to a Ray cluster) and `critbatch cluster-check` (a cluster.yaml).
+"""Ray clusters: lint a cluster.yaml offline, and submit a job to a cluster as a Ray Job.
 
-``submit`` sends the job as a Ray Job: the repo is the job's working_dir, the entrypoint is
+:func:`submit_job` sends the job as a Ray Job: the repo is the job's working_dir, the entrypoint is
 ``python -m tune_jobs.cli run JOB``, and the driver runs on the head node, next to the MLflow
 server. The job is validated here first, including what only matters on a cluster: its run
 folder and tracking store must outlive the job's temporary working_dir.
 
-``cluster-check`` is its own subcommand, not a flag of ``submit``: a cluster file is checked
-before ``ray up``, when there is neither a cluster nor a job to submit. It runs Ray's own
+:func:`check_cluster_config` (``critbatch cluster-check``) runs before ``ray up``, when there
+is neither a cluster nor a job to submit. It runs Ray's own
 offline validation (defaults, schema, node types) and critbatch's rules for a safe cluster
 (dashboard and MLflow bound to 127.0.0.1, no ports but SSH open to the internet).
 """
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import logging
 import os
@@ -204,47 +203,6 @@ def check_cluster_config(path: str | Path) -> dict[str, Any]:
     return cfg
 
 
-def _summary(cfg: dict[str, Any]) -> str:
-    lines = [
-        f"cluster {cfg['cluster_name']!r} on {cfg['provider']['type']}: max {cfg.get('max_workers')} workers"
-    ]
-    if cfg["provider"]["type"] == "local":
-        ips = cfg["provider"]["worker_ips"]
-        return (
-            lines[0]
-            + f"\n  head {cfg['provider']['head_ip']}, workers {', '.join(ips)}; resources detected by Ray"
-        )
-    for name, nt in cfg["available_node_types"].items():
-        role = (
-            "head"
-            if name == cfg["head_node_type"]
-            else f"workers {nt.get('min_workers', 0)}..{nt.get('max_workers')}"
-        )
-        kind = (
-            nt.get("node_config", {}).get("InstanceType")
-            or nt.get("node_config", {}).get("machineType")
-            or ""
-        )
-        nc = nt.get("node_config", {})
-        spot = (
-            " spot"
-            if "InstanceMarketOptions" in nc or "preemptible" in str(nc.get("scheduling", ""))
-            else ""
-        )
-        lines.append(
-            f"  {name}: {role} {kind}{spot} resources={nt.get('resources') or 'detected by Ray'}"
-        )
-    return "\n".join(lines)
-
-
-def cluster_check_command(args: argparse.Namespace) -> int:
-    for path in args.cluster:
-        cfg = check_cluster_config(path)
-        print(f"{path}: ok\n{_summary(cfg)}")
-    return 0
-
-
-# ---- submit -------------------------------------------------------------------------------
 def check_job_for_cluster(job: Any) -> None:
     """What a job needs on a cluster that a local run does not: results that outlive the Ray
     job's temporary working_dir, in places every node can reach."""
@@ -273,8 +231,7 @@ def submit_job(
     submission_id: str | None = None,
 ) -> tuple[Any, str]:
     """Validate a job file and submit it as a Ray Job; returns (client, submission id)."""
-    from tune_jobs.commands import _overrides
-    from tune_jobs.config import JobError, load_job
+    from tune_jobs.config import load_job, parse_overrides
 
     overrides = overrides or []
     wd = Path(working_dir).resolve()
@@ -286,11 +243,8 @@ def submit_job(
             f"JOB: {str(job_path)!r} is outside the working_dir {wd} that is uploaded to the cluster; "
             "put the job file in the repo (e.g. tune_jobs/jobs/) or pass --working-dir"
         ) from None
-    try:
-        job = load_job(job_file, _overrides(overrides))
-        check_job_for_cluster(job)
-    except JobError as e:
-        raise InputError(str(e)) from None
+    job = load_job(job_file, parse_overrides(overrides))
+    check_job_for_cluster(job)
 
     from ray.job_submission import JobSubmissionClient
 
@@ -375,73 +329,3 @@ def wait_for_job(client: Any, sid: str, timeout: float = 24 * 3600, echo: bool =
             return str(status.value if hasattr(status, "value") else status)
         time.sleep(2.0)
     raise TimeoutError(f"job {sid} still running after {timeout:.0f} s")
-
-
-def submit_command(args: argparse.Namespace) -> int:
-    client, sid = submit_job(args.job, address=args.address, overrides=args.set,
-                             working_dir=args.working_dir, python=args.python)  # fmt: skip
-    addr = args.address or os.environ.get("RAY_ADDRESS") or DEFAULT_DASHBOARD
-    print(
-        f"submitted {sid}\n"
-        f"  follow:  ray job logs --address {addr} --follow {sid}\n"
-        f"  status:  ray job status --address {addr} {sid}    (stop: ray job stop ... {sid})\n"
-        f"  trials:  the Ray dashboard at {addr} (Jobs, Cluster)\n"
-        f"  MLflow:  ray attach cluster.yaml -p 5000, then http://127.0.0.1:5000\n"
-        f"  resume after a head-node restart: critbatch submit again is NOT a resume; run\n"
-        f"           ray job submit --address {addr} --working-dir . -- python -m tune_jobs.cli resume NAME --storage STORAGE"
-    )
-    if not args.wait:
-        return 0
-    status = wait_for_job(client, sid)
-    print(f"\n{sid}: {status}")
-    return 0 if status == "SUCCEEDED" else 1
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "submit",
-        help="submit a job file to a Ray cluster as a Ray Job (the repo is its working_dir)",
-        description="Validate JOB locally, then run `python -m tune_jobs.cli run JOB` on the cluster as a Ray Job. "
-        "The job's storage must be a path every node mounts and its tracking.uri must outlive the job "
-        "(the head node's MLflow server: http://127.0.0.1:5000). See docs/cluster.md.",
-    )
-    p.add_argument(
-        "job", type=Path, help="YAML job file inside the working_dir (e.g. tune_jobs/jobs/...)"
-    )
-    p.add_argument(
-        "--address", help=f"Ray dashboard URL (default: $RAY_ADDRESS, else {DEFAULT_DASHBOARD})"
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="override a job field (as in `critbatch run`)",
-    )
-    p.add_argument(
-        "--working-dir",
-        default=str(REPO),
-        help="folder uploaded as the job's working_dir (default: this repo)",
-    )
-    p.add_argument(
-        "--python",
-        default="python",
-        help="interpreter on the cluster (default: `python` on the head's PATH)",
-    )
-    p.add_argument(
-        "--wait",
-        action="store_true",
-        help="follow the job's logs until it ends; exit 1 unless it succeeded",
-    )
-    p.set_defaults(func=submit_command)
-
-    p = sub.add_parser(
-        "cluster-check",
-        help="validate Ray cluster files offline (Ray's own validator + critbatch's exposure rules)",
-        description="Check cluster.yaml files before `ray up`: provider defaults, the launcher's schema, node types, "
-        "and that the dashboard and MLflow listen on 127.0.0.1 only. Needs no cloud credentials.",
-    )
-    p.add_argument(
-        "cluster", nargs="+", type=Path, help="cluster files (cluster.yaml, cluster/*.yaml)"
-    )
-    p.set_defaults(func=cluster_check_command)

@@ -7,8 +7,6 @@ import math
 import time
 from pathlib import Path
 
-import yaml
-
 from trainables.api import InputError
 
 JOBS_DIR = Path(__file__).resolve().parent / "jobs"
@@ -98,23 +96,10 @@ def _job_args(p) -> None:
                    help="override a field, e.g. --set lr_search.trials_per_batch_size=4 (YAML value)")  # fmt: skip
 
 
-def _overrides(pairs: list[str]) -> dict:
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise InputError(f"--set {pair!r}: write FIELD=VALUE, e.g. --set budget.max_steps=500")
-        k, v = pair.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out
-
-
 def _load(args):
-    from tune_jobs.config import JobError, load_job
+    from tune_jobs.config import load_job, parse_overrides
 
-    try:
-        return load_job(args.job, _overrides(args.set))
-    except JobError as e:
-        raise InputError(str(e)) from None
+    return load_job(args.job, parse_overrides(args.set))
 
 
 def plan_text(job) -> str:
@@ -201,32 +186,24 @@ def _report_sweep(result, job, analyze: bool) -> None:
 
 
 def run_command(args) -> int:
-    from tune_jobs.config import JobError
     from tune_jobs.sweep import run_sweep
 
     job = _load(args)
     print(plan_text(job), flush=True)
-    try:
-        result = run_sweep(job, address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress,
-                           job_yaml=args.job.read_text())  # fmt: skip
-    except JobError as e:
-        raise InputError(str(e)) from None
+    result = run_sweep(job, address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress,
+                       job_yaml=args.job.read_text())  # fmt: skip
     _report_sweep(result, job, args.analyze)
     return 0
 
 
 def resume_command(args) -> int:
-    from tune_jobs.config import JobError
-    from tune_jobs.sweep import resume_sweep
-
-    try:
-        result = resume_sweep(args.sweep, args.storage, address=args.address, num_cpus=args.num_cpus,
-                              progress=not args.no_progress)  # fmt: skip
-    except JobError as e:
-        raise InputError(str(e)) from None
     import json
 
     from tune_jobs.config import parse_job
+    from tune_jobs.sweep import resume_sweep
+
+    result = resume_sweep(args.sweep, args.storage, address=args.address, num_cpus=args.num_cpus,
+                          progress=not args.no_progress)  # fmt: skip
 
     job = parse_job(json.loads((result.run_dir / "sweep.json").read_text())["job"])
     _report_sweep(result, job, False)
@@ -250,7 +227,7 @@ def sync_command(args) -> int:
 
 
 def quickstart_command(args) -> int:
-    from tune_jobs.config import JobError, load_job
+    from tune_jobs.config import load_job
     from tune_jobs.sweep import check_tracking_uri, run_sweep
 
     over = {"name": f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}", "tracking.uri": args.tracking_uri,
@@ -260,11 +237,8 @@ def quickstart_command(args) -> int:
     if args.seed is not None:
         over["lr_search.seed"] = args.seed
     path = JOBS_DIR / "quickstart.yaml"
-    try:
-        job = load_job(path, over)
-        check_tracking_uri(job.tracking.uri)
-    except JobError as e:
-        raise InputError(str(e)) from None
+    job = load_job(path, over)
+    check_tracking_uri(job.tracking.uri)
     print(plan_text(job), flush=True)
     result = run_sweep(job, num_cpus=args.num_cpus, job_yaml=path.read_text())
     _report_sweep(result, job, not args.no_report)

@@ -1,10 +1,11 @@
 """The `critbatch` command: one subcommand per job, each with its own --help.
 
-Subcommands live beside the code they drive; each module listed in COMMAND_MODULES has
-``register(subparsers)`` that adds its subcommands with ``set_defaults(func=...)``; ``func``
-takes the parsed args and returns an exit code. Modules are imported when the parser is
-built, and each keeps its heavy imports (ray, torch, mlflow) inside the functions, so
-``critbatch --help`` is fast.
+Every command lives in this package, one module per group, listed in COMMAND_MODULES; each
+has ``register(subparsers)`` that adds its subcommands with ``set_defaults(func=...)``;
+``func`` takes the parsed args and returns an exit code. The layers below raise ordinary
+exceptions; :class:`trainables.api.InputError` (bad input: the message names the field and the
+fix) becomes ``critbatch: error: ...`` and exit code 2 here, and nowhere else. Modules keep
+their heavy imports (ray, torch, mlflow) inside the functions, so ``critbatch --help`` is fast.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import sys
 from trainables.api import InputError
 
 COMMAND_MODULES = (
-    "tune_jobs.commands",  # run, check, resume, quickstart, workloads
-    "tune_jobs.cluster_commands",  # submit (a job file to a Ray cluster)
-    "analysis.commands",  # analyze, fit
-    "trainables.nqm_truth",  # nqm (exact ground truth of the noisy quadratic model)
-    "trainables.datasets.download",  # data download
+    "tune_jobs.cli.run",  # run, check, resume, sync, quickstart, workloads
+    "tune_jobs.cli.cluster",  # submit (a job file to a Ray cluster), cluster-check
+    "tune_jobs.cli.analyze",  # analyze, fit
+    "tune_jobs.cli.nqm",  # nqm (exact ground truth of the noisy quadratic model)
+    "tune_jobs.cli.data",  # data list, data download
 )
 
 
@@ -48,7 +49,3 @@ def main(argv: list[str] | None = None) -> int:
         print("critbatch: interrupted; resume with `critbatch resume`", file=sys.stderr)
         return 130
 
-
-
-if __name__ == "__main__":
-    sys.exit(main())
