@@ -1,5 +1,8 @@
 """Read a sweep into the tidy frame: the one module in ``analysis/`` that reads MLflow or Ray.
 
+It only reads; what critbatch writes to MLflow is written from ``tune_jobs/`` (the names of
+both sides in :mod:`analysis.mlflow_layout`).
+
 ``load(source)`` returns one row per (trial, step) with the columns documented in
 ``analysis/frame.py``: ``trial, batch_size, lr, strategy, seed, step, examples, status``,
 then one float column per logged metric. ``source`` is an MLflow experiment name, a parent
@@ -11,7 +14,7 @@ MLflow histories are fetched in bulk: one SQL query per 500 runs for SQL stores,
 ``get-history-bulk`` endpoint (100 runs per request, on a thread pool) for ``http(s)://``
 servers, and one ``get_metric_history`` call per run and metric only as the fallback
 (``fetch="per-metric"``). A finished sweep's parent run also carries a metrics snapshot
-(``critbatch/metrics.parquet``, written by :func:`write_metrics_snapshot` when the sweep ends):
+(``critbatch/metrics.parquet``, written by :func:`tune_jobs.publish.write_metrics_snapshot` when the sweep ends):
 one download replaces the fetch for every trial whose latest metrics, as ``search_runs``
 returns them, show nothing was logged after it. ``docs/loading.md`` has the details and the
 measured speed.
@@ -24,9 +27,8 @@ import math
 import os
 import re
 import tempfile
-import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
@@ -37,28 +39,26 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from analysis.frame import REQUIRED_COLUMNS as TRIAL_COLUMNS
+from analysis.mlflow_layout import (
+    PARENT_TAG,
+    ROLE_SWEEP,
+    ROLE_TAG,
+    ROLE_TRIAL,
+    SNAPSHOT_COLUMNS,
+    SNAPSHOT_TAG,
+    STATUS_TAG,
+    STEP_LR,
+    TRIAL_ID_TAG,
+    is_tune_key,
+)
 from trainables.api import InputError, final_status
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-ROLE_TAG, PARENT_TAG = "critbatch.role", "mlflow.parentRunId"
-TRIAL_ID_TAG, STATUS_TAG = "critbatch.trial_id", "critbatch.status"
-STEP_LR = "lr_at_step"  # the per-step `lr` metric; `lr` is the trial's (peak) learning rate
-# Tune's own keys in result.json: bookkeeping, not metrics.
-TUNE_KEYS = {
-    "config", "trial_id", "date", "timestamp", "time_this_iter_s", "time_total_s", "pid",
-    "hostname", "node_ip", "time_since_restore", "iterations_since_restore", "done",
-    "training_iteration", "checkpoint_dir_name", "should_checkpoint", "experiment_tag",
-    "episodes_total", "timesteps_total", "timesteps_since_restore", "experiment_id",
-}  # fmt: skip
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 BULK_ENDPOINT = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
 BULK_MAX_RUNS, BULK_MAX_POINTS = 100, 25_000  # limits of the server's bulk endpoint
 Fetch = Literal["auto", "sql", "rest-bulk", "per-metric"]
-HISTORY_COLUMNS = ["run_id", "key", "step", "timestamp", "value"]
-# Every point of a sweep's trial runs, one artifact on its parent run, and the parent tag that
-# says it is complete (set after the upload): JSON {"path", "runs", "points", "written_ms"}.
-SNAPSHOT_DIR, SNAPSHOT_FILE = "critbatch", "metrics.parquet"
-SNAPSHOT_TAG = "critbatch.metrics_snapshot"
+HISTORY_COLUMNS = list(SNAPSHOT_COLUMNS)
 
 
 class SweepNotFoundError(InputError, LookupError):
@@ -130,7 +130,7 @@ def _ray_trial_frame(result_json: Path) -> pd.DataFrame:
         raise ValueError(f"{result_json}: trial config lacks {missing}; not a critbatch trial")
     errored = any((result_json.parent / n).exists() for n in ("error.txt", "error.pkl"))
     status = final_status(rows[-1].get("status"), errored)
-    metrics = pd.DataFrame([{k: v for k, v in r.items() if k not in TUNE_KEYS} for r in rows])
+    metrics = pd.DataFrame([{k: v for k, v in r.items() if not is_tune_key(k)} for r in rows])
     metrics = metrics.rename(columns={"lr": STEP_LR}).drop(columns=["status"], errors="ignore")
     if "step" not in metrics:
         metrics["step"] = [r.get("training_iteration", i + 1) for i, r in enumerate(rows)]
@@ -157,7 +157,7 @@ def find_parent_run(source: str, tracking_uri: str | None = None) -> Run:
         except MlflowException:
             run = None
         if run is not None:
-            if run.data.tags.get(ROLE_TAG) == "trial" and PARENT_TAG in run.data.tags:
+            if run.data.tags.get(ROLE_TAG) == ROLE_TRIAL and PARENT_TAG in run.data.tags:
                 return client.get_run(run.data.tags[PARENT_TAG])
             return run
     experiment = client.get_experiment_by_name(source)
@@ -171,7 +171,7 @@ def find_parent_run(source: str, tracking_uri: str | None = None) -> Run:
         )
     parents = client.search_runs(
         [experiment.experiment_id],
-        filter_string=f"tags.`{ROLE_TAG}` = 'sweep'",
+        filter_string=f"tags.`{ROLE_TAG}` = '{ROLE_SWEEP}'",
         order_by=["attributes.start_time DESC"],
         max_results=50,
     )
@@ -337,29 +337,6 @@ def _fetch_per_metric(client: MlflowClient, wanted: dict[str, list[str]]) -> lis
 
 
 # ---------------------------------------------------------------- metrics snapshot
-def write_metrics_snapshot(client: MlflowClient, parent_run_id: str, fetch: Fetch = "auto") -> dict:
-    """Every logged point of the sweep's trial runs as one artifact on its parent run,
-    ``critbatch/metrics.parquet`` (columns as :func:`fetch_histories` returns them, NaN kept),
-    then the parent tag ``critbatch.metrics_snapshot`` with a summary, which is returned.
-
-    Read back from the store (the fastest fetch it allows), so it holds exactly what MLflow
-    holds. Written when a sweep ends and by ``critbatch sync``; loading uses it only for runs
-    with nothing logged since (:func:`fresh_run_ids`), so an old snapshot is never wrong, only
-    less useful."""
-    parent = client.get_run(parent_run_id)
-    runs = find_trial_runs(client, parent)
-    history = fetch_histories(client, runs, fetch)
-    history = history.astype({"step": "int64", "timestamp": "int64", "value": "float64"})
-    with tempfile.TemporaryDirectory(prefix="critbatch-snapshot-") as tmp:
-        path = Path(tmp) / SNAPSHOT_FILE
-        history.to_parquet(path, index=False, compression="zstd")  # pyarrow: an mlflow dependency
-        client.log_artifact(parent_run_id, str(path), SNAPSHOT_DIR)
-    summary = {"path": f"{SNAPSHOT_DIR}/{SNAPSHOT_FILE}", "runs": len(runs),
-               "points": len(history), "written_ms": int(time.time() * 1000)}  # fmt: skip
-    client.set_tag(parent_run_id, SNAPSHOT_TAG, json.dumps(summary))
-    return summary
-
-
 def read_metrics_snapshot(client: MlflowClient, parent: Run) -> pd.DataFrame | None:
     """The parent run's metrics snapshot, or None when it has none (no tag) or it cannot be
     read (a warning says why; loading then fetches every history)."""
@@ -492,27 +469,3 @@ def load_steps_csv(path: str | os.PathLike) -> pd.DataFrame:
             )  # row + 2: 1-based, after the header line
         df[col] = values.astype(int)
     return df[cols].reset_index(drop=True)
-
-
-def log_report_artifacts(
-    source: str | os.PathLike,
-    files: Iterable[str | os.PathLike],
-    tracking_uri: str | None = None,
-    artifact_path: str = "report",
-) -> str | None:
-    """Log report files on the sweep's parent run when ``source`` is in MLflow; return that
-    run's id. A folder or CSV source has no run to log to: nothing is done, None returned."""
-    if Path(source).exists():
-        return None
-    files = [Path(f) for f in files]
-    if absent := [str(f) for f in files if not f.exists()]:
-        raise FileNotFoundError(f"report files not found: {absent}")
-    uri = resolve_tracking_uri(tracking_uri)
-    parent = find_parent_run(str(source), uri)
-    client = open_client(uri)
-    for f in files:
-        if f.is_dir():
-            client.log_artifacts(parent.info.run_id, str(f), f"{artifact_path}/{f.name}")
-        else:
-            client.log_artifact(parent.info.run_id, str(f), artifact_path)
-    return parent.info.run_id

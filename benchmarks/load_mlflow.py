@@ -171,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         find_parent_run,
         find_trial_runs,
         load,
-        write_metrics_snapshot,
     )
+    from tune_jobs.publish import write_metrics_snapshot
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=1000, help="child runs in the sweep")

@@ -20,9 +20,9 @@ from analysis.loaders import (
     find_trial_runs,
     load,
     load_steps_csv,
-    log_report_artifacts,
 )
 from benchmarks.load_mlflow import log_sweep
+from tune_jobs.publish import log_report_artifacts
 
 NAN = math.nan
 TYPES = {"trial": str, "batch_size": int, "lr": float, "strategy": str, "seed": int}

@@ -13,16 +13,16 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from analysis.loaders import (
-    SNAPSHOT_TAG,
     fetch_histories,
     find_parent_run,
     find_trial_runs,
     fresh_run_ids,
     load,
     read_metrics_snapshot,
-    write_metrics_snapshot,
 )
+from analysis.mlflow_layout import SNAPSHOT_TAG
 from benchmarks.load_mlflow import log_sweep
+from tune_jobs.publish import write_metrics_snapshot
 
 KEY = ["run_id", "key", "step", "timestamp"]
 

@@ -1,4 +1,4 @@
-"""Learning-rate strategies as pure functions of the step (../shared/SCIENCE.md §1).
+"""Learning-rate strategies as pure functions of the step (docs/science.md §1).
 
 ``peak_lr`` turns a strategy into the learning rate used at batch size B; ``lr_at`` gives the
 rate at a step, with linear warm-up and optional step decay. Both are pure: no optimizer, no

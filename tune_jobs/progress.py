@@ -14,9 +14,8 @@ from tune_jobs.config import JobConfig
 class ProgressCallback(Callback):
     """Prints one compact line per batch size when something changed (at most every few s)."""
 
-    def __init__(self, job: JobConfig, searcher, every_s: float = 3.0, stream=None):
+    def __init__(self, job: JobConfig, every_s: float = 3.0, stream=None):
         self.job = job
-        self.searcher = searcher
         self.every_s = every_s
         self.stream = stream or sys.stdout
         self.done: dict[int, int] = dict.fromkeys(job.batch_sizes, 0)

@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -22,6 +21,15 @@ from typing import Any
 
 import yaml
 
+from analysis.mlflow_layout import (
+    GIT_COMMIT_TAG,
+    PARENT_TAG,
+    ROLE_SWEEP,
+    ROLE_TAG,
+    RUN_DIR_TAG,
+    TRIAL_ID_TAG,
+    VERSION_TAG_PREFIX,
+)
 from tune_jobs.config import JobConfig, JobError, ResourcesConfig, parse_job
 from tune_jobs.preflight import (  # noqa: F401  (re-exported: tests and tools import them from here)
     AUTOSCALING_CONFIG,
@@ -56,7 +64,6 @@ class SweepResult:
     wall_time_s: float
 
 
-# ---- preflight --------------------------------------------------------------------------------
 def run_dir_of(job: JobConfig) -> Path:
     return Path(job.storage).expanduser().resolve() / job.name
 
@@ -114,11 +121,11 @@ def _start_tracking(job: JobConfig, run_dir: Path, job_yaml: str) -> tuple[str, 
     exp = client.get_experiment_by_name(job.experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(job.experiment)
     tags = {
-        "critbatch.role": "sweep",
-        "critbatch.run_dir": str(run_dir),
-        "critbatch.git_commit": git_commit(),
+        ROLE_TAG: ROLE_SWEEP,
+        RUN_DIR_TAG: str(run_dir),
+        GIT_COMMIT_TAG: git_commit(),
     }
-    tags.update({f"critbatch.version.{k}": v for k, v in package_versions().items()})
+    tags.update({f"{VERSION_TAG_PREFIX}{k}": v for k, v in package_versions().items()})
     run = client.create_run(exp_id, run_name=job.name, tags=tags)
     from mlflow.entities import Param
 
@@ -238,7 +245,7 @@ def _fit(
     tracker.fresh = not restore
     callbacks = [JsonLoggerCallback(), MlflowCallback(tracker, searcher.objective_for)]
     if progress:
-        callbacks.append(ProgressCallback(job, searcher))
+        callbacks.append(ProgressCallback(job))
     run_config = tune.RunConfig(
         name=job.name,
         storage_path=str(run_dir.parent),
@@ -316,11 +323,11 @@ def _delete_orphans(tracker, known: set[str]) -> None:
     checkpointing the experiment) would count a trial twice: delete them."""
     runs = tracker.client.search_runs(
         [tracker.experiment_id],
-        f"tags.`mlflow.parentRunId` = '{tracker.parent_run_id}'",
+        f"tags.`{PARENT_TAG}` = '{tracker.parent_run_id}'",
         max_results=50000,
     )
     for r in runs:
-        if r.data.tags.get("critbatch.trial_id") not in known:
+        if r.data.tags.get(TRIAL_ID_TAG) not in known:
             tracker.client.delete_run(r.info.run_id)
 
 
@@ -338,7 +345,7 @@ def write_snapshot(client, parent_run_id: str, run_dir: Path) -> int | None:
     """The sweep's metrics snapshot on its parent run (docs/loading.md: loading then downloads
     one file instead of every history); its number of points, or None when it could not be
     written: that never fails the sweep, and `critbatch sync` writes it later."""
-    from analysis.loaders import write_metrics_snapshot
+    from tune_jobs.publish import write_metrics_snapshot
 
     try:
         return write_metrics_snapshot(client, parent_run_id)["points"]
@@ -367,7 +374,3 @@ def sync_sweep(run_dir: Path) -> dict[str, int]:
     counts = reconcile(tracker, run_dir, statuses)
     points = write_snapshot(tracker.client, tracker.parent_run_id, run_dir)
     return counts | {"snapshot_points": -1 if points is None else points}
-
-
-def remove_sweep(run_dir: Path) -> None:
-    shutil.rmtree(run_dir, ignore_errors=True)

@@ -22,21 +22,21 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from analysis.mlflow_layout import (
+    ERROR_TAG,
+    NON_METRICS,
+    PARENT_TAG,
+    ROLE_TAG,
+    ROLE_TRIAL,
+    STATUS_TAG,
+    TRIAL_ID_TAG,
+    TRIAL_PARAMS,
+    is_tune_key,
+)
 from trainables.api import Status, final_status
 
 log = logging.getLogger("critbatch.tracking")
 
-PARAM_KEYS = (
-    "batch_size",
-    "lr",
-    "seed",
-    "strategy",
-    "workload",
-    "study",
-    "study_trial",
-    "max_steps",
-)
-NON_METRICS = {"status", "steps_to_target", "step"}
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
 MAX_PARAMS = 100  # and of params
 
@@ -46,19 +46,9 @@ def metric_points(result: dict[str, Any], timestamp_ms: int) -> list[Metric]:
     step = int(result.get("step", 0))
     out = []
     for k, v in result.items():
-        if k in NON_METRICS or k.startswith(("config", "time_", "timestamp", "training_iteration")):
+        if k in NON_METRICS or is_tune_key(k):
             continue
         if isinstance(v, bool) or not isinstance(v, int | float):
-            continue
-        if k in (
-            "time_this_iter_s",
-            "time_total_s",
-            "time_since_restore",
-            "iterations_since_restore",
-            "pid",
-        ):
-            continue
-        if k.startswith(("iterations_", "node_", "done", "hostname")):
             continue
         out.append(Metric(k, float(v) if math.isfinite(v) else float("nan"), timestamp_ms, step))
     return out
@@ -133,7 +123,7 @@ class Tracker:
     def find_child(self, trial_id: str) -> str | None:
         runs = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`critbatch.trial_id` = '{trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
+            filter_string=f"tags.`{TRIAL_ID_TAG}` = '{trial_id}' and tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
             max_results=5,
         )
         return runs[0].info.run_id if runs else None
@@ -148,16 +138,16 @@ class Tracker:
                 self.logged_step[trial_id] = last_logged_step(self.client, run_id)
             else:
                 tags = {
-                    "mlflow.parentRunId": self.parent_run_id,
-                    "critbatch.role": "trial",
-                    "critbatch.trial_id": trial_id,
-                    "critbatch.status": Status.RUNNING,
+                    PARENT_TAG: self.parent_run_id,
+                    ROLE_TAG: ROLE_TRIAL,
+                    TRIAL_ID_TAG: trial_id,
+                    STATUS_TAG: Status.RUNNING,
                 }
                 run = self.client.create_run(
                     self.experiment_id, tags=tags, run_name=f"bs{config['batch_size']}-{trial_name}"
                 )
                 run_id = run.info.run_id
-                params = {k: config[k] for k in PARAM_KEYS if k in config}
+                params = {k: config[k] for k in TRIAL_PARAMS if k in config}
                 params.update(self.job_params)
                 # Sent with the run's first metrics (one request fewer per trial).
                 self.pending_params[trial_id] = [Param(k, str(v)) for k, v in params.items()]
@@ -235,7 +225,7 @@ class Tracker:
     def _final_parts(
         status: str, last: dict[str, Any] | None, error: str | None
     ) -> tuple[list[Metric], list[RunTag]]:
-        metrics, tags = [], [RunTag("critbatch.status", status)]
+        metrics, tags = [], [RunTag(STATUS_TAG, status)]
         now = int(time.time() * 1000)
         step = int((last or {}).get("step", 0))
         if last and last.get("steps_to_target") is not None:
@@ -243,7 +233,7 @@ class Tracker:
         if last and last.get("objective") is not None:
             metrics.append(Metric("objective", float(last["objective"]), now, step))
         if error:
-            tags.append(RunTag("critbatch.error", error[-4900:]))
+            tags.append(RunTag(ERROR_TAG, error[-4900:]))
         return metrics, tags
 
     def _finish(
@@ -369,6 +359,6 @@ def reconcile(
         if trial_id in statuses:
             status, err = statuses[trial_id]
             run = tracker.client.get_run(run_id)
-            if run.data.tags.get("critbatch.status") != status or run.info.status == "RUNNING":
+            if run.data.tags.get(STATUS_TAG) != status or run.info.status == "RUNNING":
                 tracker._finish(trial_id, status, rows[-1], err)
     return {"runs_created": created, "points_sent": sent}

@@ -141,6 +141,7 @@ def _default_out(source: str) -> Path:
 def analyze_command(args: argparse.Namespace) -> int:
     from analysis import loaders
     from analysis.report import write_report
+    from tune_jobs.publish import log_report_artifacts
 
     try:
         df = loaders.load(args.source, args.tracking_uri, snapshot=not args.no_snapshot)
@@ -165,7 +166,7 @@ def analyze_command(args: argparse.Namespace) -> int:
     if not args.no_log_artifacts:
         files = [result.html, result.summary_csv, result.summary_json, result.out_dir / "figures"]
         try:
-            run_id = loaders.log_report_artifacts(args.source, files, args.tracking_uri)
+            run_id = log_report_artifacts(args.source, files, args.tracking_uri)
         except Exception as e:  # the report exists; say why it is not in MLflow
             print(
                 f"critbatch: error: report written but not logged to MLflow: {e}", file=sys.stderr
