@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 from mlflow.entities import Run, ViewType
@@ -246,6 +246,17 @@ def fetch_sweep_histories(
     return pd.concat(parts, ignore_index=True)
 
 
+def tracking_store(client: MlflowClient) -> Any:
+    """The store behind a client (SqlAlchemyStore, RestStore, ...), to pick the fastest fetch.
+
+    MLflow has no public accessor; this private attribute is pinned by
+    tests/test_ray_internals.py::test_mlflow_store_accessor against MLFLOW_VERSION."""
+    return client._tracking_client.store
+
+
+MLFLOW_VERSION = "3.17.2"  # the version tracking_store was checked against
+
+
 def fetch_histories(
     client: MlflowClient, runs: Sequence[Run], fetch: Fetch = "auto"
 ) -> pd.DataFrame:
@@ -254,7 +265,7 @@ def fetch_histories(
     from mlflow.store.tracking.rest_store import RestStore
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    store = client._tracking_client.store  # the store behind the client; no public accessor
+    store = tracking_store(client)
     if fetch == "auto":
         fetch = (
             "sql" if isinstance(store, SqlAlchemyStore)

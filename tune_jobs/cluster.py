@@ -14,7 +14,6 @@ offline validation (defaults, schema, node types) and critbatch's rules for a sa
 from __future__ import annotations
 
 import difflib
-import logging
 import os
 import re
 import sys
@@ -132,14 +131,9 @@ def check_cluster_config(path: str | Path) -> dict[str, Any]:
     resources of an instance type) need credentials and are left to `ray up`.
     Raises :class:`ClusterConfigError` naming the field and the fix.
     """
-    import logging
-
     import jsonschema
-    from ray.autoscaler._private.util import prepare_config, validate_config
 
-    logging.getLogger("ray.autoscaler").setLevel(
-        logging.WARNING
-    )  # "setting max workers ..." chatter
+    from tune_jobs.ray_internals import validate_cluster_config
 
     p = Path(path)
     if not p.is_file():
@@ -187,8 +181,7 @@ def check_cluster_config(path: str | Path) -> dict[str, Any]:
                 f"{p}: available_node_types.{name}.min_workers: above its max_workers; lower min_workers or raise max_workers"
             )
     try:
-        cfg = prepare_config(raw)
-        validate_config(cfg)
+        cfg = validate_cluster_config(raw)
     except jsonschema.ValidationError as e:
         raise ClusterConfigError(f"{p}: {_schema_error(e)}") from None
     except (ValueError, KeyError, AssertionError, RuntimeError) as e:
@@ -254,21 +247,14 @@ def submit_job(
             f"--address: {address!r} is not a dashboard URL; `critbatch submit` talks to the Ray Jobs API, "
             f"e.g. --address {DEFAULT_DASHBOARD} after `ray dashboard cluster.yaml`"
         )
-    from ray._private.authentication.authentication_token_setup import (
-        maybe_enable_token_auth_if_token_available,
-    )
     from ray.exceptions import AuthenticationError
+
+    from tune_jobs.ray_internals import use_auth_token_if_present
 
     # A cluster with token auth (Ray >= 2.52; `ray start` turns it on when ~/.ray/auth_token
     # exists) answers 401 without the token. `ray start` and `ray.init(address=...)` use a token
     # they find, but the Jobs client only sends it when RAY_AUTH_MODE=token: do as `ray start`.
-    auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
-    level = auth_log.level
-    auth_log.setLevel(logging.ERROR)  # its "enabled for this Ray cluster" is about a local one
-    try:
-        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-    finally:
-        auth_log.setLevel(level)
+    use_auth_token_if_present()
     try:
         client = JobSubmissionClient(address)
     except AuthenticationError as e:

@@ -15,12 +15,12 @@ import pickle
 from typing import Any
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
-from ray.tune.schedulers.async_hyperband import _Bracket
 from ray.tune.search import Searcher
 
 from trainables.api import Status, final_status
 from tune_jobs.config import JobConfig
 from tune_jobs.lr_search import WAIT, LRSearch, Outcome, Proposal, study_name
+from tune_jobs.ray_internals import asha_bracket
 
 
 def trial_outcome(
@@ -195,7 +195,7 @@ class PerBatchSizeScheduler(FIFOScheduler):
         self.sign = 1.0 if job.target.direction == "max" else -1.0
         self.target_metric = job.target.metric
         self.searcher = searcher
-        self.brackets: dict[str, _Bracket] = {}
+        self.brackets: dict[str, Any] = {}  # study -> its ASHA bracket
         self.stopped: set[str] = set()
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
@@ -227,9 +227,7 @@ class PerBatchSizeScheduler(FIFOScheduler):
             return TrialScheduler.CONTINUE
         bracket = self.brackets.get(study)
         if bracket is None:
-            bracket = self.brackets[study] = _Bracket(
-                self.grace, self.max_steps, self.rf, 0, stop_last_trials=False
-            )
+            bracket = self.brackets[study] = asha_bracket(self.grace, self.max_steps, self.rf)
         action = bracket.on_result(trial, step, self.sign * value)
         if action == TrialScheduler.STOP:
             self.stopped.add(trial.trial_id)
