@@ -12,36 +12,15 @@ search; per (batch size, seed) it is kept separately so the bootstrap can resamp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from analysis.frame import AnalysisError, validate_frame
+from trainables.api import Target
 
 Direction = Literal["min", "max"]
-
-
-@dataclass(frozen=True)
-class Target:
-    """Reach `metric` <= value (direction min) or >= value (direction max); `rule` says how
-    the value was chosen, for the report."""
-
-    metric: str
-    value: float
-    direction: Direction = "min"
-    rule: str = "fixed goal"
-
-    def __post_init__(self) -> None:
-        if self.direction not in ("min", "max"):
-            raise AnalysisError(f"direction must be 'min' or 'max', got {self.direction!r}")
-        if not np.isfinite(self.value):
-            raise AnalysisError(f"target value must be a finite number, got {self.value!r}")
-
-    def describe(self) -> str:
-        op = "<=" if self.direction == "min" else ">="
-        return f"{self.metric} {op} {self.value:.6g} ({self.rule})"
 
 
 def smooth_ema(df: pd.DataFrame, metric: str, beta: float | None) -> pd.Series:

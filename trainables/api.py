@@ -77,11 +77,34 @@ REQUIRED_METRICS = (
 
 @dataclass(frozen=True)
 class Target:
-    """The goal a trial races to: ``metric`` reaching ``value`` in ``direction``."""
+    """The goal a trial races to: ``metric`` reaching ``value`` in ``direction``.
+
+    The one definition for the job file (``target:``), the trainable (when to stop) and the
+    analysis (where a curve crosses). ``rule`` says how the value was chosen, for the report.
+    """
 
     metric: str = "eval_loss"
+    """Metric the trials race to (a metric the workload reports; see `critbatch workloads`)."""
     value: float = 0.3
-    direction: str = "min"  # "min": reached when metric <= value; "max": when metric >= value
+    """Threshold of the metric."""
+    direction: str = "min"
+    """`min`: reached when metric <= value; `max`: when metric >= value."""
+    rule: str = "fixed goal"
+    """How the value was chosen (shown in the report), e.g. `fixed goal`, `sweep target`."""
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("min", "max"):
+            raise InputError(
+                f"target.direction: {self.direction!r}; use min (loss-like) or max (accuracy-like)"
+            )
+        if isinstance(self.value, bool) or not isinstance(self.value, int | float):
+            raise InputError(f"target.value: {self.value!r} is not a number")
+        if not math.isfinite(self.value):
+            raise InputError(f"target.value: must be a finite number, got {self.value!r}")
+
+    def describe(self) -> str:
+        op = "<=" if self.direction == "min" else ">="
+        return f"{self.metric} {op} {self.value:.6g} ({self.rule})"
 
     def reached(self, x: float) -> bool:
         if x is None or not math.isfinite(x):

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from trainables.api import Schedule, Target, TrialConfig
+from trainables.api import InputError, Schedule, Target, TrialConfig
 from tune_jobs.job_checks import JobError, check_values
 
 
@@ -75,16 +75,6 @@ class LRSearchConfig:
     study. Far less compute (on the NQM the small, expensive batch sizes then need about 3
     trials each), but one trial at a time per seed; false: all batch sizes advance together
     in rounds."""
-
-
-@dataclass(frozen=True)
-class TargetConfig:
-    metric: str = "eval_loss"
-    """Metric the trials race to (a metric the workload reports; see `critbatch workloads`)."""
-    value: float = 0.3
-    """Threshold of the metric."""
-    direction: str = "min"
-    """`min`: reached when metric <= value; `max`: when metric >= value."""
 
 
 @dataclass(frozen=True)
@@ -163,7 +153,7 @@ class JobConfig:
     """Training seeds; one study per (batch size, seed)."""
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     lr_search: LRSearchConfig = field(default_factory=LRSearchConfig)
-    target: TargetConfig = field(default_factory=TargetConfig)
+    target: Target = field(default_factory=Target)
     budget: BudgetConfig = field(default_factory=lambda: BudgetConfig(max_steps=1000))
     eval_every: int = 10
     """Steps between evaluations and reports."""
@@ -244,7 +234,7 @@ class JobConfig:
             seed=seed,
             max_steps=self.max_steps_for(batch_size, train_size),
             eval_every=self.eval_every,
-            target=Target(self.target.metric, self.target.value, self.target.direction),
+            target=self.target,
             schedule=self.schedule(),
             momentum=self.optimizer.momentum,
             weight_decay=self.optimizer.weight_decay,
@@ -343,7 +333,10 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         raise JobError(
             f"{prefix}{missing[0]}: required field is missing; add `{missing[0]}:` to the job file"
         )
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except InputError as e:  # a schema class's own check (e.g. Target's direction)
+        raise JobError(str(e)) from None
 
 
 def parse_job(data: Any, source: str = "job") -> JobConfig:

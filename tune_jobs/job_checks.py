@@ -80,11 +80,7 @@ def check_values(job: JobConfig) -> None:
         raise JobError(
             f"lr_search.lag_stop: {r.lag_stop}; use a fraction in [0, 1), e.g. 0.25 (0 turns it off)"
         )
-    t = job.target
-    if t.direction not in ("min", "max"):
-        raise JobError(
-            f"target.direction: {t.direction!r}; use min (loss-like) or max (accuracy-like)"
-        )
+    t = job.target  # direction and a finite value are checked by trainables.api.Target
     metrics = known[job.workload].all_metrics()
     if t.metric not in metrics:
         raise JobError(
@@ -94,8 +90,6 @@ def check_values(job: JobConfig) -> None:
         raise JobError(
             f"target.direction: {t.metric} improves towards {metrics[t.metric]}, not {t.direction}; set direction: {metrics[t.metric]}"
         )
-    if not math.isfinite(t.value):
-        raise JobError("target.value: must be a finite number")
     b = job.budget
     if (b.max_steps > 0) == (b.epochs > 0):
         raise JobError(
