@@ -46,7 +46,7 @@ def bare(n: int, reuse: bool, storage: str) -> float:
 
 
 def engine(n: int, tmp: str) -> float:
-    from tune_jobs.config import parse_job
+    from tune_jobs.job_file import parse_job
     from tune_jobs.sweep import run_sweep
 
     name = f"eng{time.time_ns()}"

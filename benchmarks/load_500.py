@@ -40,7 +40,7 @@ BATCH_SIZES = [8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]  # 10 studies
 
 
 def job_for(trials: int, workload: str, tracking_uri: str, storage: str):
-    from tune_jobs.config import parse_job
+    from tune_jobs.job_file import parse_job
 
     per_study = max(1, trials // len(BATCH_SIZES))
     data = {

@@ -46,7 +46,7 @@ from analysis.ground_truth import ground_truth  # noqa: E402
 from trainables.api import Status, Target, TrialConfig  # noqa: E402
 from trainables.nqm_truth import NQM, REFERENCE_BATCH_SIZES  # noqa: E402
 from trainables.workloads.nqm import train_exact  # noqa: E402
-from tune_jobs.config import load_job  # noqa: E402
+from tune_jobs.job_file import load_job  # noqa: E402
 from tune_jobs.lr_search import WAIT, LRSearch, Outcome, Proposal  # noqa: E402
 
 TARGET = 0.01

@@ -48,7 +48,7 @@ class Sweep:
 def finished_sweep(tmp_path_factory) -> Iterator[Sweep]:
     """A tiny real sweep (engine, synthetic workload) tracked on a real `mlflow server`; the
     engine starts Ray itself (with retries) unless a test already did."""
-    from tune_jobs.config import parse_job
+    from tune_jobs.job_file import parse_job
     from tune_jobs.sweep import run_sweep
 
     root = tmp_path_factory.mktemp("browser-sweep")

@@ -19,7 +19,7 @@ from analysis import loaders
 from analysis.noise_scale import BSIMPLE, bsimple_at_target
 from analysis.steps import Target, best_per_batch_size, steps_to_target
 from tune_jobs.cli import main
-from tune_jobs.config import parse_job
+from tune_jobs.job_file import parse_job
 from tune_jobs.sweep import run_sweep
 
 TARGET = 0.05  # eval_loss; the start is 2.59 for dim 100

@@ -70,7 +70,7 @@ def local_cluster(workers: list[dict[str, Any]], head_cpus: int = 0) -> Iterator
 def synthetic_job(tmp_path: Path, name: str, tracking_uri: str, **fields: Any) -> Any:
     """A synthetic-workload job whose trials all run their whole step budget (target out of
     reach, no early stopping), so every trial reports the same number of times."""
-    from tune_jobs.config import parse_job
+    from tune_jobs.job_file import parse_job
 
     return parse_job(synthetic_job_data(tmp_path, name, tracking_uri, **fields))
 

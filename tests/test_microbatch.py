@@ -18,7 +18,8 @@ from trainables.microbatch import backward_mean, batch_len, slice_batch
 from trainables.noise_scale import GradientNoiseScale
 from trainables.registry import run_trial
 from tune_jobs.cli import main
-from tune_jobs.config import JobError, parse_job
+from tune_jobs.config import JobError
+from tune_jobs.job_file import parse_job
 
 
 def _model_and_batch(n: int = 10):

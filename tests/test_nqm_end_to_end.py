@@ -15,7 +15,7 @@ import yaml
 from analysis.fits import fit_mccandlish
 from analysis.ground_truth import ground_truth
 from trainables.nqm_truth import NQM
-from tune_jobs.config import parse_job
+from tune_jobs.job_file import parse_job
 from tune_jobs.summary import per_batch_size
 from tune_jobs.sweep import run_sweep
 

@@ -151,7 +151,7 @@ def test_snapshot_write_never_fails_the_sweep(monkeypatch, tmp_path, capsys):
 def test_a_sweep_ends_with_its_snapshot_and_sync_rewrites_it(ray_local, tmp_path):
     from test_sweep import synthetic_job
 
-    from tune_jobs.config import parse_job
+    from tune_jobs.job_file import parse_job
     from tune_jobs.sweep import run_sweep, sync_sweep
 
     job = parse_job(synthetic_job(tmp_path, "snap-sweep", batch_sizes=[8, 64],

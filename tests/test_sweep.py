@@ -15,7 +15,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tune_jobs.config import parse_job
+from tune_jobs.job_file import parse_job
 from tune_jobs.summary import per_batch_size
 from tune_jobs.sweep import run_sweep
 from tune_jobs.tracking import read_results

@@ -206,7 +206,7 @@ IMAGE_JOBS = sorted(
 
 
 def test_paper_image_jobs_follow_table_1():
-    from tune_jobs.config import load_job
+    from tune_jobs.job_file import load_job
 
     assert len(IMAGE_JOBS) == 33
     for path in IMAGE_JOBS:

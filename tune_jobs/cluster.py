@@ -224,7 +224,7 @@ def submit_job(
     submission_id: str | None = None,
 ) -> tuple[Any, str]:
     """Validate a job file and submit it as a Ray Job; returns (client, submission id)."""
-    from tune_jobs.config import load_job, parse_overrides
+    from tune_jobs.job_file import load_job, parse_overrides
 
     overrides = overrides or []
     wd = Path(working_dir).resolve()

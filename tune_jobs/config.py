@@ -13,13 +13,13 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from trainables.api import InputError, Schedule, Target, TrialConfig
-from tune_jobs.job_checks import JobError, check_values
+
+
+class JobError(InputError):
+    """A job file (or flag) is invalid. The message names the field and the fix."""
 
 
 @dataclass(frozen=True)
@@ -275,7 +275,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             raise JobError(
                 f"{path}: expected a mapping of fields, got {value!r}; see `critbatch check --help`"
             )
-        return _build(tp, value, path + ".")
+        return build_config(tp, value, path + ".")
     if origin is list:
         if not isinstance(value, list):
             raise JobError(
@@ -308,7 +308,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     return value
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+def build_config(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -337,48 +337,6 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         return cls(**kwargs)
     except InputError as e:  # a schema class's own check (e.g. Target's direction)
         raise JobError(str(e)) from None
-
-
-def parse_job(data: Any, source: str = "job") -> JobConfig:
-    """Validate a mapping (parsed YAML) into a :class:`JobConfig`; raises :class:`JobError`."""
-    if not isinstance(data, dict):
-        raise JobError(
-            f"{source}: a job file is a YAML mapping of fields (name, workload, batch_sizes, ...)"
-        )
-    job = _build(JobConfig, data)
-    check_values(job)
-    return job
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``--set FIELD=VALUE`` flags as {dotted field: YAML value}."""
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise JobError(f"--set {pair!r}: write FIELD=VALUE, e.g. --set budget.max_steps=500")
-        k, v = pair.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out
-
-
-def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> JobConfig:
-    """Read and validate a YAML job file. ``overrides`` (dotted keys) replace fields."""
-    p = Path(path)
-    if not p.is_file():
-        raise JobError(
-            f"job file {str(p)!r} does not exist; give the path to a YAML job (examples in tune_jobs/jobs/)"
-        )
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise JobError(f"{p}: not valid YAML ({e}); fix the syntax at the line shown") from e
-    for key, value in (overrides or {}).items():
-        node = data
-        *parents, last = key.split(".")
-        for k in parents:
-            node = node.setdefault(k, {})
-        node[last] = value
-    return parse_job(data, str(p))
 
 
 def field_docs(cls: type = JobConfig, prefix: str = "") -> list[tuple[str, str, str]]:

@@ -30,7 +30,8 @@ from analysis.mlflow_layout import (
     TRIAL_ID_TAG,
     VERSION_TAG_PREFIX,
 )
-from tune_jobs.config import JobConfig, JobError, ResourcesConfig, parse_job
+from tune_jobs.config import JobConfig, JobError, ResourcesConfig
+from tune_jobs.job_file import parse_job
 from tune_jobs.preflight import (  # noqa: F401  (re-exported: tests and tools import them from here)
     AUTOSCALING_CONFIG,
     autoscaling_node_types,

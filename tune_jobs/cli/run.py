@@ -97,7 +97,7 @@ def _job_args(p) -> None:
 
 
 def _load(args):
-    from tune_jobs.config import load_job, parse_overrides
+    from tune_jobs.job_file import load_job, parse_overrides
 
     return load_job(args.job, parse_overrides(args.set))
 
@@ -199,7 +199,7 @@ def run_command(args) -> int:
 def resume_command(args) -> int:
     import json
 
-    from tune_jobs.config import parse_job
+    from tune_jobs.job_file import parse_job
     from tune_jobs.sweep import resume_sweep
 
     result = resume_sweep(args.sweep, args.storage, address=args.address, num_cpus=args.num_cpus,
@@ -227,7 +227,7 @@ def sync_command(args) -> int:
 
 
 def quickstart_command(args) -> int:
-    from tune_jobs.config import load_job
+    from tune_jobs.job_file import load_job
     from tune_jobs.sweep import check_tracking_uri, run_sweep
 
     over = {"name": f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}", "tracking.uri": args.tracking_uri,

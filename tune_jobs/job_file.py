@@ -1,23 +1,21 @@
-"""The value checks of a job: what a field's type cannot say (ranges, cross-field rules, the
-workload's metrics and abilities). :func:`tune_jobs.config.parse_job` runs them after the types
-are checked, so a bad job fails before anything is launched, with a :class:`JobError` naming
-the field (as a dotted path) and the fix.
+"""Job files in: YAML (and ``--set`` overrides) read, built into the typed
+:class:`~tune_jobs.config.JobConfig` (the schema and its field docs), then checked for what a
+field's type cannot say (ranges, cross-field rules, the workload's metrics and abilities).
+
+A bad job fails here, before anything is launched, with a :class:`~tune_jobs.config.JobError`
+naming the field (as a dotted path) and the fix.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
-from trainables.api import InputError
+import yaml
 
-if TYPE_CHECKING:  # annotations only: config.py imports this module
-    from tune_jobs.config import JobConfig, ResourcesConfig
-
-
-class JobError(InputError):
-    """A job file (or flag) is invalid. The message names the field and the fix."""
+from tune_jobs.config import JobConfig, JobError, ResourcesConfig, build_config
 
 
 def check_values(job: JobConfig) -> None:
@@ -175,3 +173,45 @@ def _check_resources(r: ResourcesConfig) -> None:
             raise JobError(f"{name}: {g!r} must be a number >= 0 (fractions allowed, e.g. 0.25)")
         if g > 1 and g != int(g):
             raise JobError(f"{name}: above 1, ask for a whole number of GPUs")
+
+
+def parse_job(data: Any, source: str = "job") -> JobConfig:
+    """Validate a mapping (parsed YAML) into a :class:`JobConfig`; raises :class:`JobError`."""
+    if not isinstance(data, dict):
+        raise JobError(
+            f"{source}: a job file is a YAML mapping of fields (name, workload, batch_sizes, ...)"
+        )
+    job = build_config(JobConfig, data)
+    check_values(job)
+    return job
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``--set FIELD=VALUE`` flags as {dotted field: YAML value}."""
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise JobError(f"--set {pair!r}: write FIELD=VALUE, e.g. --set budget.max_steps=500")
+        k, v = pair.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> JobConfig:
+    """Read and validate a YAML job file. ``overrides`` (dotted keys) replace fields."""
+    p = Path(path)
+    if not p.is_file():
+        raise JobError(
+            f"job file {str(p)!r} does not exist; give the path to a YAML job (examples in tune_jobs/jobs/)"
+        )
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise JobError(f"{p}: not valid YAML ({e}); fix the syntax at the line shown") from e
+    for key, value in (overrides or {}).items():
+        node = data
+        *parents, last = key.split(".")
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[last] = value
+    return parse_job(data, str(p))
