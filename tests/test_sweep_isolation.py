@@ -95,25 +95,29 @@ def test_two_sweeps_at_once_on_a_fresh_store_and_the_same_name_twice(ray_local, 
 
 
 def test_fresh_sqlite_store_created_by_three_processes_at_once(tmp_path):
-    """The store lock alone, tighter: three processes released together each make the first
-    request to the same fresh store."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    """The store lock alone, tighter: three processes released together each start a sweep's
+    tracking (`_start_tracking`: experiment, parent run, params) on one fresh store."""
     go = tmp_path / "go"
     code = (
         "import sys, time, pathlib\n"
-        "from mlflow.tracking import MlflowClient\n"
-        "from tune_jobs.locks import tracking_store_lock\n"
+        "from tune_jobs.config import load_job\n"
+        "from tune_jobs.sweep import _start_tracking\n"
+        "job = load_job(sys.argv[1])\n"
         "go = pathlib.Path(sys.argv[2])\n"
         "while not go.exists(): time.sleep(0.01)\n"
-        "with tracking_store_lock(sys.argv[1]):\n"
-        "    c = MlflowClient(sys.argv[1])\n"
-        "    c.get_experiment_by_name('x')\n"
-        "c.create_experiment(sys.argv[3])\n"
+        "print(_start_tracking(job, pathlib.Path(sys.argv[3]), 'job: yaml'))\n"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO))
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", code, uri, str(go), f"e{i}"],
+            [
+                sys.executable,
+                "-c",
+                code,
+                str(tiny_job(tmp_path, f"s{i}")),
+                str(go),
+                str(tmp_path / "runs" / f"s{i}"),
+            ],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -121,13 +125,15 @@ def test_fresh_sqlite_store_created_by_three_processes_at_once(tmp_path):
         )  # fmt: skip
         for i in range(3)
     ]
-    time.sleep(8)  # all three imported mlflow and wait at the gate
+    time.sleep(40)  # each imports mlflow and torch, then waits at the gate
     go.touch()
     for p in procs:
         out, _ = p.communicate(timeout=300)
         assert p.returncode == 0, out[-3000:]
-    names = {e.name for e in MlflowClient(uri).search_experiments()}
-    assert {"e0", "e1", "e2"} <= names
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for i in range(3):
+        exp = client.get_experiment_by_name(f"s{i}")
+        assert len(client.search_runs([exp.experiment_id])) == 1
 
 
 def _listening(pids: set[int]) -> list[tuple[str, int, str]]:
@@ -158,3 +164,18 @@ def test_local_sweep_listens_on_loopback_only(ray_local, tmp_path, capsys, monke
     assert not exposed, f"listening beyond loopback: {exposed}"
     token = Path.home() / ".ray" / "auth_token"  # Ray 2.60 turns token auth on by default
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
+
+
+def test_sweep_whose_every_trial_errors_exits_non_zero_naming_the_cause(
+    ray_local, tmp_path, capsys, monkeypatch
+):
+    """issue 12: a job whose every trial errors exited 0 after 8 worker tracebacks."""
+    monkeypatch.chdir(tmp_path)
+    path = tiny_job(tmp_path, "doomed")
+    job = yaml.safe_load(path.read_text())
+    job.update(options={"fail_at_step": 1}, max_failures=0, batch_sizes=[8])
+    path.write_text(yaml.safe_dump(job))
+    assert main(["run", str(path), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "every trial at batch size 8 failed" in err
+    assert "fail_at_step=1 (an injected fault)" in err

@@ -4,9 +4,10 @@
   held for as long as the driver lives (the kernel drops it when the process dies, even on
   ``kill -9``, so a dead driver never blocks `critbatch resume`). A second `run` or `resume`
   of a live sweep is refused, naming the process that holds it.
-- A fresh MLflow SQLite store is created by MLflow's first request (its schema migrations);
-  two processes doing that at once crash one with alembic's "table already exists". The first
-  request is made under an ``flock`` on the store's folder, so one creates and the other waits.
+- A fresh MLflow SQLite store is created (its schema migrations) by MLflow's client: the
+  registry store at construction, the tracking store at the first request; two processes
+  doing that at once crash one with alembic's "table already exists". Both happen under an
+  ``flock`` on the store's folder, so one creates and the others wait.
 """
 
 from __future__ import annotations
@@ -102,8 +103,8 @@ def claim_existing_sweep(run_dir: Path) -> SweepClaim:
 
 @contextlib.contextmanager
 def tracking_store_lock(tracking_uri: str) -> Iterator[None]:
-    """Hold an exclusive flock on a SQLite store's folder (no-op for other stores) while the
-    first request creates the store's tables."""
+    """Hold an exclusive flock on a SQLite store's folder (no-op for other stores) while a
+    client is made and makes its first request, which create a fresh store's tables."""
     if not tracking_uri.startswith("sqlite:///"):
         yield
         return

@@ -19,12 +19,18 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
     """Fail fast, before anything is launched, when the tracking store cannot be used: a
     SQLite file whose folder is missing or read-only, a server that does not answer within
     ``timeout`` seconds, a scheme or database driver that is not there. Never prints a password."""
-    from analysis.tracking_uri import TrackingUriError, check_uri_form, probe_http_server
+    from analysis.tracking_uri import (
+        TrackingUriError,
+        bound_mlflow_http_timeouts,
+        check_uri_form,
+        probe_http_server,
+    )
 
     try:
         check_uri_form(uri)
         if uri.startswith(("http://", "https://")):
             probe_http_server(uri, timeout)
+            bound_mlflow_http_timeouts()  # the tracker buffers and retries on its own
     except TrackingUriError as e:
         raise JobError(str(e)) from None
     if uri.startswith("sqlite:///"):

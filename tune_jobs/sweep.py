@@ -125,8 +125,8 @@ def _start_tracking(job: JobConfig, run_dir: Path, job_yaml: str) -> tuple[str, 
 
     from tune_jobs.locks import tracking_store_lock
 
-    client = MlflowClient(job.tracking.uri)
-    with tracking_store_lock(job.tracking.uri):  # the first request creates a fresh store
+    with tracking_store_lock(job.tracking.uri):  # a fresh store is created by the client
+        client = MlflowClient(job.tracking.uri)  # (its registry store, at construction)
         exp = client.get_experiment_by_name(job.experiment)
         exp_id = exp.experiment_id if exp else client.create_experiment(job.experiment)
     tags = {
