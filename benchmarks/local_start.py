@@ -5,6 +5,7 @@ Each start is a fresh process with its own Ray temp folder and HOME; the arms al
 (dashboard, critbatch, critbatch, dashboard, ...) so a change in the host's load hits both.
 Measured: seconds from before ``ray.init`` to the first result of a one-report Tune trial
 (Tune with actor reuse, as the sweep runs), and the start alone (``ray.init`` returning).
+Both arms retry a start that times out (ray-project/ray#65983), as ``init_ray`` does.
 
     uv run --frozen python benchmarks/local_start.py --rounds 3
 """
@@ -29,8 +30,17 @@ def one_start(arm: str) -> dict[str, float]:
     import ray
     from ray import tune
 
-    if arm == "dashboard":
-        ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, configure_logging=False)
+    if arm == "dashboard":  # retried like init_ray does: a loaded host times out now and then
+        for attempt in range(4):
+            try:
+                ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False,
+                         configure_logging=False)  # fmt: skip
+                break
+            except Exception as e:
+                if "timed out during startup" not in str(e) or attempt == 3:
+                    raise
+                ray.shutdown()
+                time.sleep(2.0)
     else:
         from tune_jobs.preflight import init_ray
 
@@ -69,8 +79,13 @@ def main() -> int:
     times: dict[str, list[dict[str, float]]] = {a: [] for a in ARMS}
     for arm in order:
         d = tempfile.mkdtemp(prefix="cbls", dir="/tmp")  # short: Ray's socket paths < 107 bytes
-        env = dict(os.environ, HOME=d, RAY_TMPDIR=d, RAY_USAGE_STATS_ENABLED="0",
-                   RAY_ENABLE_UV_RUN_RUNTIME_ENV="0")  # both arms: no `uv run` workers
+        env = dict(
+            os.environ,
+            HOME=d,
+            RAY_TMPDIR=d,
+            RAY_USAGE_STATS_ENABLED="0",
+            RAY_ENABLE_UV_RUN_RUNTIME_ENV="0",
+        )  # both arms: no `uv run` workers
         env.pop("RAY_ADDRESS", None)
         p = subprocess.run([sys.executable, __file__, "--child", arm], env=env, capture_output=True,
                            text=True, timeout=600)  # fmt: skip
@@ -79,7 +94,9 @@ def main() -> int:
             return 1
         t = json.loads(p.stdout.strip().splitlines()[-1])
         times[arm].append(t)
-        print(f"{arm:10s} ray.init {t['ray_init_s']:6.1f} s, first trial {t['first_trial_s']:6.1f} s")
+        print(
+            f"{arm:10s} ray.init {t['ray_init_s']:6.1f} s, first trial {t['first_trial_s']:6.1f} s"
+        )
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f} (1 min)")
     print("| arm | ray.init (s, median) | first trial (s, median) |\n|---|---|---|")
     for arm in ARMS:

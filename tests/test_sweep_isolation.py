@@ -94,6 +94,8 @@ def test_two_sweeps_at_once_on_a_fresh_store_and_the_same_name_twice(ray_local, 
     assert holder(run_alpha) is None  # released when its driver ended
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_fresh_sqlite_store_created_by_three_processes_at_once(tmp_path):
     """The store lock alone, tighter: three processes released together each start a sweep's
     tracking (`_start_tracking`: experiment, parent run, params) on one fresh store."""
