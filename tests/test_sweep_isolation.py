@@ -102,7 +102,7 @@ def test_fresh_sqlite_store_created_by_three_processes_at_once(tmp_path):
     go = tmp_path / "go"
     code = (
         "import sys, time, pathlib\n"
-        "from tune_jobs.config import load_job\n"
+        "from tune_jobs.job_file import load_job\n"
         "from tune_jobs.sweep import _start_tracking\n"
         "job = load_job(sys.argv[1])\n"
         "go = pathlib.Path(sys.argv[2])\n"
