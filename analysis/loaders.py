@@ -73,7 +73,21 @@ def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
 def open_client(tracking_uri: str | None = None) -> MlflowClient:
     """A client on the resolved tracking URI; a SQLite file that does not exist is an error
     (MLflow would silently create an empty store there)."""
+    from analysis.tracking_uri import (
+        TrackingUriError,
+        bound_mlflow_http_timeouts,
+        check_uri_form,
+        probe_http_server,
+    )
+
     uri = resolve_tracking_uri(tracking_uri)
+    try:  # seconds, not MLflow's minutes of retries, for a server that is not there
+        check_uri_form(uri, "--tracking-uri")
+        if uri.startswith(("http://", "https://")):
+            bound_mlflow_http_timeouts()
+            probe_http_server(uri, field="--tracking-uri")
+    except TrackingUriError as e:
+        raise SweepNotFoundError(str(e)) from None
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         raise SweepNotFoundError(
             f"no MLflow store at {uri} (relative to {Path.cwd()}). Pass the store that holds the "
@@ -457,7 +471,19 @@ def load_steps_csv(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no steps CSV at {path}")
-    df = pd.read_csv(path, dtype=str, skipinitialspace=True)  # str: errors quote the raw text
+    try:  # str: errors quote the raw text
+        df = pd.read_csv(path, dtype=str, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise ValueError(
+            f"{path}: the file is empty; a steps CSV has a header batch_size,steps"
+        ) from None
+    except (UnicodeDecodeError, pd.errors.ParserError) as e:
+        why = "not text (binary data)" if isinstance(e, UnicodeDecodeError) else "not a CSV table"
+        raise ValueError(
+            f"{path}: {why}; a steps CSV is text with a header batch_size,steps"
+        ) from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot be read ({e.strerror})") from None
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in ("batch_size", "steps") if c not in df.columns]
     if missing:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import types
 import typing
@@ -300,6 +301,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise JobError(f"{path}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # .nan/.inf would pass every range check below
+            raise JobError(f"{path}: {value!r} is not a finite number; give a finite value")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -339,6 +342,7 @@ def build_config(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         raise JobError(str(e)) from None
 
 
+@functools.cache  # parsing the source costs ~1 s; every `critbatch` call builds --help texts
 def field_docs(cls: type = JobConfig, prefix: str = "") -> list[tuple[str, str, str]]:
     """(dotted field, type, doc) for every field: the job file reference printed by --help."""
     import ast

@@ -23,9 +23,15 @@ def check_values(job: JobConfig) -> None:
     know, and fields a workload refuses; raises :class:`JobError` naming the field and the fix."""
     from trainables.registry import get_workload, workloads
 
-    if not job.name or not all(c.isalnum() or c in "-_." for c in job.name):
+    if (
+        not job.name
+        or len(job.name) > MAX_NAME_LENGTH
+        or job.name.startswith(".")  # ".", ".." and hidden folders
+        or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in job.name)
+    ):
         raise JobError(
-            f"name: {job.name!r} must be non-empty letters, digits, '-', '_' or '.'; it names a folder"
+            f"name: {job.name!r} must be 1-{MAX_NAME_LENGTH} letters, digits, '-', '_' or '.', "
+            "not starting with '.'; it names a folder (the sweep's, under storage)"
         )
     try:
         known = {job.workload: get_workload(job.workload)}
@@ -46,6 +52,7 @@ def check_values(job: JobConfig) -> None:
             raise JobError(
                 f"batch_sizes[{i}]: {b} is not positive; batch sizes are counts of examples >= 1"
             )
+    _check_batch_sizes_fit(job, known[job.workload])
     if len(set(job.batch_sizes)) != len(job.batch_sizes):
         raise JobError("batch_sizes: contains duplicates; list each batch size once")
     if not job.seeds or len(set(job.seeds)) != len(job.seeds):
@@ -88,6 +95,13 @@ def check_values(job: JobConfig) -> None:
         raise JobError(
             f"target.direction: {t.metric} improves towards {metrics[t.metric]}, not {t.direction}; set direction: {metrics[t.metric]}"
         )
+    lo, hi = metric_range(t.metric)
+    if not lo <= t.value <= hi:
+        raise JobError(
+            f"target.value: {t.value:g} is outside the range of {t.metric} ([{lo:g}, {hi:g}]); "
+            "no trial could reach it, so the whole budget would be spent"
+            + ("; accuracies are fractions, e.g. 0.95" if hi == 1 and t.value <= 100 else "")
+        )
     b = job.budget
     if (b.max_steps > 0) == (b.epochs > 0):
         raise JobError(
@@ -114,13 +128,49 @@ def check_values(job: JobConfig) -> None:
         )
     _check_noise_scale(job, known[job.workload])
     _check_micro_batch(job, known[job.workload])
-    uri = job.tracking.uri
-    if not (
-        uri.startswith(("sqlite:///", "http://", "https://", "databricks", "postgresql", "mysql"))
-    ):
-        raise JobError(
-            f"tracking.uri: {uri!r} is not a tracking URI MLflow 3 accepts here; use sqlite:///mlflow.db or http://127.0.0.1:5000"
-        )
+    from analysis.tracking_uri import TrackingUriError, check_uri_form
+
+    try:
+        check_uri_form(job.tracking.uri)
+    except TrackingUriError as e:
+        raise JobError(str(e)) from None
+
+
+MAX_NAME_LENGTH = 100  # characters; the name is a folder and an MLflow experiment
+
+# The values a metric can take, by name: a target outside them can never be reached.
+_METRIC_RANGES = (
+    ("accuracy", (0.0, 1.0)),
+    ("miou", (0.0, 1.0)),
+    ("perplexity", (1.0, math.inf)),
+    ("loss", (0.0, math.inf)),
+)
+
+
+def metric_range(metric: str) -> tuple[float, float]:
+    """[low, high] of a metric, from its name (accuracies are fractions, losses >= 0);
+    (-inf, inf) for a metric whose name says nothing."""
+    for part, bounds in _METRIC_RANGES:
+        if part in metric:
+            return bounds
+    return (-math.inf, math.inf)
+
+
+def _check_batch_sizes_fit(job: JobConfig, workload: Any) -> None:
+    """A batch larger than the whole training set repeats examples within one step, and
+    its index and data buffers grow with B (a 2^40 batch grew a worker past 3 GB before it
+    was killed): refuse it. Compared with the full set, not the data.fraction subset, so the
+    seed paper's data-fraction runs keep their batch sizes. Workloads with their own loop
+    (the noisy quadratic model) sample no examples; B is only a noise level there."""
+    if workload.train is not None or not workload.train_size:
+        return
+    for i, b in enumerate(job.batch_sizes):
+        if b > workload.train_size:
+            raise JobError(
+                f"batch_sizes[{i}]: {b} is larger than the whole training set of "
+                f"{job.workload} ({workload.train_size} examples); drop it or use batch sizes "
+                f"<= {workload.train_size}"
+            )
 
 
 # Workloads with their own training loop (``Workload.train``) that log B_simple; workloads
@@ -169,7 +219,7 @@ def _check_resources(r: ResourcesConfig) -> None:
             )
         asks.append((f"resources.gpus_from_batch_size.{b}", g))
     for name, g in asks:
-        if isinstance(g, bool) or not isinstance(g, int | float) or g < 0:
+        if isinstance(g, bool) or not isinstance(g, int | float) or not math.isfinite(g) or g < 0:
             raise JobError(f"{name}: {g!r} must be a number >= 0 (fractions allowed, e.g. 0.25)")
         if g > 1 and g != int(g):
             raise JobError(f"{name}: above 1, ask for a whole number of GPUs")
@@ -193,25 +243,70 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if "=" not in pair:
             raise JobError(f"--set {pair!r}: write FIELD=VALUE, e.g. --set budget.max_steps=500")
         k, v = pair.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or "not a YAML value"
+            raise JobError(
+                f"--set {k.strip()}: {v!r} is not a valid YAML value ({problem}); "
+                "e.g. --set batch_sizes=[8,16] or --set lr_search.max=0.5"
+            ) from None
     return out
 
 
 def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> JobConfig:
     """Read and validate a YAML job file. ``overrides`` (dotted keys) replace fields."""
     p = Path(path)
+    if p.is_dir():
+        raise JobError(f"job file {str(p)!r} is a folder; give the path to a YAML job file")
     if not p.is_file():
         raise JobError(
             f"job file {str(p)!r} does not exist; give the path to a YAML job (examples in tune_jobs/jobs/)"
         )
     try:
-        data = yaml.safe_load(p.read_text())
+        text = p.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise JobError(
+            f"job file {str(p)!r} cannot be read ({e.strerror}); check its permissions"
+        ) from None
+    except UnicodeDecodeError:
+        raise JobError(
+            f"job file {str(p)!r} is not a text file (not UTF-8); give a YAML job file"
+        ) from None
+    if "\x00" in text:
+        raise JobError(f"job file {str(p)!r} holds binary data; give a YAML job file")
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise JobError(f"{p}: not valid YAML ({e}); fix the syntax at the line shown") from e
+        raise JobError(f"{p}: not valid YAML ({e}); fix the syntax at the line shown") from None
+    if data is None:
+        raise JobError(
+            f"job file {str(p)!r} is empty; write at least name, workload and batch_sizes"
+        )
+    if not isinstance(data, dict):
+        raise JobError(
+            f"{p}: a job file is a YAML mapping of fields (name, workload, batch_sizes, ...), "
+            f"not {type(data).__name__}"
+        )
     for key, value in (overrides or {}).items():
-        node = data
-        *parents, last = key.split(".")
-        for k in parents:
-            node = node.setdefault(k, {})
-        node[last] = value
+        apply_override(data, key, value)
     return parse_job(data, str(p))
+
+
+def apply_override(data: dict[str, Any], key: str, value: Any) -> None:
+    """``--set a.b=value``: replace field ``a.b`` of the parsed job, refusing to descend into
+    a field that is not a mapping (``--set name.x=1``)."""
+    node = data
+    *parents, last = key.split(".")
+    if not all(parents) or not last:
+        raise JobError(f"--set {key}: an empty field name; write e.g. --set budget.max_steps=500")
+    for i, k in enumerate(parents):
+        child = node.setdefault(k, {})
+        if not isinstance(child, dict):
+            where = ".".join(parents[: i + 1])
+            raise JobError(
+                f"--set {key}: {where} is {type(child).__name__} {child!r}, not a mapping of "
+                f"fields; set `{where}` itself"
+            )
+        node = child
+    node[last] = value

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -13,32 +12,138 @@ import yaml
 
 from tune_jobs.config import JobConfig, JobError
 
+SWEEP_FILE = "sweep.json"  # in the run folder: the job, the MLflow ids; a sweep exists once it does
+
 
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, before anything is launched, when the tracking store cannot be used."""
+    """Fail fast, before anything is launched, when the tracking store cannot be used: a
+    SQLite file whose folder is missing or read-only, a server that does not answer within
+    ``timeout`` seconds, a scheme or database driver that is not there. Never prints a password."""
+    from analysis.tracking_uri import (
+        TrackingUriError,
+        bound_mlflow_http_timeouts,
+        check_uri_form,
+        probe_http_server,
+    )
+
+    try:
+        check_uri_form(uri)
+        if uri.startswith(("http://", "https://")):
+            probe_http_server(uri, timeout)
+            bound_mlflow_http_timeouts()  # the tracker buffers and retries on its own
+    except TrackingUriError as e:
+        raise JobError(str(e)) from None
     if uri.startswith("sqlite:///"):
-        path = Path(uri.removeprefix("sqlite:///"))
-        parent = path.expanduser().resolve().parent
+        path = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
+        parent = path.parent
         if not parent.is_dir():
             raise JobError(
                 f"tracking.uri: folder {str(parent)!r} of the SQLite store does not exist; create it or use sqlite:///mlflow.db"
+            )
+        if path.exists() and not path.is_file():
+            raise JobError(
+                f"tracking.uri: {str(path)!r} is a folder, not a SQLite file; name a file, e.g. sqlite:///mlflow.db"
             )
         if not os.access(parent, os.W_OK):
             raise JobError(
                 f"tracking.uri: folder {str(parent)!r} is not writable; choose another path"
             )
+
+
+def check_storage(job: JobConfig) -> Path:
+    """The sweep's run folder (``storage``/``name``) when it can be created there; writes nothing."""
+    storage = Path(job.storage).expanduser()
+    if "://" in job.storage:
+        raise JobError(
+            f"storage: {job.storage!r} is a URI; give a local or shared folder, e.g. critbatch_runs"
+        )
+    storage = storage.resolve()
+    if storage.exists() and not storage.is_dir():
+        raise JobError(
+            f"storage: {str(storage)!r} is a file, not a folder; give a folder for run folders, "
+            "e.g. critbatch_runs"
+        )
+    existing = storage
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise JobError(f"storage: {str(existing)!r} is a file; a folder cannot be made under it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise JobError(f"storage: folder {str(existing)!r} is not writable; choose another folder")
+    run_dir = storage / job.name
+    if run_dir.exists() and not run_dir.is_dir():
+        raise JobError(f"name: {str(run_dir)!r} exists and is a file; choose another name")
+    return run_dir
+
+
+def check_data(job: JobConfig) -> None:
+    """A workload that reads a dataset from disk finds it under the data root (else every
+    trial would fail, one traceback each)."""
+    from trainables.datasets.download import SOURCES
+    from trainables.datasets.images import data_root
+    from trainables.registry import get_workload
+
+    dataset = get_workload(job.workload).dataset
+    if not dataset or dataset not in SOURCES:
         return
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
-                if r.status == 200:
-                    return
-        except OSError as e:
-            raise JobError(
-                f"tracking.uri: no MLflow server answers at {uri} ({e.__class__.__name__}); start it "
-                f"(`mlflow server --host 127.0.0.1 --port 5000`), fix the URI, or use sqlite:///mlflow.db"
-            ) from None
-        raise JobError(f"tracking.uri: {uri}/health did not answer 200; is it an MLflow server?")
+    root, source = data_root(job.data.root)
+    if not SOURCES[dataset].present(root):
+        field = "data.root" if job.data.root else f"data.root ({source})"
+        raise JobError(
+            f"{field}: {dataset} is not under {root}; get it with "
+            f"`critbatch data download {dataset} --root {root}`, or set data.root to the folder "
+            "that holds it"
+        )
+
+
+def local_gpus() -> float:
+    """NVIDIA GPUs a local Ray started here would see: the driver's devices, cut to
+    CUDA_VISIBLE_DEVICES when it is set (as Ray does), without importing Ray or torch."""
+    d = Path("/proc/driver/nvidia/gpus")
+    n = len(list(d.iterdir())) if d.is_dir() else 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [v for v in visible.split(",") if v.strip() and v.strip() != "-1"]
+        n = min(n, len(ids))
+    return float(n)
+
+
+def preflight(job: JobConfig, *, address: str | None = None, num_cpus: int | None = None) -> Path:
+    """Every check `critbatch run` makes before it launches anything, without starting Ray
+    (`check` runs exactly these): storage, name, tracking store, data on disk, and the
+    resources of the local Ray it would start (or that the cluster at ``address`` answers).
+    Returns the run folder. Writes nothing."""
+    from tune_jobs.locks import holder
+
+    run_dir = check_storage(job)
+    who = holder(run_dir)
+    if who:
+        raise JobError(
+            f"name: a sweep named {job.name!r} is running now in {run_dir} ({who}); wait for "
+            "it, or choose another name"
+        )
+    if (run_dir / SWEEP_FILE).exists():
+        raise JobError(
+            f"name: a sweep named {job.name!r} already exists in {run_dir}; resume it with "
+            f"`critbatch resume {job.name} --storage {job.storage}` or choose another name"
+        )
+    check_tracking_uri(job.tracking.uri)
+    check_data(job)
+    check_num_cpus(num_cpus)
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        _check_reachable(address)
+    else:
+        cpus = float(num_cpus if num_cpus is not None else os.cpu_count() or 1)
+        check_resources(job, {"CPU": cpus, "GPU": local_gpus()}, scalable=[])
+    return run_dir
+
+
+def check_num_cpus(num_cpus: int | None) -> None:
+    if num_cpus is not None and num_cpus < 1:
+        raise JobError(
+            f"--num-cpus: {num_cpus}; the local Ray needs at least 1 CPU (omit it for all CPUs)"
+        )
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -69,6 +174,8 @@ def init_ray(
     """Connect to ``address`` (or $RAY_ADDRESS), else start a local Ray; returns its resources."""
     import ray
 
+    from tune_jobs.ray_internals import loopback_only_local_ray, write_private_auth_token
+
     address = address or os.environ.get("RAY_ADDRESS") or None
     if ray.is_initialized():
         return ray.cluster_resources()
@@ -88,8 +195,13 @@ def init_ray(
         attempts = int(os.environ.get("CRITBATCH_RAY_START_ATTEMPTS", "4"))
         if temp_dir:
             kwargs["_temp_dir"] = temp_dir
+        check_num_cpus(num_cpus)
+        loopback_only_local_ray()  # nothing of a local Ray listens beyond 127.0.0.1
+        write_private_auth_token()  # ~/.ray/auth_token readable by this user alone
         for attempt in range(attempts):
             try:
+                # No dashboard: nobody opens it for a local sweep, and on 2 cores its start
+                # costs seconds before the first trial (BENCHMARKS.md, "Local Ray start").
                 ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
                 break
             except Exception as e:

@@ -5,8 +5,9 @@ Ray offers no public API for these three needs, so they use private modules:
   ``ASHAScheduler`` keeps brackets per experiment, critbatch needs one per batch size;
 - the cluster launcher's offline validation (``ray.autoscaler._private.util``), the same
   checks ``ray up`` runs before it touches a cloud;
-- sending ``~/.ray/auth_token`` to a cluster with token authentication, as ``ray start`` does
-  (``ray._private.authentication``).
+- sending ``~/.ray/auth_token`` to a cluster with token authentication, as ``ray start`` does,
+  and writing it 0600 (``ray._private.authentication``);
+- a local Ray bound to loopback only (``ray._private.ray_constants.ENABLE_RAY_CLUSTER``).
 
 ``RAY_VERSION`` is the version these were checked against; ``tests/test_ray_internals.py``
 fails when the installed Ray differs or the signatures used here change, so an upgrade is
@@ -16,6 +17,7 @@ a deliberate step, not a surprise on a cluster.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 RAY_VERSION = "2.60.0"
@@ -55,3 +57,38 @@ def use_auth_token_if_present() -> None:
         maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
     finally:
         auth_log.setLevel(level)
+
+
+def loopback_only_local_ray() -> None:
+    """A local Ray listens on 127.0.0.1 only: GCS, raylet, workers, agents and the metrics
+    export. ``ray.init(_node_ip_address="127.0.0.1")`` does not do it (Ray swaps a loopback
+    node address for the machine's routable one); Ray's own switch for single-machine use
+    (the one it applies on macOS and Windows) makes the node address loopback, and every
+    server then binds to it. The env var reaches Ray's child processes; the constant, this
+    process, where ray was already imported. Only for a local start: a driver that joins a
+    cluster must advertise an address the other nodes can reach (cluster.yaml)."""
+    from ray._private import ray_constants
+
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def write_private_auth_token() -> None:
+    """Ray writes its token to ~/.ray/auth_token with the umask's mode (0644: readable by every
+    user of the machine). Write it first, 0600, with Ray's own generator; tighten an
+    existing one."""
+    from ray._private.authentication.authentication_token_generator import (
+        generate_new_authentication_token,
+    )
+    from ray._private.authentication.authentication_token_setup import _get_default_token_path
+
+    path = _get_default_token_path()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)
+        return
+    with os.fdopen(fd, "w") as f:
+        f.write(generate_new_authentication_token())

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -34,10 +35,13 @@ from tune_jobs.config import JobConfig, JobError, ResourcesConfig
 from tune_jobs.job_file import parse_job
 from tune_jobs.preflight import (  # noqa: F401  (re-exported: tests and tools import them from here)
     AUTOSCALING_CONFIG,
+    SWEEP_FILE,
     autoscaling_node_types,
+    check_num_cpus,
     check_resources,
     check_tracking_uri,
     init_ray,
+    preflight,
 )
 
 # Tune's CSV and TensorBoard loggers are not needed (MLflow and result.json are): set before
@@ -47,8 +51,6 @@ os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-SWEEP_FILE = "sweep.json"
 
 
 @dataclass
@@ -101,6 +103,9 @@ def job_params(job: JobConfig) -> dict[str, str]:
                 flat[f"{prefix}{k}"] = str(v)[:6000]
 
     walk("", job.to_dict())
+    from analysis.tracking_uri import redact_uri
+
+    flat["tracking.uri"] = redact_uri(job.tracking.uri)  # a password never goes into MLflow
     flat["target_metric"], flat["target_value"] = job.target.metric, str(job.target.value)
     flat["target_direction"], flat["strategy"] = job.target.direction, job.strategy.name
     return flat
@@ -118,9 +123,12 @@ def _start_tracking(job: JobConfig, run_dir: Path, job_yaml: str) -> tuple[str, 
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(job.tracking.uri)
-    exp = client.get_experiment_by_name(job.experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(job.experiment)
+    from tune_jobs.locks import tracking_store_lock
+
+    with tracking_store_lock(job.tracking.uri):  # a fresh store is created by the client
+        client = MlflowClient(job.tracking.uri)  # (its registry store, at construction)
+        exp = client.get_experiment_by_name(job.experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(job.experiment)
     tags = {
         ROLE_TAG: ROLE_SWEEP,
         RUN_DIR_TAG: str(run_dir),
@@ -133,7 +141,10 @@ def _start_tracking(job: JobConfig, run_dir: Path, job_yaml: str) -> tuple[str, 
     params = [Param(k, v) for k, v in job_params(job).items()]
     for i in range(0, len(params), 100):
         client.log_batch(run.info.run_id, params=params[i : i + 100])
-    client.log_text(run.info.run_id, job_yaml, "job.yaml")
+    from analysis.tracking_uri import redact_uri
+
+    uri = job.tracking.uri
+    client.log_text(run.info.run_id, job_yaml.replace(uri, redact_uri(uri)), "job.yaml")
     del mlflow
     return exp_id, run.info.run_id
 
@@ -148,26 +159,30 @@ def run_sweep(
 ) -> SweepResult:
     """Run a validated job to completion. Raises :class:`JobError` on bad input, before
     anything is written."""
-    run_dir = run_dir_of(job)
-    if (run_dir / SWEEP_FILE).exists():
-        raise JobError(
-            f"name: a sweep named {job.name!r} already exists in {run_dir}; resume it with "
-            f"`critbatch resume {job.name} --storage {job.storage}` or choose another name"
-        )
-    check_tracking_uri(job.tracking.uri)
-    resources = init_ray(address, num_cpus)
-    check_resources(job, resources)
+    from tune_jobs.locks import claim_new_sweep
 
-    job_yaml = job_yaml or yaml.safe_dump(job.to_dict(), sort_keys=False)
-    exp_id, parent = _start_tracking(job, run_dir, job_yaml)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "job.yaml").write_text(job_yaml)
-    meta = {"job": job.to_dict(), "tracking_uri": job.tracking.uri, "experiment_id": exp_id,
-            "parent_run_id": parent, "git_commit": git_commit(), "created": time.time()}  # fmt: skip
-    tmp = run_dir / (SWEEP_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    tmp.replace(run_dir / SWEEP_FILE)
-    return _fit(job, run_dir, meta, restore=False, progress=progress)
+    run_dir = preflight(job, address=address, num_cpus=num_cpus)
+    claim = claim_new_sweep(run_dir, job.name, SWEEP_FILE)  # refuses a second live sweep
+    try:
+        resources = init_ray(address, num_cpus)
+        check_resources(job, resources)
+        job_yaml = job_yaml or yaml.safe_dump(job.to_dict(), sort_keys=False)
+        exp_id, parent = _start_tracking(job, run_dir, job_yaml)
+    except BaseException:
+        if claim.created_dir:  # nothing half-written: the sweep never started
+            shutil.rmtree(run_dir, ignore_errors=True)
+        claim.release()
+        raise
+    try:
+        (run_dir / "job.yaml").write_text(job_yaml)
+        meta = {"job": job.to_dict(), "tracking_uri": job.tracking.uri, "experiment_id": exp_id,
+                "parent_run_id": parent, "git_commit": git_commit(), "created": time.time()}  # fmt: skip
+        tmp = run_dir / (SWEEP_FILE + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=2))
+        tmp.replace(run_dir / SWEEP_FILE)
+        return _fit(job, run_dir, meta, restore=False, progress=progress)
+    finally:
+        claim.release()
 
 
 def resume_sweep(name_or_dir: str, storage: str = "critbatch_runs", *, address: str | None = None,
@@ -184,12 +199,19 @@ def resume_sweep(name_or_dir: str, storage: str = "critbatch_runs", *, address: 
         raise JobError(
             f"no sweep {name_or_dir!r} in {Path(storage).resolve()}; give the run folder or `--storage` where it lives"
         )
+    from tune_jobs.locks import claim_existing_sweep
+
     meta = json.loads((run_dir / SWEEP_FILE).read_text())
     job = parse_job(meta["job"])
     check_tracking_uri(meta["tracking_uri"])
-    resources = init_ray(address, num_cpus)
-    check_resources(job, resources)
-    return _fit(job, run_dir, meta, restore=True, progress=progress)
+    check_num_cpus(num_cpus)
+    claim = claim_existing_sweep(run_dir)  # refuses while the sweep's driver still lives
+    try:
+        resources = init_ray(address, num_cpus)
+        check_resources(job, resources)
+        return _fit(job, run_dir, meta, restore=True, progress=progress)
+    finally:
+        claim.release()
 
 
 def trial_resources(resources: ResourcesConfig, config: dict[str, Any]) -> Any:
@@ -288,6 +310,7 @@ def _fit(
             "trial_id": tid, "batch_size": cfg.get("batch_size"), "lr": cfg.get("lr"), "seed": cfg.get("seed"),
             "study": cfg.get("study"), "status": status, "steps_to_target": m.get("steps_to_target"),
             "steps_run": m.get("step"), "examples": m.get("examples"), job.target.metric: m.get(job.target.metric),
+            "error": err,
         })  # fmt: skip
     # MLflow must hold every report Tune recorded, exactly once, whatever happened to the
     # server or the driver meanwhile: replay what is missing (one history query per trial).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -39,8 +40,16 @@ def register(sub) -> None:
     p.set_defaults(func=run_command)
 
     p = sub.add_parser("check", help="validate a job file and print its plan; launches nothing",
+                       description="Every check `run` makes before it launches anything (the job, "
+                       "its storage and name, the tracking store, the data on disk, the resources "
+                       "of the local Ray it would start or the cluster at --address), without "
+                       "starting Ray: `ok` means `run` will start.",
                        formatter_class=fmt, epilog=_job_reference())  # fmt: skip
     _job_args(p)
+    p.add_argument("--address", help="Ray cluster address `run` would use (default: $RAY_ADDRESS)")
+    p.add_argument(
+        "--num-cpus", type=int, default=None, help="CPUs of the local Ray `run` would start"
+    )
     p.set_defaults(func=check_command)
 
     p = sub.add_parser(
@@ -110,6 +119,7 @@ def plan_text(job) -> str:
     lr = (f"LR searched in [{job.lr_search.min:g}, {job.lr_search.max:g}] ({'log' if job.lr_search.log else 'linear'}), "
           f"{job.lr_search.trials_per_batch_size} trials per batch size ({job.lr_search.algorithm})"
           if job.tuned else f"{job.strategy.name}: base LR {job.strategy.base_lr:g} at batch size {job.strategy.base_batch_size}")  # fmt: skip
+    from analysis.tracking_uri import redact_uri
     from trainables.schedules import peak_lr
 
     lines = [
@@ -128,7 +138,7 @@ def plan_text(job) -> str:
         ),
         f"  resources per trial: {job.resources.cpus:g} CPU, {job.resources.describe_gpus()}; "
         f"early stopping {'on' if job.early_stopping.enabled and job.tuned else 'off'}",
-        f"  MLflow: {job.tracking.uri}, experiment {job.experiment!r}; run folder {Path(job.storage) / job.name}",
+        f"  MLflow: {redact_uri(job.tracking.uri)}, experiment {job.experiment!r}; run folder {Path(job.storage) / job.name}",
     ]
     if job.log_noise_scale:
         lines.append(
@@ -151,13 +161,19 @@ def plan_text(job) -> str:
 
 
 def check_command(args) -> int:
+    from tune_jobs.preflight import preflight
+
     job = _load(args)
+    preflight(job, address=args.address, num_cpus=args.num_cpus)
     print(plan_text(job))
-    print("ok: the job is valid (nothing launched)")
+    print("ok: the job is valid and `critbatch run` will start (nothing launched)")
     return 0
 
 
-def _report_sweep(result, job, analyze: bool) -> None:
+def _report_sweep(result, job, analyze: bool) -> int:
+    """Print the sweep's table, fit and where to see it; the exit code: 1 when every trial of
+    some batch size errored (the sweep measured nothing there), else 0."""
+    from analysis.tracking_uri import redact_uri
     from tune_jobs.summary import fit_rows, format_fit, format_table, per_batch_size
 
     rows = per_batch_size(result.trials)
@@ -172,10 +188,21 @@ def _report_sweep(result, job, analyze: bool) -> None:
         f"\n{len(result.trials)} trials in {result.wall_time_s:.0f} s; run folder {result.run_dir}"
     )
     uri = result.tracking_uri
-    ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"open {uri}"
+    ui = (f"mlflow ui --backend-store-uri {uri}   # then open http://127.0.0.1:5000"
+          if uri.startswith("sqlite") else f"open {redact_uri(uri)} in a browser")  # fmt: skip
     print(
-        f"MLflow: experiment {job.experiment!r}, parent run {result.parent_run_id}. See it with:\n  {ui}   # then http://127.0.0.1:5000"
+        f"MLflow: experiment {job.experiment!r}, parent run {result.parent_run_id}. See it with:\n  {ui}"
     )
+    failed = _failed_batch_sizes(result.trials)
+    if failed:
+        for b, error in failed.items():
+            print(
+                f"critbatch: error: every trial at batch size {b} failed: {error}", file=sys.stderr
+            )
+        print(f"critbatch: error: the sweep measured nothing at batch size(s) "
+              f"{', '.join(map(str, failed))}; fix the cause above and run it again under a new name",
+              file=sys.stderr)  # fmt: skip
+        return 1
     if analyze:
         from tune_jobs.cli import main
 
@@ -183,6 +210,19 @@ def _report_sweep(result, job, analyze: bool) -> None:
         main(["analyze", result.parent_run_id, "--tracking-uri", uri, "--out", str(result.run_dir / "report"),
               "--target-metric", job.target.metric, "--target-value", str(job.target.value),
               "--direction", job.target.direction, "--bootstrap", "500"])  # fmt: skip
+    return 0
+
+
+def _failed_batch_sizes(trials: list[dict]) -> dict[int, str]:
+    """Batch size -> the first error, for each batch size whose trials all errored."""
+    from trainables.api import Status
+
+    by_b: dict[int, list[dict]] = {}
+    for t in trials:
+        by_b.setdefault(t["batch_size"], []).append(t)
+    return {b: next((t.get("error") for t in ts if t.get("error")), "no error message")
+            for b, ts in sorted(by_b.items(), key=lambda kv: kv[0] or 0)
+            if ts and all(t["status"] == Status.ERRORED for t in ts)}  # fmt: skip
 
 
 def run_command(args) -> int:
@@ -192,8 +232,7 @@ def run_command(args) -> int:
     print(plan_text(job), flush=True)
     result = run_sweep(job, address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress,
                        job_yaml=args.job.read_text())  # fmt: skip
-    _report_sweep(result, job, args.analyze)
-    return 0
+    return _report_sweep(result, job, args.analyze)
 
 
 def resume_command(args) -> int:
@@ -206,8 +245,7 @@ def resume_command(args) -> int:
                           progress=not args.no_progress)  # fmt: skip
 
     job = parse_job(json.loads((result.run_dir / "sweep.json").read_text())["job"])
-    _report_sweep(result, job, False)
-    return 0
+    return _report_sweep(result, job, False)
 
 
 def sync_command(args) -> int:
@@ -241,8 +279,7 @@ def quickstart_command(args) -> int:
     check_tracking_uri(job.tracking.uri)
     print(plan_text(job), flush=True)
     result = run_sweep(job, num_cpus=args.num_cpus, job_yaml=path.read_text())
-    _report_sweep(result, job, not args.no_report)
-    return 0
+    return _report_sweep(result, job, not args.no_report)
 
 
 def workloads_command(args) -> int:
