@@ -36,6 +36,7 @@ from tune_jobs.preflight import (  # noqa: F401  (re-exported: tests and tools i
     autoscaling_node_types,
     check_resources,
     check_tracking_uri,
+    check_user_code,
     init_ray,
 )
 
@@ -109,7 +110,7 @@ def job_params(job: JobConfig) -> dict[str, str]:
 def _train_sizes(job: JobConfig) -> dict[int, int | None]:
     from trainables.registry import get_workload
 
-    n = get_workload(job.workload).train_size
+    n = get_workload(job.workload, job.code_dir).train_size
     return dict.fromkeys(job.batch_sizes, n)
 
 
@@ -154,6 +155,7 @@ def run_sweep(
             f"`critbatch resume {job.name} --storage {job.storage}` or choose another name"
         )
     check_tracking_uri(job.tracking.uri)
+    check_user_code(job)
     resources = init_ray(address, num_cpus)
     check_resources(job, resources)
 
@@ -238,6 +240,9 @@ def _fit(
     # Every child run carries its LR strategy (the seed paper's BLR/LSR/SRSR and their warm-up),
     # so runs compare in the MLflow UI without opening the parent.
     strategy = {f"strategy.{k}": str(v) for k, v in dataclasses.asdict(job.strategy).items()}
+    strategy.update(
+        {f"optimizer.{k}": str(v) for k, v in dataclasses.asdict(job.optimizer).items()}
+    )
     tracker = Tracker(meta["tracking_uri"], meta["experiment_id"], meta["parent_run_id"], {
         "eval_every": str(job.eval_every), "target_metric": job.target.metric,
         "target_value": str(job.target.value), "target_direction": job.target.direction,
