@@ -58,6 +58,7 @@ def _import(module: str, code_dir: str) -> Any:
         code_dir = os.path.abspath(code_dir)
         if code_dir not in sys.path:
             sys.path.insert(0, code_dir)
+        _forget_if_elsewhere(module, code_dir)
     where = f"{code_dir!r} or the Python path" if code_dir else "the Python path"
     try:
         return importlib.import_module(module)
@@ -70,6 +71,20 @@ def _import(module: str, code_dir: str) -> Any:
         raise InputError(_raised(f"workload: module {module!r} failed to import", e)) from None
     except Exception as e:  # anything the user's module raises at import time
         raise InputError(_raised(f"workload: module {module!r} failed to import", e)) from None
+
+
+def _forget_if_elsewhere(module: str, code_dir: str) -> None:
+    """A module of the same name imported earlier from another folder (a second project in
+    one notebook session) is dropped, so this job gets the module in its own ``code_dir``."""
+    top = module.split(".")[0]
+    loaded = sys.modules.get(top)
+    here = os.path.join(code_dir, top)
+    if loaded is None or not (os.path.isfile(here + ".py") or os.path.isdir(here)):
+        return
+    file = os.path.abspath(getattr(loaded, "__file__", "") or "")
+    if not file.startswith(code_dir + os.sep):
+        for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+            del sys.modules[name]
 
 
 def _raised(what: str, e: BaseException) -> str:
@@ -173,8 +188,9 @@ TASK_FIELDS = ("model", "batches", "loss", "evaluate", "train_size")
 def _check_task(spec: str, task: Any) -> None:
     from trainables.loop import Task
 
-    if task is None or not all(hasattr(task, f) for f in TASK_FIELDS):
-        missing = [f for f in TASK_FIELDS if not hasattr(task, f)]
+    have = set(task) if isinstance(task, dict) else {f for f in TASK_FIELDS if hasattr(task, f)}
+    if isinstance(task, dict) or task is None or not have >= set(TASK_FIELDS):
+        missing = [f for f in TASK_FIELDS if f not in have] or ["the Task type"]
         raise InputError(
             f"workload: {spec} returned {type(task).__name__}, without {', '.join(missing)}; "
             "return Task(model=..., batches=..., loss=..., evaluate=..., train_size=...) "
