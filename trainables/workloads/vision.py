@@ -55,14 +55,14 @@ IMAGE_SIZE = 32  # every model here is sized for 32x32; MNIST's 28x28 is zero-pa
 
 @dataclass(frozen=True)
 class VisionOptions:
-    augment: bool = True
+    augment: bool = True  # random crop + flip (false: none)
     flip: bool | None = None  # None: the dataset's default (flips change the label of a digit)
     pad: int = 4  # pixels of zero padding before the random 32x32 crop
     channels_last: bool | None = None  # None: on for cuda
     bf16: bool | None = None  # None: bf16 autocast on for cuda
     compile: bool | str = False  # true: torch.compile (inductor); a string: that backend
     eval_limit: int = 0  # test images evaluated at each eval point; 0 = the whole test split
-    eval_batch_size: int = 1024
+    eval_batch_size: int = 1024  # images per evaluation forward pass
     limit_train: int | None = None  # None: the workload's default; 0: the whole split
     subset_seed: int = 0  # fixes the training subset across trials (not the trial seed)
     extra: bool = False  # SVHN only: train on train + extra (604,388 images)

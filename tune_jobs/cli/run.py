@@ -276,6 +276,7 @@ def quickstart_command(args) -> int:
 
 
 def workloads_command(args) -> int:
+    from trainables.options import describe
     from trainables.registry import workloads
 
     for name, w in workloads().items():
@@ -284,4 +285,9 @@ def workloads_command(args) -> int:
         data = f"; data: {w.dataset}" if w.dataset else ""
         print(f"{name}\n  {w.description}\n  {size}{data}\n  metrics: {metrics}\n  default target: "
               f"{w.default_target.metric} {w.default_target.direction} {w.default_target.value:g}")  # fmt: skip
+        for opt, tp, default, doc in describe(w.options) if w.options else []:
+            print(f"  options.{opt} ({tp}, default {default!r}): {doc}")
+    print(
+        "\nYour own model: workload: \"my_module:build\" (docs/workloads.md, 'Your own workload')"
+    )
     return 0
