@@ -13,7 +13,7 @@ import pytest
 import yaml
 from test_submit_end_to_end import RayHead, _clean_env, _submit, ray_head  # noqa: F401
 
-from tune_jobs.cluster_commands import REPO, runtime_env_for
+from tune_jobs.cluster import REPO, runtime_env_for
 
 pytestmark = pytest.mark.slow
 
