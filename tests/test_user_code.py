@@ -140,12 +140,14 @@ def _spirals_trial(tmp_path: Path, as_dataset: bool, **kw) -> TrialConfig:
                        options={"as_dataset": as_dataset}, **kw)  # fmt: skip
 
 
-def test_dataset_gives_the_same_first_20_steps_as_tensors(tmp_path):
+@pytest.mark.parametrize("micro_batch_size", [0, 8])
+def test_dataset_gives_the_same_first_20_steps_as_tensors(tmp_path, micro_batch_size):
     shutil.copy(EXAMPLE / "spirals.py", tmp_path / "spirals.py")
     losses = {}
     for as_dataset in (False, True):
         out: list[dict] = []
-        run_trial(_spirals_trial(tmp_path, as_dataset), lambda m, c=None, out=out: out.append(m))
+        cfg = _spirals_trial(tmp_path, as_dataset, micro_batch_size=micro_batch_size)
+        run_trial(cfg, lambda m, c=None, out=out: out.append(m))
         losses[as_dataset] = [m["train_loss"] for m in out]
     assert len(losses[True]) == 20
     assert losses[True] == losses[False]  # bit for bit: same examples, same order, same math

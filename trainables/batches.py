@@ -154,6 +154,8 @@ class DatasetBatches:
         if self._it is None:
             self._it = self._start()
         batch = next(self._it)
+        if type(batch) is list:  # default_collate turns (x, y) items into [xs, ys]: as tensors do
+            batch = tuple(batch)
         self.consumed.next_indices()  # keep the checkpointed position in step with the loop
         return _to_device(batch, self.device)
 
