@@ -6,3 +6,12 @@ plots, and a self-contained HTML report. Reading MLflow, Ray folders and CSVs ha
 `analysis.loaders`; the `critbatch analyze` and `critbatch fit` commands that drive them live
 in `tune_jobs.cli.analyze`.
 """
+
+
+def __getattr__(name: str):
+    """``from analysis import analyze`` (:mod:`analysis.notebook`), imported on first use."""
+    if name in ("analyze", "AnalysisOutcome"):
+        from analysis import notebook
+
+        return getattr(notebook, name)
+    raise AttributeError(f"module 'analysis' has no attribute {name!r}")

@@ -4,7 +4,7 @@ into `out_dir` and returns their paths.
 - loss_contours:   metric over (log2 batch size, steps) at the best LR (seed paper Fig 1, 5)
 - speedup:         s(B; B0) per strategy with the ideal line (Fig 2-4)
 - steps_fit:       steps to target with the McCandlish fit, bootstrap band, regimes, B_crit, CBS
-- best_lr:         best LR vs batch size with power-law and saturating fits, LSR / SRSR lines
+- best_lr:         best LR vs batch size with power-law, saturating and surge fits, LSR / SRSR lines
 - final_metric:    final eval metric per batch size and strategy (Table 2 as a plot + table)
 - loss_curves:     the metric against steps per batch size at the best LR
 - noise_scale:     B_simple against the target metric per batch size, beside B_crit
@@ -202,6 +202,10 @@ def best_lr(fit: LrFit, out_dir) -> list[Path]:
         s = fit.saturating
         ax.plot(dense, s.lr(dense), color="tab:orange",
                 label=f"eta_max/(1+B_noise/B): eta_max={s.eta_max:.3g}, B_noise={s.b_noise:.3g}")  # fmt: skip
+    if fit.surge is not None:
+        g = fit.surge
+        ax.plot(dense, g.lr(dense), color="tab:green",
+                label=f"surge (Li et al. 2024): eta_max={g.eta_max:.3g} at B_noise={g.b_noise:.3g}")  # fmt: skip
     ratio = dense / b[0]
     ax.plot(dense, t["lr"].iloc[0] * ratio, "k--", lw=0.8, label="LSR (alpha = 1)")
     ax.plot(dense, t["lr"].iloc[0] * np.sqrt(ratio), "k:", lw=0.8, label="SRSR (alpha = 0.5)")
@@ -215,7 +219,10 @@ def best_lr(fit: LrFit, out_dir) -> list[Path]:
             ax.axhline(v, color="red", lw=0.6, alpha=0.5, label="LR search range" if i else None)
     ax.set_yscale("log")
     _log2_axis(ax, b)
-    ax.set(xlabel=BATCH_LABEL, ylabel="best learning rate (peak)", title="Best LR vs batch size")
+    title = "Best LR vs batch size" + (
+        f"; best fit: {fit.best_form.replace('_', ' ')}" if fit.rms else ""
+    )
+    ax.set(xlabel=BATCH_LABEL, ylabel="best learning rate (peak)", title=title)
     ax.legend(fontsize=8)
     return _save(fig, out_dir, "best_lr")
 

@@ -210,6 +210,7 @@ def write_report(
             on=["strategy", "batch_size"],
             how="left",
         )
+        notes.append(lr.verdict())
     except AnalysisError as e:
         notes.append(f"no best-LR fit: {e}")
     logged = has_noise_scale(df)
@@ -258,7 +259,8 @@ def write_report(
     figure(f"{target.metric} curves at the best LR per batch size ({primary})",
            lambda: plots.loss_curves(df, fig_dir, target.metric, best, target.value, primary))  # fmt: skip
     if lr is not None:
-        figure("Best LR vs batch size: power law, saturating fit, LSR and SRSR references",
+        figure(f"Best LR vs batch size: power law, saturating and surge (Li et al. 2024) fits, LSR and "
+               f"SRSR references; {lr.verdict()}",
                lambda: plots.best_lr(lr, fig_dir))  # fmt: skip
     if logged:
         figure(f"Gradient noise scale B_simple along the best trial of each batch size ({primary}); "
@@ -316,6 +318,11 @@ def write_report(
             "r2": lr.power_law.r2,
             "eta_max": lr.saturating.eta_max if lr.saturating else None,
             "b_noise": lr.saturating.b_noise if lr.saturating else None,
+            "surge_eta_max": lr.surge.eta_max if lr.surge else None,
+            "surge_b_noise": lr.surge.b_noise if lr.surge else None,
+            "surge_peak_inside": lr.surge.peak_inside if lr.surge else None,
+            "rms_log_residual": lr.rms,
+            "best_form": lr.best_form,
             "lr_range": list(lr_range) if lr_range else None,
         },  # fmt: skip
         "per_batch_size": summary.to_dict(orient="records"),

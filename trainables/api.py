@@ -121,6 +121,11 @@ class Schedule:
     with a linear warm-up of ``warmup_epochs``. ``srsr``: lr = base_lr * sqrt(B / base_batch_size).
     ``decay_epochs``: epochs at which the LR is divided by ``decay_factor`` (the seed paper's
     step decay); empty for none.
+
+    ``decay`` shapes the LR after the warm-up: ``constant``, ``step`` (``decay_epochs``),
+    ``cosine`` (to ``final_lr_fraction`` * peak at the horizon) or ``wsd`` (warmup-stable-decay:
+    constant, then linear to ``final_lr_fraction`` * peak over the last ``wsd_decay_fraction``
+    of the horizon). The horizon is ``horizon_steps``, or the trial's step budget when 0.
     """
 
     strategy: str = "tuned"
@@ -130,6 +135,10 @@ class Schedule:
     warmup_steps: int = 0
     decay_epochs: tuple[float, ...] = ()
     decay_factor: float = 10.0
+    decay: str = "constant"
+    final_lr_fraction: float = 0.0  # cosine / wsd: LR at the horizon, as a fraction of the peak
+    wsd_decay_fraction: float = 0.2  # wsd: fraction of the horizon spent decaying
+    horizon_steps: int = 0  # cosine / wsd: steps of the whole schedule; 0 = the step budget
 
 
 @dataclass(frozen=True)
@@ -144,8 +153,11 @@ class TrialConfig:
     eval_every: int = 10  # steps between eval points (and reports)
     target: Target = field(default_factory=Target)
     schedule: Schedule = field(default_factory=Schedule)
-    momentum: float = 0.0
-    weight_decay: float = 0.0
+    optimizer: str = "sgd"  # sgd | nesterov | adam | adamw (trainables.optimizers)
+    momentum: float = 0.0  # sgd / nesterov
+    weight_decay: float = 0.0  # L2 for sgd / nesterov / adam; decoupled for adamw
+    betas: tuple[float, float] = (0.9, 0.999)  # adam / adamw
+    eps: float = 1e-8  # adam / adamw
     ema_beta: float = 0.9  # smoothing of train_loss_ema, per report
     divergence_factor: float = 10.0  # diverged when loss > factor * initial loss (or not finite)
     checkpoint_every: int = 0  # eval points between checkpoints; 0 = never
@@ -155,6 +167,7 @@ class TrialConfig:
     noise_scale: bool = False  # also log the gradient noise scale estimate (B_simple)
     micro_batch_size: int = 0  # > 0: run larger batches as parts of at most this many examples
     options: dict[str, Any] = field(default_factory=dict)  # workload-specific knobs
+    code_dir: str = ""  # user workloads ("module:function"): folder first on the import path
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -166,6 +179,8 @@ class TrialConfig:
         sched = dict(d.get("schedule", {}))
         sched["decay_epochs"] = tuple(sched.get("decay_epochs", ()))
         d["schedule"] = Schedule(**sched)
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
         return TrialConfig(**d)
 
 

@@ -1,7 +1,7 @@
 """The shared training loop for supervised workloads.
 
 A workload's ``build(config, device)`` returns a :class:`Task`; :func:`train_supervised`
-runs SGD on it under the trial's learning-rate schedule, evaluates every ``eval_every``
+runs the trial's optimizer (:mod:`trainables.optimizers`) on it under its learning-rate schedule, evaluates every ``eval_every``
 steps, and reports. Losses are accumulated on the device and read back only at eval points,
 so a GPU never waits on the host between steps.
 """
@@ -19,71 +19,11 @@ import torch
 
 from trainables import schedules
 from trainables.api import Report, Status, TrialConfig
+from trainables.batches import DatasetBatches, TensorBatches, as_batches
 from trainables.microbatch import backward_mean
+from trainables.optimizers import make_optimizer
 
-
-class TensorBatches:
-    """Shuffled mini-batches over tensors that already live on the training device.
-
-    Each epoch is a fresh permutation drawn from a seeded generator; a batch that would run
-    past the end of an epoch is filled from the next one, so every batch has exactly
-    ``batch_size`` examples (batch size is the scientific variable: it must not wobble).
-    ``transform(batch, generator)`` applies on-device augmentation. The position in the
-    stream is part of the checkpoint, so a restored trial sees the same batches.
-    """
-
-    def __init__(
-        self,
-        tensors: tuple[torch.Tensor, ...],
-        batch_size: int,
-        seed: int,
-        transform: Callable[[tuple[torch.Tensor, ...], torch.Generator], tuple[torch.Tensor, ...]]
-        | None = None,
-    ):
-        self.tensors = tensors
-        self.n = int(tensors[0].shape[0])
-        self.batch_size = batch_size
-        self.transform = transform
-        device = tensors[0].device
-        self.gen = torch.Generator(device="cpu").manual_seed(seed)
-        self.aug_gen = torch.Generator(device=device).manual_seed(seed + 1)
-        self.perm = torch.randperm(self.n, generator=self.gen)
-        self.pos = 0
-        self.device = device
-
-    def __next__(self) -> tuple[torch.Tensor, ...]:
-        parts = []
-        need = self.batch_size
-        while need > 0:
-            if self.pos >= self.n:
-                self.perm = torch.randperm(self.n, generator=self.gen)
-                self.pos = 0
-            take = min(need, self.n - self.pos)
-            parts.append(self.perm[self.pos : self.pos + take])
-            self.pos += take
-            need -= take
-        idx = (parts[0] if len(parts) == 1 else torch.cat(parts)).to(self.device, non_blocking=True)
-        batch = tuple(t[idx] for t in self.tensors)
-        if self.transform is not None:
-            batch = self.transform(batch, self.aug_gen)
-        return batch
-
-    def __iter__(self):
-        return self
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "gen": self.gen.get_state(),
-            "aug_gen": self.aug_gen.get_state(),
-            "perm": self.perm,
-            "pos": self.pos,
-        }
-
-    def load_state_dict(self, s: dict[str, Any]) -> None:
-        self.gen.set_state(s["gen"])
-        self.aug_gen.set_state(s["aug_gen"])
-        self.perm = s["perm"]
-        self.pos = s["pos"]
+__all__ = ["DatasetBatches", "Task", "TensorBatches", "train_supervised"]
 
 
 @dataclass
@@ -91,7 +31,10 @@ class Task:
     """What a supervised workload builds for one trial.
 
     ``batches``: an iterator of training batches of exactly the trial's batch size, with
-    ``state_dict``/``load_state_dict`` (see :class:`TensorBatches`). ``loss(model, batch)``:
+    ``state_dict``/``load_state_dict`` (see :class:`TensorBatches`); or a map-style torch
+    ``Dataset``, which the loop batches at the trial's batch size (:class:`DatasetBatches`,
+    with ``data_workers`` DataLoader processes; None = 0 on CPU, up to 4 on CUDA); or a tuple
+    of tensors (made :class:`TensorBatches` on the device). ``loss(model, batch)``:
     mean training loss of a batch (a scalar tensor). ``evaluate(model)``: eval metrics by
     name (e.g. ``eval_loss``, ``eval_accuracy``), computed without gradients.
     ``train_size``: training examples (after the data fraction), for the epoch counter.
@@ -103,6 +46,7 @@ class Task:
     evaluate: Callable[[torch.nn.Module], dict[str, float]]
     train_size: int
     clip_grad_norm: float = 0.0  # max global gradient norm (0 = no clipping)
+    data_workers: int | None = None  # Dataset batches only: DataLoader worker processes
 
 
 def resolve_device(name: str) -> torch.device:
@@ -131,14 +75,16 @@ def train_supervised(
     seed_everything(config.seed)
     device = resolve_device(config.device)
     task: Task = workload.build(config, device)
+    if isinstance(task.batches, DatasetBatches | TensorBatches):
+        batches = task.batches
+    elif task.data_workers is not None and not hasattr(task.batches, "__next__"):
+        batches = DatasetBatches(task.batches, config.batch_size, config.seed, device,
+                                 task.data_workers)  # fmt: skip
+    else:
+        batches = as_batches(task.batches, config.batch_size, config.seed, device)
+    task.batches = batches
     model = task.model.to(device)
-    opt = torch.optim.SGD(
-        model.parameters(),
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        nesterov=bool(config.options.get("nesterov", False)) and config.momentum > 0,
-    )
+    opt = make_optimizer(model.parameters(), config)
     steps_per_epoch = task.train_size / config.batch_size
     noise = None
     if config.noise_scale:
@@ -169,7 +115,7 @@ def train_supervised(
     n_in_window = 0
     evals_done = 0
     while step < config.max_steps:
-        lr = schedules.lr_at(step, config.lr, config.schedule, steps_per_epoch)
+        lr = schedules.lr_at(step, config.lr, config.schedule, steps_per_epoch, config.max_steps)
         for g in opt.param_groups:
             g["lr"] = lr
         batch = next(task.batches)

@@ -53,11 +53,20 @@ class Workload:
     # Why a batch cannot be cut into parts (micro-batches, B_simple's two half batches);
     # "" when it can. Job fields that would cut it are refused with this reason.
     whole_batches: str = ""
+    # Declared options: a dataclass with defaults and docs (trainables.options); None = none.
+    options: type | None = None
 
     def all_metrics(self) -> dict[str, str]:
         return {"train_loss": "min", "train_loss_ema": "min", **self.metrics}
 
+    def check_options(self, options: dict[str, Any]) -> Any:
+        """The options checked against the declared schema; raises InputError naming a bad one."""
+        from trainables.options import parse_options
+
+        return parse_options(self.options, options, self.name)
+
     def run(self, config: TrialConfig, report: Report, state: dict | None = None) -> None:
+        self.check_options(config.options)
         if self.train is not None:
             self.train(config, report, state)
             return
@@ -95,7 +104,13 @@ def _load_until(name: str) -> None:
         importlib.import_module(mod)
 
 
-def get_workload(name: str) -> Workload:
+def get_workload(name: str, code_dir: str = "") -> Workload:
+    """The workload ``name``: a built-in, or ``module:function`` from the user's code (found
+    with ``code_dir`` first on the import path; :mod:`trainables.user_code`)."""
+    if ":" in name:
+        from trainables.user_code import load_user_workload
+
+        return load_user_workload(name, code_dir)
     if name not in _REGISTRY:
         _load_until(name)
     if name not in _REGISTRY:
@@ -111,4 +126,4 @@ def workloads() -> dict[str, Workload]:
 
 def run_trial(config: TrialConfig, report: Report, state: dict | None = None) -> None:
     """Run one trial of ``config.workload``: the single entry point runners call."""
-    get_workload(config.workload).run(config, report, state)
+    get_workload(config.workload, config.code_dir).run(config, report, state)

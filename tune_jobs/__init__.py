@@ -1,4 +1,8 @@
-"""The search: job files, the Ray Tune sweep, MLflow tracking, the `critbatch` command."""
+"""The search: job files, the Ray Tune sweep, MLflow tracking, the `critbatch` command.
+
+From Python: ``from tune_jobs import run_sweep`` (:mod:`tune_jobs.notebook`; imported on first
+use, so importing tune_jobs stays cheap).
+"""
 
 import os
 
@@ -10,3 +14,11 @@ import os
 # RAY_ENABLE_UV_RUN_RUNTIME_ENV=1 to get Ray's behaviour back. This must run before `ray` is
 # imported (Ray reads the variable at import), hence here.
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+
+def __getattr__(name: str):
+    if name in ("run_sweep", "as_job", "SweepOutcome"):
+        from tune_jobs import notebook
+
+        return getattr(notebook, name)
+    raise AttributeError(f"module 'tune_jobs' has no attribute {name!r}")

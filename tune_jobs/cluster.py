@@ -1,8 +1,11 @@
 """Ray clusters: lint a cluster.yaml offline, and submit a job to a cluster as a Ray Job.
 
-:func:`submit_job` sends the job as a Ray Job: the repo is the job's working_dir, the entrypoint is
-``python -m tune_jobs.cli run JOB``, and the driver runs on the head node, next to the MLflow
-server. The job is validated here first, including what only matters on a cluster: its run
+:func:`submit_job` sends the job as a Ray Job: the entrypoint is ``python -m tune_jobs.cli run JOB``,
+and the driver runs on the head node, next to the MLflow server. The job's working_dir is the
+repo; for a user workload (``module:function``) it is the user's folder (the job file's, or
+``--working-dir``), and critbatch's own packages travel beside it as ``py_modules``, so every
+worker imports the user's module and critbatch without either being installed there. The job
+is validated here first, including what only matters on a cluster: its run
 folder and tracking store must outlive the job's temporary working_dir.
 
 :func:`check_cluster_config` (``critbatch cluster-check``) runs before ``ray up``, when there
@@ -219,25 +222,35 @@ def submit_job(
     *,
     address: str | None = None,
     overrides: list[str] | None = None,
-    working_dir: str | Path = REPO,
+    working_dir: str | Path | None = None,
     python: str = "python",
     submission_id: str | None = None,
 ) -> tuple[Any, str]:
     """Validate a job file and submit it as a Ray Job; returns (client, submission id)."""
+    from tune_jobs.config import JobError
     from tune_jobs.job_file import load_job, parse_overrides
 
     overrides = overrides or []
-    wd = Path(working_dir).resolve()
     job_file = Path(job_path).resolve()
+    user_code = _names_user_code(job_file)
+    wd = Path(working_dir).resolve() if working_dir else (job_file.parent if user_code else REPO)
     try:
         rel = job_file.relative_to(wd)
     except ValueError:
         raise InputError(
             f"JOB: {str(job_path)!r} is outside the working_dir {wd} that is uploaded to the cluster; "
-            "put the job file in the repo (e.g. tune_jobs/jobs/) or pass --working-dir"
+            "put the job file in that folder or pass --working-dir with a folder that holds it"
         ) from None
     job = load_job(job_file, parse_overrides(overrides))
     check_job_for_cluster(job)
+    if user_code:
+        from tune_jobs.preflight import check_user_code
+
+        code_dir = Path(job.code_dir)
+        if code_dir != wd and wd not in code_dir.parents:
+            raise JobError(f"code_dir: {code_dir} is outside the working_dir {wd} that is shipped "
+                           "to the cluster; pass --working-dir with a folder that holds both")  # fmt: skip
+        check_user_code(job)
 
     from ray.job_submission import JobSubmissionClient
 
@@ -273,10 +286,33 @@ def submit_job(
     client.submit_job(
         entrypoint=f"{python} -m tune_jobs.cli {args}",
         submission_id=sid,
-        runtime_env={"working_dir": str(wd), "excludes": WORKING_DIR_EXCLUDES},
+        runtime_env=runtime_env_for(wd),
         metadata={"critbatch.job": job.name, "critbatch.experiment": job.experiment},
     )
     return client, sid
+
+
+CRITBATCH_PACKAGES = ("trainables", "tune_jobs", "analysis")
+
+
+def runtime_env_for(working_dir: Path) -> dict[str, Any]:
+    """Ray's runtime_env of a submitted sweep: ``working_dir`` is uploaded and is every
+    process's current folder and first import path; when it is not this repo, critbatch's
+    packages are uploaded with it as ``py_modules``."""
+    env: dict[str, Any] = {"working_dir": str(working_dir), "excludes": WORKING_DIR_EXCLUDES}
+    if working_dir.resolve() != REPO:
+        env["py_modules"] = [str(REPO / p) for p in CRITBATCH_PACKAGES]
+    return env
+
+
+def _names_user_code(job_file: Path) -> bool:
+    """Does the job name a user workload (``module:function``)? (Before validation: the
+    answer picks the working_dir; the job is validated right after.)"""
+    try:
+        data = yaml.safe_load(job_file.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and ":" in str(data.get("workload", ""))
 
 
 def wait_for_job(client: Any, sid: str, timeout: float = 24 * 3600, echo: bool = True) -> str:

@@ -40,6 +40,17 @@ class StrategyConfig:
     """Epochs at which the LR is divided by decay_factor (step decay); empty for none."""
     decay_factor: float = 10.0
     """Divisor applied at each decay epoch."""
+    decay: str = "constant"
+    """LR after the warm-up: `constant`, `step` (decay_epochs), `cosine` (to final_lr_fraction
+    x peak at the horizon) or `wsd` (warmup-stable-decay: peak, then linear to
+    final_lr_fraction x peak over the last wsd_decay_fraction of the horizon)."""
+    final_lr_fraction: float = 0.0
+    """cosine / wsd: LR at the horizon as a fraction of the peak LR."""
+    wsd_decay_fraction: float = 0.2
+    """wsd: fraction of the horizon spent decaying (0.2: the last 20% of the steps)."""
+    horizon_steps: int = 0
+    """cosine / wsd: steps of the whole schedule; 0 = each trial's step budget (so
+    steps-to-target under cosine depends on the budget; see docs/workloads.md)."""
 
 
 @dataclass(frozen=True)
@@ -128,10 +139,16 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class OptimizerConfig:
+    name: str = "sgd"
+    """`sgd` (heavy ball), `nesterov` (SGD with Nesterov momentum), `adam` or `adamw`."""
     momentum: float = 0.0
-    """Heavy-ball momentum of SGD."""
+    """Momentum of sgd / nesterov."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """adam / adamw: decay rates of the first and second moment estimates."""
+    eps: float = 1e-8
+    """adam / adamw: added to the denominator."""
     weight_decay: float = 0.0
-    """L2 weight decay."""
+    """Weight decay: L2 added to the gradient for sgd / nesterov / adam, decoupled for adamw."""
 
 
 @dataclass(frozen=True)
@@ -164,7 +181,11 @@ class JobConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     options: dict[str, Any] = field(default_factory=dict)
-    """Workload-specific options (see the workload's docs)."""
+    """Workload-specific options, checked against the workload's declared schema
+    (`critbatch workloads` lists them)."""
+    code_dir: str = ""
+    """Folder put first on the import path for a user workload (`module:function`); default:
+    the job file's folder."""
     max_concurrent: int = 0
     """Trials running at once (0 = as many as the cluster's resources allow)."""
     checkpoint_every: int = 0
@@ -223,6 +244,10 @@ class JobConfig:
             warmup_steps=s.warmup_steps,
             decay_epochs=tuple(s.decay_epochs),
             decay_factor=s.decay_factor,
+            decay=s.decay,
+            final_lr_fraction=s.final_lr_fraction,
+            wsd_decay_fraction=s.wsd_decay_fraction,
+            horizon_steps=s.horizon_steps,
         )
 
     def trial_config(
@@ -237,8 +262,11 @@ class JobConfig:
             eval_every=self.eval_every,
             target=self.target,
             schedule=self.schedule(),
+            optimizer=self.optimizer.name,
             momentum=self.optimizer.momentum,
             weight_decay=self.optimizer.weight_decay,
+            betas=(float(self.optimizer.betas[0]), float(self.optimizer.betas[-1])),
+            eps=self.optimizer.eps,
             divergence_factor=self.divergence_factor,
             checkpoint_every=self.checkpoint_every,
             data_fraction=self.data.fraction,
@@ -246,6 +274,7 @@ class JobConfig:
             noise_scale=self.log_noise_scale,
             micro_batch_size=self.micro_batch_size,
             options=dict(self.options),
+            code_dir=self.code_dir,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -33,10 +33,14 @@ def check_values(job: JobConfig) -> None:
             f"name: {job.name!r} must be 1-{MAX_NAME_LENGTH} letters, digits, '-', '_' or '.', "
             "not starting with '.'; it names a folder (the sweep's, under storage)"
         )
+    from trainables.api import InputError
+
     try:
-        known = {job.workload: get_workload(job.workload)}
+        known = {job.workload: get_workload(job.workload, job.code_dir)}
     except KeyError:
         known = workloads()
+    except InputError as e:  # a user workload that does not import or has the wrong shape
+        raise JobError(str(e)) from None
     if job.workload not in known:
         close = difflib.get_close_matches(job.workload, list(known), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
@@ -57,6 +61,11 @@ def check_values(job: JobConfig) -> None:
         raise JobError("batch_sizes: contains duplicates; list each batch size once")
     if not job.seeds or len(set(job.seeds)) != len(job.seeds):
         raise JobError("seeds: give a non-empty list of distinct integer seeds, e.g. [0]")
+    try:
+        known[job.workload].check_options(job.options)
+    except InputError as e:
+        raise JobError(str(e)) from None
+    _check_optimizer(job)
     s = job.strategy
     if s.name not in ("tuned", "blr", "lsr", "srsr"):
         raise JobError(f"strategy.name: unknown strategy {s.name!r}; use tuned, blr, lsr or srsr")
@@ -66,6 +75,7 @@ def check_values(job: JobConfig) -> None:
         )
     if s.warmup_epochs < 0 or s.warmup_steps < 0:
         raise JobError("strategy.warmup_epochs: must be >= 0")
+    _check_decay(job)
     r = job.lr_search
     if not (r.min > 0 and r.max > 0 and math.isfinite(r.min) and math.isfinite(r.max)):
         raise JobError(
@@ -171,6 +181,62 @@ def _check_batch_sizes_fit(job: JobConfig, workload: Any) -> None:
                 f"{job.workload} ({workload.train_size} examples); drop it or use batch sizes "
                 f"<= {workload.train_size}"
             )
+
+
+def _check_optimizer(job: JobConfig) -> None:
+    from trainables.optimizers import ADAPTIVE, OPTIMIZERS
+
+    o = job.optimizer
+    if o.name not in OPTIMIZERS:
+        close = difflib.get_close_matches(o.name, OPTIMIZERS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise JobError(
+            f"optimizer.name: unknown {o.name!r}; {hint}use one of {', '.join(OPTIMIZERS)}"
+        )
+    if not 0 <= o.momentum < 1:
+        raise JobError(f"optimizer.momentum: {o.momentum}; use a value in [0, 1), e.g. 0.9")
+    if o.name in ADAPTIVE and o.momentum:
+        raise JobError(f"optimizer.momentum: {o.name} has no momentum field; its first moment is "
+                       "betas[0] (e.g. betas: [0.9, 0.999]); remove momentum")  # fmt: skip
+    if o.name == "nesterov" and o.momentum <= 0:
+        raise JobError("optimizer.momentum: nesterov needs momentum > 0, e.g. momentum: 0.9")
+    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+        raise JobError(f"optimizer.betas: {o.betas}; give two values in [0, 1), e.g. [0.9, 0.999]")
+    if o.name not in ADAPTIVE and list(o.betas) != [0.9, 0.999]:
+        raise JobError(f"optimizer.betas: {o.name} has no betas; remove them or use adam / adamw")
+    if not o.eps > 0:
+        raise JobError(f"optimizer.eps: {o.eps}; must be > 0, e.g. 1e-8")
+    if o.weight_decay < 0:
+        raise JobError(f"optimizer.weight_decay: {o.weight_decay}; must be >= 0")
+
+
+def _check_decay(job: JobConfig) -> None:
+    from trainables.schedules import DECAYS
+
+    s = job.strategy
+    if s.decay not in DECAYS:
+        raise JobError(f"strategy.decay: unknown {s.decay!r}; use one of {', '.join(DECAYS)}")
+    if s.decay == "step" and not s.decay_epochs:
+        raise JobError("strategy.decay_epochs: decay step needs the epochs to divide the LR at, "
+                       "e.g. decay_epochs: [100, 150]")  # fmt: skip
+    if s.decay in ("cosine", "wsd") and s.decay_epochs:
+        raise JobError(f"strategy.decay_epochs: step decay cannot combine with decay {s.decay}; "
+                       "remove decay_epochs")  # fmt: skip
+    if not 0 <= s.final_lr_fraction <= 1:
+        raise JobError(
+            f"strategy.final_lr_fraction: {s.final_lr_fraction}; use a fraction in [0, 1]"
+        )
+    if not 0 < s.wsd_decay_fraction <= 1:
+        raise JobError(
+            f"strategy.wsd_decay_fraction: {s.wsd_decay_fraction}; use a fraction in (0, 1], e.g. 0.2"
+        )
+    if s.horizon_steps < 0:
+        raise JobError("strategy.horizon_steps: must be >= 0 (0 = each trial's step budget)")
+    if job.workload.startswith("nqm") and (
+        s.decay not in ("constant", "step") or job.optimizer.name != "sgd"
+    ):
+        raise JobError("strategy.decay / optimizer.name: the noisy quadratic model is exact for SGD "
+                       "at a constant LR; use decay: constant and optimizer: {name: sgd}")  # fmt: skip
 
 
 # Workloads with their own training loop (``Workload.train``) that log B_simple; workloads
@@ -290,6 +356,9 @@ def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> JobCo
         )
     for key, value in (overrides or {}).items():
         apply_override(data, key, value)
+    if ":" in str(data.get("workload", "")):
+        # a user workload's module sits beside the job file, or in code_dir relative to it
+        data["code_dir"] = str((p.resolve().parent / str(data.get("code_dir") or ".")).resolve())
     return parse_job(data, str(p))
 
 

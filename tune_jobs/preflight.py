@@ -271,3 +271,45 @@ def check_resources(
         raise JobError(
             f"resources.cpus: each trial asks for {need_cpus:g} CPUs but the cluster has {cpus:g}; lower it"
         )
+
+
+PROBE_TIMEOUT_S = 300.0  # importing torch and building one tiny batch; a hang is a bug to report
+
+
+def check_user_code(job: JobConfig, timeout: float = PROBE_TIMEOUT_S) -> dict[str, Any] | None:
+    """A user workload (``module:function``) imported and built once, on one tiny batch, in a
+    fresh Python process (``python -m trainables.user_code``), before anything launches: a
+    module that crashes, hangs or exits cannot take the driver with it. Raises
+    :class:`JobError` naming the field and the fix; None for a built-in workload."""
+    import json
+    import subprocess
+    import sys
+
+    if ":" not in job.workload:
+        return None
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])),
+    }
+    arg = json.dumps({"spec": job.workload, "code_dir": job.code_dir, "options": job.options})
+    try:
+        out = subprocess.run([sys.executable, "-m", "trainables.user_code", arg], capture_output=True,
+                             text=True, timeout=timeout, env=env, cwd=job.code_dir or None)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise JobError(
+            f"workload: building {job.workload} on one tiny batch took over {timeout:.0f} s; "
+            "make build(config, device) fast (load data lazily or cache it)"
+        ) from None
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        tail = (out.stderr or out.stdout).strip().splitlines()[-5:]
+        raise JobError(
+            f"workload: the check of {job.workload} exited with code {out.returncode} before it "
+            f'finished: {" | ".join(tail)}; run `python -c "import {job.workload.split(":")[0]}"` '
+            f"in {job.code_dir} to see why"
+        )
+    result = json.loads(lines[-1])
+    if not result.get("ok"):
+        raise JobError(result["error"])
+    return result

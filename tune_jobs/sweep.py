@@ -40,6 +40,7 @@ from tune_jobs.preflight import (  # noqa: F401  (re-exported: tests and tools i
     check_num_cpus,
     check_resources,
     check_tracking_uri,
+    check_user_code,
     init_ray,
     preflight,
 )
@@ -115,7 +116,7 @@ def job_params(job: JobConfig) -> dict[str, str]:
 def _train_sizes(job: JobConfig) -> dict[int, int | None]:
     from trainables.registry import get_workload
 
-    n = get_workload(job.workload).train_size
+    n = get_workload(job.workload, job.code_dir).train_size
     return dict.fromkeys(job.batch_sizes, n)
 
 
@@ -162,6 +163,7 @@ def run_sweep(
     from tune_jobs.locks import claim_new_sweep
 
     run_dir = preflight(job, address=address, num_cpus=num_cpus)
+    check_user_code(job)  # imports the user's module and builds one batch, in a subprocess
     claim = claim_new_sweep(run_dir, job.name, SWEEP_FILE)  # refuses a second live sweep
     try:
         resources = init_ray(address, num_cpus)
@@ -261,6 +263,9 @@ def _fit(
     # Every child run carries its LR strategy (the seed paper's BLR/LSR/SRSR and their warm-up),
     # so runs compare in the MLflow UI without opening the parent.
     strategy = {f"strategy.{k}": str(v) for k, v in dataclasses.asdict(job.strategy).items()}
+    strategy.update(
+        {f"optimizer.{k}": str(v) for k, v in dataclasses.asdict(job.optimizer).items()}
+    )
     tracker = Tracker(meta["tracking_uri"], meta["experiment_id"], meta["parent_run_id"], {
         "eval_every": str(job.eval_every), "target_metric": job.target.metric,
         "target_value": str(job.target.value), "target_direction": job.target.direction,

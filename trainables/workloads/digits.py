@@ -8,6 +8,7 @@ validation set; the trial seed drives initialisation and batch order.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,11 +17,24 @@ from torch import nn
 
 from trainables.api import Target, TrialConfig
 from trainables.loop import Task, TensorBatches
+from trainables.options import parse_options
 from trainables.registry import Workload, register
 
 VAL_FRACTION = 0.2
 N_TOTAL = 1797
 N_TRAIN = N_TOTAL - int(round(N_TOTAL * VAL_FRACTION))
+
+
+@dataclass(frozen=True)
+class MLPOptions:
+    width: int = 128  # units of each of the two hidden layers
+    split_seed: int = 0  # seed of the fixed train/validation split (not the trial seed)
+
+
+@dataclass(frozen=True)
+class CNNOptions:
+    channels: int = 16  # channels of the first convolution (the second has twice as many)
+    split_seed: int = 0  # seed of the fixed train/validation split (not the trial seed)
 
 
 @functools.lru_cache(maxsize=4)
@@ -37,9 +51,9 @@ def _digits(split_seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
 
 
 def _classifier_task(
-    model: nn.Module, config: TrialConfig, device: torch.device, image: bool
+    model: nn.Module, config: TrialConfig, device: torch.device, image: bool, split_seed: int
 ) -> Task:
-    xtr, ytr, xva, yva = _digits(int(config.options.get("split_seed", 0)))
+    xtr, ytr, xva, yva = _digits(split_seed)
     n = max(1, int(round(len(ytr) * config.data_fraction)))
     shape = (-1, 1, 8, 8) if image else (-1, 64)
     xtr_t = torch.from_numpy(xtr[:n]).reshape(shape).to(device)
@@ -66,21 +80,23 @@ def _classifier_task(
 
 
 def build_mlp(config: TrialConfig, device: torch.device) -> Task:
-    width = int(config.options.get("width", 128))
+    o = parse_options(MLPOptions, config.options, "digits_mlp")
+    width = o.width
     model = nn.Sequential(
         nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 10)
     )
-    return _classifier_task(model, config, device, image=False)
+    return _classifier_task(model, config, device, False, o.split_seed)
 
 
 def build_cnn(config: TrialConfig, device: torch.device) -> Task:
-    c = int(config.options.get("channels", 16))
+    o = parse_options(CNNOptions, config.options, "digits_cnn")
+    c = o.channels
     model = nn.Sequential(
         nn.Conv2d(1, c, 3, padding=1), nn.ReLU(),
         nn.Conv2d(c, 2 * c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 8x8 -> 4x4
         nn.Flatten(), nn.Linear(2 * c * 16, 64), nn.ReLU(), nn.Linear(64, 10),
     )  # fmt: skip
-    return _classifier_task(model, config, device, image=True)
+    return _classifier_task(model, config, device, True, o.split_seed)
 
 
 METRICS = {"eval_loss": "min", "eval_accuracy": "max", "eval_error": "min"}
@@ -93,6 +109,7 @@ register(
         default_target=Target("eval_accuracy", 0.95, "max"),
         train_size=N_TRAIN,
         build=build_mlp,
+        options=MLPOptions,
         defaults={"lr_min": 1e-3, "lr_max": 3.0},
     )
 )
@@ -104,6 +121,7 @@ register(
         default_target=Target("eval_accuracy", 0.95, "max"),
         train_size=N_TRAIN,
         build=build_cnn,
+        options=CNNOptions,
         defaults={"lr_min": 1e-3, "lr_max": 3.0},
     )
 )

@@ -34,31 +34,35 @@ its streams exactly.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.api import Target, TrialConfig
+from trainables.api import InputError, Target, TrialConfig
 from trainables.datasets import wikitext
 from trainables.loop import Task
+from trainables.options import parse_options
 from trainables.registry import Workload, register
 
-OPTIONS = (
-    "size",
-    "emsize",
-    "nhid",
-    "layers",
-    "dropout",
-    "tied",
-    "bptt",
-    "clip",
-    "eval_tokens",
-    "eval_streams",
-    "variant",
-    "nesterov",
-)
+
+@dataclass(frozen=True)
+class LanguageOptions:
+    size: str = "medium"  # small (200 units, dropout 0.2), medium (650, 0.5) or large (1500, 0.65)
+    emsize: int | None = None  # embedding size (default: the size's units)
+    nhid: int | None = None  # LSTM units per layer (default: the size's units)
+    layers: int = 2  # LSTM layers
+    dropout: float | None = None  # dropout (default: the size's)
+    tied: bool = False  # tie the decoder to the embedding (needs emsize == nhid)
+    bptt: int = 35  # tokens per training window
+    clip: float = 0.25  # max gradient L2 norm (0 = no clipping)
+    eval_tokens: int = 0  # validation tokens evaluated (0 = all 217,646)
+    eval_streams: int = 10  # parallel streams of the evaluation
+    variant: str = "wikitext-2"  # or wikitext-2-raw: which files to read
+
+
 SIZES = {"small": (200, 0.2), "medium": (650, 0.5), "large": (1500, 0.65)}  # units, dropout
 DEFAULT_BPTT = 35
 
@@ -137,41 +141,30 @@ class StreamBatches:
         self.pos = int(s["pos"])
 
 
-def _model_options(o: dict[str, Any]) -> dict[str, Any]:
-    size = str(o.get("size", "medium"))
-    if size not in SIZES:
-        raise ValueError(f"options.size: unknown {size!r}; use one of {', '.join(SIZES)}")
-    units, dropout = SIZES[size]
+def _model_options(o: LanguageOptions) -> dict[str, Any]:
+    if o.size not in SIZES:
+        raise InputError(f"options.size: unknown {o.size!r}; use one of {', '.join(SIZES)}")
+    units, dropout = SIZES[o.size]
     return {
-        "emsize": int(o.get("emsize", units)),
-        "nhid": int(o.get("nhid", units)),
-        "layers": int(o.get("layers", 2)),
-        "dropout": float(o.get("dropout", dropout)),
-        "tied": bool(o.get("tied", False)),
+        "emsize": units if o.emsize is None else o.emsize,
+        "nhid": units if o.nhid is None else o.nhid,
+        "layers": o.layers,
+        "dropout": dropout if o.dropout is None else o.dropout,
+        "tied": o.tied,
     }
 
 
-def check_options(options: dict[str, Any], known: tuple[str, ...], workload: str) -> None:
-    """A misspelt option must fail loudly, not silently fall back to its default."""
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ValueError(f"{workload}: unknown options {unknown}; known: {', '.join(known)}")
-
-
 def build(config: TrialConfig, device: torch.device) -> Task:
-    o = config.options
-    check_options(o, OPTIONS, "wikitext2_lstm")
-    corpus = wikitext.load_corpus(config.data_root, str(o.get("variant", "wikitext-2")))
-    bptt = int(o.get("bptt", DEFAULT_BPTT))
+    o = parse_options(LanguageOptions, config.options, "wikitext2_lstm")
+    corpus = wikitext.load_corpus(config.data_root, o.variant)
+    bptt = o.bptt
     n_train = max(2, int(round(corpus.train.numel() * config.data_fraction)))  # the first fraction
     batches = StreamBatches(corpus.train[:n_train].to(device), config.batch_size, bptt)
     model = LSTMLanguageModel(corpus.vocab_size, **_model_options(o))
 
-    eval_tokens = int(o.get("eval_tokens", 0))
+    eval_tokens = o.eval_tokens
     valid = corpus.valid[:eval_tokens] if eval_tokens > 0 else corpus.valid
-    valid = wikitext.batchify(
-        valid.to(device), min(int(o.get("eval_streams", 10)), valid.numel() // 2)
-    )
+    valid = wikitext.batchify(valid.to(device), min(o.eval_streams, valid.numel() // 2))
 
     def loss(m: LSTMLanguageModel, batch) -> torch.Tensor:
         x, y, reset = batch
@@ -201,7 +194,7 @@ def build(config: TrialConfig, device: torch.device) -> Task:
         loss,
         evaluate,
         batches.steps_per_epoch * config.batch_size,
-        clip_grad_norm=float(o.get("clip", 0.25)),
+        clip_grad_norm=o.clip,
     )
 
 
@@ -214,6 +207,7 @@ register(
         train_size=wikitext.TRAIN_TOKENS
         // DEFAULT_BPTT,  # windows of 35 tokens in the standard train file
         build=build,
+        options=LanguageOptions,
         dataset="wikitext2",
         cpu_friendly=False,
         defaults={"lr_min": 1.0, "lr_max": 100.0},

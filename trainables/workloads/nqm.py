@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,25 +41,43 @@ from trainables import schedules
 from trainables.api import Report, Status, Target, TrialConfig
 from trainables.noise_scale import NoiseScaleEMA, two_batch_estimates
 from trainables.nqm_truth import NQM, MomentumPath, SGDPath, momentum_matrix
+from trainables.options import parse_options
 from trainables.registry import Workload, register
 
 EPOCH_EXAMPLES = 10**6
 
 
+@dataclass(frozen=True)
+class NQMOptions:
+    dim: int = 10_000  # dimensions of the quadratic (Zhang et al. 2019 use 10^4)
+    exponent: float = 1.0  # curvatures h_i = i^-exponent
+    noise_scale: float = 1.0  # gradient noise covariance c_i = noise_scale * h_i
+    s0: float = 1.0  # initial E[theta_i^2]
+    max_reports: int = 100  # most eval points; beyond, they are spaced geometrically
+    noise_ema: float = 0.99  # nqm_sgd with log_noise_scale: EMA of the B_simple estimates
+
+
+def options(config: TrialConfig) -> NQMOptions:
+    return parse_options(NQMOptions, config.options, config.workload)
+
+
 def problem(config: TrialConfig) -> NQM:
-    o = config.options
-    return NQM(
-        dim=int(o.get("dim", 10_000)),
-        exponent=float(o.get("exponent", 1.0)),
-        noise_scale=float(o.get("noise_scale", 1.0)),
-        s0=float(o.get("s0", 1.0)),
-    )
+    o = options(config)
+    return NQM(dim=o.dim, exponent=o.exponent, noise_scale=o.noise_scale, s0=o.s0)
 
 
 def _check(config: TrialConfig) -> None:
     if config.schedule.decay_epochs:
         raise ValueError(
             "nqm workloads: step decay (decay_epochs) is not supported; use a constant LR"
+        )
+    if config.schedule.decay not in ("constant", "step"):
+        raise ValueError(
+            f"nqm workloads: decay {config.schedule.decay!r} is not modelled; use a constant LR"
+        )
+    if config.optimizer not in ("sgd",):
+        raise ValueError(
+            f"nqm workloads: optimizer {config.optimizer!r} is not modelled; use sgd (with momentum)"
         )
     if config.target.direction != "min":
         raise ValueError("nqm workloads: the target is a loss; use direction 'min'")
@@ -68,7 +87,7 @@ def _eval_points(config: TrialConfig, end: int, start: int) -> list[int]:
     """Eval points in (start, end): every multiple of eval_every if there are fewer than
     max_reports, else about max_reports of them spaced geometrically (each a multiple of
     eval_every): a runner that stops trials at reports overshoots by a bounded fraction."""
-    max_reports = max(int(config.options.get("max_reports", 100)), 2)
+    max_reports = max(options(config).max_reports, 2)
     e = config.eval_every
     n = (end - 1) // e
     if n < max_reports:
@@ -168,7 +187,7 @@ def train_sgd(config: TrialConfig, report: Report, state: dict | None = None) ->
     gen = torch.Generator(device=device).manual_seed(config.seed)
     theta = torch.full_like(h, math.sqrt(nqm.s0))  # E theta_i^2 = s0 exactly, as in the recurrence
     v = torch.zeros_like(h)
-    noise_beta = float(config.options.get("noise_ema", 0.99))
+    noise_beta = options(config).noise_ema
     noise = NoiseScaleEMA(noise_beta) if config.noise_scale else None
     truth = NoiseScaleEMA(noise_beta)  # the same average of the closed forms, for comparison
     trsigma = float(nqm.c.sum())
@@ -261,6 +280,7 @@ register(
         default_target=Target("eval_loss", 0.01, "min"),
         train_size=EPOCH_EXAMPLES,
         train=train_exact,
+        options=NQMOptions,
         defaults={"lr_min": 1e-4, "lr_max": 2.0, "options": {**_OPTIONS, "max_reports": 100}},
     )
 )
@@ -272,6 +292,7 @@ register(
         default_target=Target("eval_loss", 0.01, "min"),
         train_size=EPOCH_EXAMPLES,
         train=train_sgd,
+        options=NQMOptions,
         defaults={"lr_min": 1e-4, "lr_max": 2.0, "options": dict(_OPTIONS)},
     )
 )

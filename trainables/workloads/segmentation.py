@@ -25,7 +25,7 @@ view), ``downscale`` (2: 1024x512 images; 1 = full 2048x1024 resolution), ``eval
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -34,10 +34,20 @@ from torch import nn
 from trainables.api import Target, TrialConfig
 from trainables.datasets import cityscapes
 from trainables.loop import Task, TensorBatches
+from trainables.options import parse_options
 from trainables.registry import Workload, register
 
 N_CLASSES = len(cityscapes.CLASSES)
-OPTIONS = ("crop", "downscale", "eval_images", "eval_batch", "flip", "decode_workers", "nesterov")
+
+
+@dataclass(frozen=True)
+class SegmentationOptions:
+    crop: int = 448  # side of the random square training crop, pixels (after downscale)
+    downscale: int = 2  # images and labels shrunk by this factor when decoded
+    eval_images: int = 0  # validation images evaluated (0 = all 500)
+    eval_batch: int = 4  # images per evaluation forward pass
+    flip: bool = True  # random horizontal flips of the training crops
+    decode_workers: int = 0  # processes decoding the PNGs once (0 = one per CPU)
 
 
 def _conv_bn_relu(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> list[nn.Module]:
@@ -184,11 +194,8 @@ def _placement(nbytes: int, device: torch.device) -> torch.device:
 
 
 def build(config: TrialConfig, device: torch.device) -> Task:
-    o: dict[str, Any] = config.options
-    unknown = sorted(set(o) - set(OPTIONS))
-    if unknown:  # a misspelt option must fail loudly, not silently fall back to its default
-        raise ValueError(f"cityscapes_drn: unknown options {unknown}; known: {', '.join(OPTIONS)}")
-    downscale, workers = int(o.get("downscale", 2)), int(o.get("decode_workers", 0))
+    o = parse_options(SegmentationOptions, config.options, "cityscapes_drn")
+    downscale, workers = o.downscale, o.decode_workers
     images, labels = cityscapes.load_split(config.data_root, "train", downscale, 0, workers)
     n = max(
         1, int(round(images.shape[0] * config.data_fraction))
@@ -198,13 +205,13 @@ def build(config: TrialConfig, device: torch.device) -> Task:
     images, labels = images.to(home), labels.to(home)  # no copy when already there
     if home != device:  # too big for the accelerator: batches are cropped on the host, then copied
         images, labels = images.pin_memory(), labels.pin_memory()
-    transform = crop_and_flip(int(o.get("crop", 448)), bool(o.get("flip", True)), device)
+    transform = crop_and_flip(o.crop, o.flip, device)
     batches = TensorBatches((images, labels), config.batch_size, config.seed, transform)
 
     val_images, val_labels = cityscapes.load_split(
-        config.data_root, "val", downscale, int(o.get("eval_images", 0)), workers
+        config.data_root, "val", downscale, o.eval_images, workers
     )
-    eval_batch = int(o.get("eval_batch", 4))
+    eval_batch = o.eval_batch
     normalize = _normalizer(device)
 
     def loss(m: nn.Module, batch) -> torch.Tensor:
@@ -242,6 +249,7 @@ register(
         default_target=Target("eval_miou", 0.5, "max"),
         train_size=cityscapes.TRAIN_IMAGES,
         build=build,
+        options=SegmentationOptions,
         dataset="cityscapes",
         cpu_friendly=False,
         defaults={"lr_min": 1e-3, "lr_max": 1.0},

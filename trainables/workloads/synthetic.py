@@ -14,19 +14,32 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from trainables.api import Target, TrialConfig
 from trainables.loop import Task, TensorBatches
+from trainables.options import parse_options
 from trainables.registry import Workload, register
 
 
+@dataclass(frozen=True)
+class SyntheticOptions:
+    dim: int = 16  # input dimension
+    n_train: int = 4096  # training examples (1,024 more are the validation set)
+    noise: float = 0.5  # standard deviation of the label noise
+    data_seed: int = 0  # seed of the generated data (not the trial seed)
+    sleep_per_step: float = 0.0  # seconds slept per loss call: stretches a trial for fault tests
+    fail_at_step: int = 0  # raise RuntimeError at this step of an attempt (0 = never)
+    fail_marker: str = ""  # a file path: only the attempt that creates it fails
+
+
 def build(config: TrialConfig, device: torch.device) -> Task:
-    o = config.options
-    dim, n, noise = int(o.get("dim", 16)), int(o.get("n_train", 4096)), float(o.get("noise", 0.5))
-    g = torch.Generator().manual_seed(int(o.get("data_seed", 0)))
+    o = parse_options(SyntheticOptions, config.options, "synthetic")
+    dim, n, noise = o.dim, o.n_train, o.noise
+    g = torch.Generator().manual_seed(o.data_seed)
     w_true = torch.randn(dim, 1, generator=g)
     scales = torch.linspace(0.5, 1.5, dim)  # anisotropic inputs: a spread of curvatures
     x = torch.randn(n + 1024, dim, generator=g) * scales
@@ -35,8 +48,8 @@ def build(config: TrialConfig, device: torch.device) -> Task:
     xtr, ytr = x[:n_used].to(device), y[:n_used].to(device)
     xva, yva = x[n:].to(device), y[n:].to(device)
     model = nn.Linear(dim, 1)
-    sleep = float(o.get("sleep_per_step", 0.0))
-    fail_at, marker = int(o.get("fail_at_step", 0)), str(o.get("fail_marker", ""))
+    sleep = o.sleep_per_step
+    fail_at, marker = o.fail_at_step, o.fail_marker
     steps = 0
 
     def loss(m: nn.Module, batch) -> torch.Tensor:
@@ -77,6 +90,7 @@ register(
         default_target=Target("eval_loss", 0.2, "min"),
         train_size=4096,
         build=build,
+        options=SyntheticOptions,
         defaults={"lr_min": 1e-3, "lr_max": 2.0},
     )
 )

@@ -26,7 +26,7 @@ images before ``data_fraction``; 50,000 for MNIST and SVHN as in the paper, 0 = 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,10 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.api import Target, TrialConfig
+from trainables.api import InputError, Target, TrialConfig
 from trainables.datasets.images import DATASETS, SVHN_EXTRA_SIZE, read_split, subset_indices
 from trainables.loop import Task, TensorBatches
 from trainables.models import build_model
+from trainables.options import parse_options
 from trainables.registry import Workload, register
 
 # The paper's Table 1 settings for every image workload: eta0 (lr at the base batch size),
@@ -54,28 +55,21 @@ IMAGE_SIZE = 32  # every model here is sized for 32x32; MNIST's 28x28 is zero-pa
 
 @dataclass(frozen=True)
 class VisionOptions:
-    augment: bool = True
+    augment: bool = True  # random crop + flip (false: none)
     flip: bool | None = None  # None: the dataset's default (flips change the label of a digit)
     pad: int = 4  # pixels of zero padding before the random 32x32 crop
     channels_last: bool | None = None  # None: on for cuda
     bf16: bool | None = None  # None: bf16 autocast on for cuda
     compile: bool | str = False  # true: torch.compile (inductor); a string: that backend
     eval_limit: int = 0  # test images evaluated at each eval point; 0 = the whole test split
-    eval_batch_size: int = 1024
+    eval_batch_size: int = 1024  # images per evaluation forward pass
     limit_train: int | None = None  # None: the workload's default; 0: the whole split
     subset_seed: int = 0  # fixes the training subset across trials (not the trial seed)
     extra: bool = False  # SVHN only: train on train + extra (604,388 images)
-    nesterov: bool = False  # used by the shared loop
 
     @staticmethod
     def parse(options: dict[str, Any]) -> VisionOptions:
-        known = {f.name for f in fields(VisionOptions)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown option(s) {unknown} for an image workload; known: {sorted(known)}"
-            )
-        opts = VisionOptions(**options)
+        opts = parse_options(VisionOptions, options, "an image workload")
         minimum = {
             "pad": 0,
             "eval_limit": 0,
@@ -88,7 +82,7 @@ class VisionOptions:
             if value is not None and (
                 not isinstance(value, int) or isinstance(value, bool) or value < low
             ):
-                raise ValueError(f"option {name} must be an integer >= {low}, got {value!r}")
+                raise InputError(f"options.{name}: must be an integer >= {low}, got {value!r}")
         return opts
 
 
@@ -272,6 +266,7 @@ def _register(
             train_size=n,
             build=build,
             dataset="svhn-extra" if defaults.get("extra") else dataset,
+            options=VisionOptions,
             cpu_friendly=False,
             defaults={
                 "lr_min": 1e-3,

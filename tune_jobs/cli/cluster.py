@@ -12,7 +12,6 @@ from typing import Any
 
 from tune_jobs.cluster import (
     DEFAULT_DASHBOARD,
-    REPO,
     check_cluster_config,
     submit_job,
     wait_for_job,
@@ -102,8 +101,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--working-dir",
-        default=str(REPO),
-        help="folder uploaded as the job's working_dir (default: this repo)",
+        default=None,
+        help="folder uploaded as the job's working_dir (default: the job file's folder for a "
+        "user workload `module:function`, else this repo)",
     )
     p.add_argument(
         "--python",

@@ -114,7 +114,7 @@ def _load(args):
 def plan_text(job) -> str:
     from trainables.registry import get_workload
 
-    w = get_workload(job.workload)
+    w = get_workload(job.workload, job.code_dir)
     steps = [job.max_steps_for(b, w.train_size) for b in job.batch_sizes]
     lr = (f"LR searched in [{job.lr_search.min:g}, {job.lr_search.max:g}] ({'log' if job.lr_search.log else 'linear'}), "
           f"{job.lr_search.trials_per_batch_size} trials per batch size ({job.lr_search.algorithm})"
@@ -140,6 +140,26 @@ def plan_text(job) -> str:
         f"early stopping {'on' if job.early_stopping.enabled and job.tuned else 'off'}",
         f"  MLflow: {redact_uri(job.tracking.uri)}, experiment {job.experiment!r}; run folder {Path(job.storage) / job.name}",
     ]
+    o, s = job.optimizer, job.strategy
+    opt = (
+        f"betas {o.betas}, eps {o.eps:g}"
+        if o.name in ("adam", "adamw")
+        else f"momentum {o.momentum:g}"
+    )
+    decay = {"cosine": f"cosine to {s.final_lr_fraction:g} x peak", "wsd": f"WSD (last {s.wsd_decay_fraction:.0%} decays to {s.final_lr_fraction:g} x peak)",
+             "step": f"step decay at epochs {s.decay_epochs}"}.get(s.decay, "constant" if not s.decay_epochs else f"step decay at epochs {s.decay_epochs}")  # fmt: skip
+    horizon = (
+        (f" over {s.horizon_steps} steps" if s.horizon_steps else " over each trial's budget")
+        if s.decay in ("cosine", "wsd")
+        else ""
+    )
+    lines.append(
+        f"  optimizer: {o.name} ({opt}, weight decay {o.weight_decay:g}); LR after warm-up: {decay}{horizon}"
+    )
+    if o.name in ("adam", "adamw") and s.name == "lsr":
+        lines.append(
+            "  note: lsr is SGD's rule; for adam / adamw the square-root rule srsr is the counterpart (Malladi et al. 2022)"
+        )
     if job.log_noise_scale:
         lines.append(
             "  gradient noise scale: B_simple logged at every eval point (two half-batch gradients per step)"
@@ -161,11 +181,19 @@ def plan_text(job) -> str:
 
 
 def check_command(args) -> int:
-    from tune_jobs.preflight import preflight
+    from tune_jobs.preflight import check_user_code, preflight
 
     job = _load(args)
     preflight(job, address=args.address, num_cpus=args.num_cpus)
     print(plan_text(job))
+    probe = check_user_code(job)  # a JobError (InputError) is the CLI's exit 2
+    if probe and probe["contract"] == "build":
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in probe["metrics"].items())
+        print(
+            f"  user code: built, one batch of 2: loss {probe['loss']:.4g} (a scalar); evaluate: {shown}"
+        )
+    elif probe:
+        print("  user code: imported; train(config, report, state) has the right parameters")
     print("ok: the job is valid and `critbatch run` will start (nothing launched)")
     return 0
 
@@ -283,6 +311,7 @@ def quickstart_command(args) -> int:
 
 
 def workloads_command(args) -> int:
+    from trainables.options import describe
     from trainables.registry import workloads
 
     for name, w in workloads().items():
@@ -291,4 +320,9 @@ def workloads_command(args) -> int:
         data = f"; data: {w.dataset}" if w.dataset else ""
         print(f"{name}\n  {w.description}\n  {size}{data}\n  metrics: {metrics}\n  default target: "
               f"{w.default_target.metric} {w.default_target.direction} {w.default_target.value:g}")  # fmt: skip
+        for opt, tp, default, doc in describe(w.options) if w.options else []:
+            print(f"  options.{opt} ({tp}, default {default!r}): {doc}")
+    print(
+        "\nYour own model: workload: \"my_module:build\" (docs/workloads.md, 'Your own workload')"
+    )
     return 0
