@@ -15,7 +15,8 @@ import yaml
 from trainables.api import TrialConfig
 from trainables.registry import run_trial
 from tune_jobs.cli import main
-from tune_jobs.config import JobError, load_job
+from tune_jobs.config import JobError
+from tune_jobs.job_file import load_job
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "own_model"

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tune_jobs.config import JobConfig, load_job, parse_job
+from tune_jobs.config import JobConfig
+from tune_jobs.job_file import load_job, parse_job
 
 
 def as_job(job: JobConfig | dict[str, Any] | str | Path) -> JobConfig:
