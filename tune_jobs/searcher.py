@@ -206,25 +206,6 @@ class SweepSearcher(Searcher):
         if by_key:
             raise RuntimeError(f"journaled trials the search never proposed: {sorted(by_key)}")
 
-    def objective_for(self, trial_id: str, last: dict[str, Any]) -> float | None:
-        """The value this trial scores in its study (see :func:`tune_jobs.lr_search.objective`)."""
-        p = self.proposals.get(trial_id)
-        if p is None:
-            return None
-        best = self.best_metric.get(trial_id)
-        v = last.get(self.job.target.metric)
-        if v is not None and math.isfinite(v):
-            best = (
-                v
-                if best is None
-                else (min(best, v) if self.job.target.direction == "min" else max(best, v))
-            )
-        t = self.job.target
-        max_steps = self.job.max_steps_for(p.batch_size, self.train_sizes.get(p.batch_size))
-        return objective(
-            trial_outcome(last, best, self.censored.get(trial_id)), max_steps, t.value, t.direction
-        )
-
     # ---- resume --------------------------------------------------------------------------
     def save(self, checkpoint_path: str) -> None:
         state = {

@@ -199,7 +199,9 @@ class MlflowCallback(Callback):
         self.logged_step.pop(trial.trial_id, None)
         record = self.records.pop(trial.trial_id, None)
         if record is None:  # not from the searcher (cannot happen): status from Tune alone
-            status = final_status((trial.last_result or {}).get("status"), errored=error is not None)
+            status = final_status(
+                (trial.last_result or {}).get("status"), errored=error is not None
+            )
             record = {"row": {"steps_run": (trial.last_result or {}).get("step")}}
         else:
             status = record["status"]
