@@ -38,7 +38,7 @@ def _job(tmp_path: Path, name: str) -> Path:
         target={"metric": "eval_loss", "value": 0.3, "direction": "min"},
         budget={"max_steps": 80},
         early_stopping={"enabled": True, "grace_steps": 20},
-        options={"sleep_per_step": 0.1},
+        options={"sleep_per_step": 0.2},
     )  # fmt: skip
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -63,7 +63,7 @@ def _started(run_dir: Path) -> int:
 KILL_AT = {  # (journaled trials, trial folders) -> kill now
     "early": lambda done, started: done >= 1,
     "middle": lambda done, started: done >= 2 and started >= 3,
-    "last_round": lambda done, started: started >= TOTAL and done < TOTAL,
+    "last_round": lambda done, started: started >= TOTAL - 1 and done < TOTAL,
 }
 
 

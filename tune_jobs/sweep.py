@@ -226,13 +226,12 @@ def _fit(
     job: JobConfig, run_dir: Path, meta: dict[str, Any], *, restore: bool, progress: bool
 ) -> SweepResult:
     from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
 
     from tune_jobs.journal import journal_path, read_records
     from tune_jobs.mlflow_writer import SPILL_FILE, MlflowWriter
     from tune_jobs.progress import ProgressCallback
     from tune_jobs.searcher import PerBatchSizeScheduler, SweepSearcher
-    from tune_jobs.tracking import MlflowCallback, Tracker, reconcile
+    from tune_jobs.tracking import MlflowCallback, RunFolderJsonLogger, Tracker, reconcile
     from tune_jobs.trainable import run_tune_trial
 
     t0 = time.time()
@@ -261,7 +260,7 @@ def _fit(
                       child_params(job))  # fmt: skip
     tracker.fresh = not restore
     writer = MlflowWriter(tracker, run_dir / SPILL_FILE)
-    callbacks = [JsonLoggerCallback(), MlflowCallback(writer, tracker, searcher.records)]
+    callbacks = [RunFolderJsonLogger(), MlflowCallback(writer, tracker, searcher.records)]
     if progress:
         callbacks.append(ProgressCallback(job))
     run_config = tune.RunConfig(

@@ -23,6 +23,8 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
+from ray.tune.logger import JsonLoggerCallback
+from ray.tune.utils.util import SafeFallbackEncoder
 
 from analysis.loaders import tracking_store
 from analysis.mlflow_layout import (
@@ -207,6 +209,26 @@ class MlflowCallback(Callback):
             status = record["status"]
         metrics, tags = final_parts(record, trial.last_result, error)
         self.writer.put(("end", trial.trial_id, status, metrics, tags))
+
+
+class RunFolderJsonLogger(JsonLoggerCallback):
+    """Tune's JSON logger (``params.json``, and ``result.json``: one line per report), written
+    straight into the trial's folder in the run folder. Tune's own logger writes to a staging
+    folder under Ray's session directory, copied to the run folder only every experiment
+    checkpoint: a killed driver then leaves the run folder behind the journal and MLflow, and
+    `resume`/`sync` would not find reports they need. Each line is flushed as it is written."""
+
+    def log_trial_start(self, trial) -> None:
+        if trial in self._trial_files:
+            self._trial_files[trial].close()
+        Path(trial.path).mkdir(parents=True, exist_ok=True)
+        self.update_config(trial, trial.config)
+        self._trial_files[trial] = Path(trial.path, "result.json").open("a")  # noqa: SIM115
+
+    def update_config(self, trial, config: dict[str, Any]) -> None:
+        self._trial_configs[trial] = config
+        text = json.dumps(config, indent=2, sort_keys=True, cls=SafeFallbackEncoder)
+        Path(trial.path, "params.json").write_text(text)
 
 
 # ---- replay from the run folder's durable records -------------------------------------------
