@@ -5,7 +5,7 @@ Real stack: the `critbatch` CLI in its own process (its own local Ray), real Opt
 search in synchronous rounds), ASHA early stopping on, MLflow on SQLite. Kill points, read off
 the journal of finished trials and Tune's trial folders: `early` (a first trial finished),
 `middle` (the second round under way, and the driver's MLflow writer blocked mid-request on
-the store's lock), `last_round` (every trial of the last round started).
+the store's lock), `last_round` (a trial of the last round started).
 """
 
 from __future__ import annotations

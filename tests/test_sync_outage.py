@@ -61,7 +61,9 @@ def test_server_lost_mid_sweep_then_sync_analyzes_like_no_outage(
         assert injector.error is None and injector.done_at is not None
         # The sweep ended without its server: it says so, and keeps everything for `sync`.
         assert not lost.synced
-        assert f"critbatch sync {run_dir}" in capsys.readouterr().err
+        printed = capsys.readouterr()
+        assert f"critbatch sync {run_dir}" in printed.err
+        assert "View run" not in printed.out + printed.err  # MLflow's links: not in the progress
         assert (run_dir / "trials.json").exists() and (run_dir / "finished.jsonl").exists()
         assert [t | {"trial_id": 0} for t in lost.trials] == [
             t | {"trial_id": 0} for t in steady.trials

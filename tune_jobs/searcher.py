@@ -82,6 +82,7 @@ class SweepSearcher(Searcher):
         self.records: dict[str, dict[str, Any]] = {}  # trial id -> its record, until MLflow has it
         self.asha_fed: dict[str, list[tuple[float, float]]] = {}  # trial id -> (step, value) fed
         self.requeue: list[Proposal] = []  # asked before a resume, never finished: run again
+        self.exhausted = False  # replay found every trial finished: nothing left to run
 
     # ---- Tune API ------------------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
@@ -188,6 +189,7 @@ class SweepSearcher(Searcher):
         while True:
             p = self._ask()
             if not isinstance(p, Proposal):
+                self.exhausted = p is None and not self.requeue
                 break
             rec = by_key.pop((p.study, p.number), None)
             if rec is None:

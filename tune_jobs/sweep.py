@@ -285,7 +285,8 @@ def _fit(
         ),
         run_config=run_config,
     )
-    tuner.fit()
+    if not searcher.exhausted:  # (a driver killed after its last trial: nothing to run)
+        tuner.fit()
     synced = writer.close()
 
     records = read_records(journal)
