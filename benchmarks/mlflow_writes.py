@@ -150,7 +150,9 @@ def main() -> None:
     args = ap.parse_args()
     import ray
 
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level="ERROR")
+    from tune_jobs.preflight import init_ray
+
+    init_ray(None, args.num_cpus)  # retries a slow start on a loaded host
     arm("writer", 2, 20, args.concurrency)  # warm-up: worker start, imports
     rows = [arm(m, args.trials, args.reports, args.concurrency) for m in ("sync", "writer")]
     ray.shutdown()

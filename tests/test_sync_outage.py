@@ -36,6 +36,18 @@ def _analyze(parent: str, uri: str, out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
+def _without_trial_ids(d):
+    """A summary without what depends on the two sweeps' (random) Tune trial ids: the ids, and
+    how many bootstrap resamples failed (the bootstrap resamples trials in trial-id order)."""
+    if isinstance(d, dict):
+        return {
+            k: _without_trial_ids(v) for k, v in d.items() if k not in ("trial", "n_boot_failed")
+        }
+    if isinstance(d, list):
+        return [_without_trial_ids(v) for v in d]
+    return d
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_server_lost_mid_sweep_then_sync_analyzes_like_no_outage(
@@ -88,6 +100,6 @@ def test_server_lost_mid_sweep_then_sync_analyzes_like_no_outage(
             assert k.data.tags["critbatch.status"] in ("reached", "not_reached", "diverged")
         got = _analyze(lost.parent_run_id, server.uri, tmp_path / "report-outage")
         want = _analyze(steady.parent_run_id, server.uri, tmp_path / "report-steady")
-        assert got == want
+        assert _without_trial_ids(got) == _without_trial_ids(want)
     finally:
         server.stop()

@@ -176,7 +176,7 @@ class MlflowCallback(Callback):
         return {**self.__dict__, "writer": None}
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        run_name = f"bs{trial.config['batch_size']}-{trial}"
+        run_name = f"bs{trial.config.get('batch_size')}-{trial}"
         self.writer.start(trial.trial_id, run_name, self.tracker.params_for(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
