@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import pickle
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
@@ -19,7 +21,8 @@ from ray.tune.search import Searcher
 
 from trainables.api import Status, final_status
 from tune_jobs.config import JobConfig
-from tune_jobs.lr_search import WAIT, LRSearch, Outcome, Proposal, study_name
+from tune_jobs.journal import append_record
+from tune_jobs.lr_search import WAIT, LRSearch, Outcome, Proposal, objective, study_name
 from tune_jobs.ray_internals import asha_bracket
 
 
@@ -44,7 +47,13 @@ class SweepSearcher(Searcher):
     with the LR the strategy computes.
     """
 
-    def __init__(self, job: JobConfig, storage: str | None, train_sizes: dict[int, int]):
+    def __init__(
+        self,
+        job: JobConfig,
+        storage: str | None,
+        train_sizes: dict[int, int],
+        journal: Path | None = None,
+    ):
         # No metric declared to Tune: a diverged trial's report legitimately lacks eval
         # metrics, and the searcher reads the target metric itself.
         super().__init__(metric=None, mode=None)
@@ -67,20 +76,24 @@ class SweepSearcher(Searcher):
         # ~0.15 s per trial on 2 cores and 4 s to open; it is still read for sweeps that
         # have one (started by an older critbatch).
         self.in_memory = storage is None
+        # The journal of finished trials (tune_jobs/journal.py): appended before the search
+        # hears a result. None: not kept (a sweep started by an older critbatch).
+        self.journal = journal
+        self.records: dict[str, dict[str, Any]] = {}  # trial id -> its record, until MLflow has it
+        self.asha_fed: dict[str, list[tuple[float, float]]] = {}  # trial id -> (step, value) fed
+        self.requeue: list[Proposal] = []  # asked before a resume, never finished: run again
+        self.exhausted = False  # replay found every trial finished: nothing left to run
 
     # ---- Tune API ------------------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        p = self.search.ask()
-        if p is None:
-            return Searcher.FINISHED
-        if p == WAIT:
-            return None  # Tune asks again once a running trial reports
-        if not self.job.tuned:
-            from trainables.schedules import peak_lr
-
-            p = Proposal(
-                p.study, p.batch_size, p.seed, peak_lr(self.job.schedule(), p.batch_size), p.number
-            )
+        if self.requeue:
+            p = self.requeue.pop(0)
+        else:
+            p = self._ask()
+            if p is None:
+                return Searcher.FINISHED
+            if p == WAIT:
+                return None  # Tune asks again once a running trial reports
         self.proposals[trial_id] = p
         return {
             "batch_size": p.batch_size,
@@ -92,6 +105,16 @@ class SweepSearcher(Searcher):
             "max_steps": self.job.max_steps_for(p.batch_size, self.train_sizes.get(p.batch_size)),
             "workload": self.job.workload,
         }
+
+    def _ask(self) -> Proposal | str | None:
+        p = self.search.ask()
+        if isinstance(p, Proposal) and not self.job.tuned:
+            from trainables.schedules import peak_lr
+
+            p = Proposal(
+                p.study, p.batch_size, p.seed, peak_lr(self.job.schedule(), p.batch_size), p.number
+            )
+        return p
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         v = result.get(self.job.target.metric)
@@ -114,36 +137,76 @@ class SweepSearcher(Searcher):
         p = self.proposals.get(trial_id)
         if p is None:
             return
-        if error or not result:
+        outcome = None
+        if not (error or not result):
+            self.on_trial_result(trial_id, result)
+            outcome = trial_outcome(
+                result, self.best_metric.get(trial_id), self.censored.get(trial_id)
+            )
+            outcome = dataclasses.replace(outcome, curve=tuple(self.curves.pop(trial_id, ())))
+        record = self._record(trial_id, p, result if outcome else None, outcome)
+        if self.journal is not None:  # on disk before anything acts on the result
+            append_record(self.journal, record)
+        self.records[trial_id] = record
+        self.asha_fed.pop(trial_id, None)
+        self._tell(p, outcome)
+
+    def _tell(self, p: Proposal, outcome: Outcome | None) -> None:
+        if outcome is None:
             self.search.fail(p)
             return
-        self.on_trial_result(trial_id, result)
-        outcome = trial_outcome(result, self.best_metric.get(trial_id), self.censored.get(trial_id))
-        outcome = dataclasses.replace(outcome, curve=tuple(self.curves.pop(trial_id, ())))
         t = self.job.target
         max_steps = self.job.max_steps_for(p.batch_size, self.train_sizes.get(p.batch_size))
         self.search.tell(p, outcome, max_steps, t.value, t.direction)
 
-    def objective_for(self, trial_id: str, last: dict[str, Any]) -> float | None:
-        """The value this trial scores in its study (see :func:`tune_jobs.lr_search.objective`)."""
-        from tune_jobs.lr_search import objective
-
-        p = self.proposals.get(trial_id)
-        if p is None:
-            return None
-        best = self.best_metric.get(trial_id)
-        v = last.get(self.job.target.metric)
-        if v is not None and math.isfinite(v):
-            best = (
-                v
-                if best is None
-                else (min(best, v) if self.job.target.direction == "min" else max(best, v))
-            )
-        t = self.job.target
+    def _record(
+        self, trial_id: str, p: Proposal, last: dict[str, Any] | None, outcome: Outcome | None
+    ) -> dict[str, Any]:
+        """What the journal keeps of a finished trial (tune_jobs/journal.py)."""
+        last = last or {}
+        status = final_status(last.get("status"), errored=outcome is None)
+        t, metric = self.job.target, self.job.target.metric
         max_steps = self.job.max_steps_for(p.batch_size, self.train_sizes.get(p.batch_size))
-        return objective(
-            trial_outcome(last, best, self.censored.get(trial_id)), max_steps, t.value, t.direction
-        )
+        return {
+            "trial_id": trial_id, "proposal": dataclasses.asdict(p), "status": status,
+            "outcome": None if outcome is None else dataclasses.asdict(outcome),
+            "objective": None if outcome is None else objective(outcome, max_steps, t.value, t.direction),
+            "asha": self.asha_fed.get(trial_id, []),
+            "row": {
+                "trial_id": trial_id, "batch_size": p.batch_size, "lr": p.lr, "seed": p.seed,
+                "study": p.study, "status": status, "steps_to_target": last.get("steps_to_target"),
+                "steps_run": last.get("step"), "examples": last.get("examples"),
+                metric: last.get(metric),
+            },
+        }  # fmt: skip
+
+    def replay(self, records: list[dict[str, Any]]) -> None:
+        """Rebuild the search from the journal of a sweep whose driver died: ask as the sweep
+        asked (the search is deterministic given what it was told) and tell each journaled
+        trial's outcome as its proposal comes up; proposals with no record (running, or not
+        started, when the driver died) are suggested again first, under new trial ids."""
+        by_key = {(r["proposal"]["study"], r["proposal"]["number"]): r for r in records}
+        while True:
+            p = self._ask()
+            if not isinstance(p, Proposal):
+                self.exhausted = p is None and not self.requeue
+                break
+            rec = by_key.pop((p.study, p.number), None)
+            if rec is None:
+                self.requeue.append(p)
+                continue
+            if not math.isclose(rec["proposal"]["lr"], p.lr, rel_tol=1e-12):
+                raise RuntimeError(
+                    f"the journal does not match the search: trial {rec['trial_id']} ran lr "
+                    f"{rec['proposal']['lr']!r}, the replayed search proposes {p.lr!r}"
+                )
+            o = rec["outcome"]
+            if o is not None:
+                o = Outcome(**{**o, "curve": tuple(map(tuple, o["curve"] or ()))})
+            self.proposals[rec["trial_id"]] = p
+            self._tell(p, o)
+        if by_key:
+            raise RuntimeError(f"journaled trials the search never proposed: {sorted(by_key)}")
 
     # ---- resume --------------------------------------------------------------------------
     def save(self, checkpoint_path: str) -> None:
@@ -225,10 +288,24 @@ class PerBatchSizeScheduler(FIFOScheduler):
             # trial with earlier ones at early milestones, where a larger LR leads and a lower
             # one (lower noise floor) may still win: the bound and the lag rule suffice.
             return TrialScheduler.CONTINUE
-        bracket = self.brackets.get(study)
-        if bracket is None:
-            bracket = self.brackets[study] = asha_bracket(self.grace, self.max_steps, self.rf)
+        bracket = self._bracket(study)
+        self.searcher.asha_fed.setdefault(trial.trial_id, []).append((step, self.sign * value))
         action = bracket.on_result(trial, step, self.sign * value)
         if action == TrialScheduler.STOP:
             self.stopped.add(trial.trial_id)
         return action
+
+    def _bracket(self, study: str) -> Any:
+        bracket = self.brackets.get(study)
+        if bracket is None:
+            bracket = self.brackets[study] = asha_bracket(self.grace, self.max_steps, self.rf)
+        return bracket
+
+    def replay(self, records: list[dict[str, Any]]) -> None:
+        """Refill the ASHA brackets with what the journaled trials fed them (a resumed sweep
+        then stops its remaining trials exactly as the uninterrupted sweep would have)."""
+        for rec in records:
+            bracket = self._bracket(rec["proposal"]["study"])
+            ref = SimpleNamespace(trial_id=rec["trial_id"])
+            for step, value in rec.get("asha", ()):
+                bracket.on_result(ref, step, value)

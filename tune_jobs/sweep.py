@@ -24,11 +24,9 @@ import yaml
 
 from analysis.mlflow_layout import (
     GIT_COMMIT_TAG,
-    PARENT_TAG,
     ROLE_SWEEP,
     ROLE_TAG,
     RUN_DIR_TAG,
-    TRIAL_ID_TAG,
     VERSION_TAG_PREFIX,
 )
 from tune_jobs.config import JobConfig, JobError, ResourcesConfig
@@ -66,6 +64,7 @@ class SweepResult:
         dict[str, Any]
     ]  # one row per trial: trial_id, batch_size, lr, seed, status, steps_to_target, ...
     wall_time_s: float
+    synced: bool = True  # False: MLflow did not take all of it (the run folder has it)
 
 
 def run_dir_of(job: JobConfig) -> Path:
@@ -178,7 +177,8 @@ def run_sweep(
     try:
         (run_dir / "job.yaml").write_text(job_yaml)
         meta = {"job": job.to_dict(), "tracking_uri": job.tracking.uri, "experiment_id": exp_id,
-                "parent_run_id": parent, "git_commit": git_commit(), "created": time.time()}  # fmt: skip
+                "parent_run_id": parent, "git_commit": git_commit(), "created": time.time(),
+                "journal": True}  # fmt: skip
         tmp = run_dir / (SWEEP_FILE + ".tmp")
         tmp.write_text(json.dumps(meta, indent=2))
         tmp.replace(run_dir / SWEEP_FILE)
@@ -189,8 +189,10 @@ def run_sweep(
 
 def resume_sweep(name_or_dir: str, storage: str = "critbatch_runs", *, address: str | None = None,
                  num_cpus: int | None = None, progress: bool = True) -> SweepResult:  # fmt: skip
-    """Finish a sweep whose driver died: finished trials are kept, unfinished ones resume from
-    their last checkpoint (or restart), MLflow runs are matched by trial id, not duplicated."""
+    """Finish a sweep whose driver died: finished trials (the journal's) are kept and never run
+    again; unfinished ones restart from their first step under new trial ids (their partial
+    MLflow runs are deleted); the search goes on from the results it had acted on, so the
+    table is the one the uninterrupted sweep prints."""
     p = Path(name_or_dir).expanduser()
     run_dir = (
         p.resolve()
@@ -205,6 +207,11 @@ def resume_sweep(name_or_dir: str, storage: str = "critbatch_runs", *, address: 
 
     meta = json.loads((run_dir / SWEEP_FILE).read_text())
     job = parse_job(meta["job"])
+    if not meta.get("journal"):
+        raise JobError(
+            f"sweep: {run_dir} was started by a critbatch without the journal of finished "
+            "trials, which an exact resume needs; resume it with the version that started it"
+        )
     check_tracking_uri(meta["tracking_uri"])
     check_num_cpus(num_cpus)
     claim = claim_existing_sweep(run_dir)  # refuses while the sweep's driver still lives
@@ -230,15 +237,39 @@ def trial_resources(resources: ResourcesConfig, config: dict[str, Any]) -> Any:
     return PlacementGroupFactory([{"CPU": resources.cpus, **({"GPU": gpus} if gpus else {})}])
 
 
+def child_params(job: JobConfig) -> dict[str, str]:
+    """Params every child run carries besides its trial's own: the target, the LR strategy
+    (the seed paper's BLR/LSR/SRSR and their warm-up) and the optimizer, so runs compare in the MLflow UI
+    without opening the parent."""
+    strategy = {f"strategy.{k}": str(v) for k, v in dataclasses.asdict(job.strategy).items()}
+    strategy |= {f"optimizer.{k}": str(v) for k, v in dataclasses.asdict(job.optimizer).items()}
+    return {"eval_every": str(job.eval_every), "target_metric": job.target.metric,
+            "target_value": str(job.target.value), "target_direction": job.target.direction,
+            **strategy}  # fmt: skip
+
+
+def _attach_errors(run_dir: Path, trials: list[dict[str, Any]]) -> None:
+    """An errored trial's row gets the last line of its traceback (Tune's error.txt in the
+    trial's folder), so a sweep whose every trial of a batch size failed can name the cause."""
+    for row in trials:
+        if row.get("status") != "errored" or row.get("error"):
+            continue
+        for f in run_dir.glob(f"*{row['trial_id']}*/error.txt"):
+            lines = [ln for ln in f.read_text(errors="replace").splitlines() if ln.strip()]
+            row["error"] = lines[-1] if lines else None
+            break
+
+
 def _fit(
     job: JobConfig, run_dir: Path, meta: dict[str, Any], *, restore: bool, progress: bool
 ) -> SweepResult:
     from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
 
+    from tune_jobs.journal import journal_path, read_records
+    from tune_jobs.mlflow_writer import SPILL_FILE, MlflowWriter
     from tune_jobs.progress import ProgressCallback
     from tune_jobs.searcher import PerBatchSizeScheduler, SweepSearcher
-    from tune_jobs.tracking import MlflowCallback, Tracker, reconcile
+    from tune_jobs.tracking import MlflowCallback, RunFolderJsonLogger, Tracker, reconcile
     from tune_jobs.trainable import run_tune_trial
 
     t0 = time.time()
@@ -255,23 +286,19 @@ def _fit(
         if job.resources.gpus_from_batch_size
         else {"cpu": job.resources.cpus, "gpu": job.resources.gpus},
     )
-    legacy_db = run_dir / "optuna.db"  # sweeps started before studies moved into memory
-    searcher = SweepSearcher(
-        job, f"sqlite:///{legacy_db}" if legacy_db.exists() else None, train_sizes
-    )
+    journal = journal_path(run_dir)
+    searcher = SweepSearcher(job, None, train_sizes, journal)
     scheduler = PerBatchSizeScheduler(job, searcher, max(max_steps.values()))
-    # Every child run carries its LR strategy (the seed paper's BLR/LSR/SRSR and their warm-up),
-    # so runs compare in the MLflow UI without opening the parent.
-    strategy = {f"strategy.{k}": str(v) for k, v in dataclasses.asdict(job.strategy).items()}
-    strategy.update(
-        {f"optimizer.{k}": str(v) for k, v in dataclasses.asdict(job.optimizer).items()}
-    )
-    tracker = Tracker(meta["tracking_uri"], meta["experiment_id"], meta["parent_run_id"], {
-        "eval_every": str(job.eval_every), "target_metric": job.target.metric,
-        "target_value": str(job.target.value), "target_direction": job.target.direction,
-        **strategy})  # fmt: skip
+    finished = read_records(journal) if restore else []
+    if restore:  # the search as of the last result it acted on (tune_jobs/journal.py)
+        searcher.replay(finished)
+        scheduler.replay(finished)
+        _set_aside_unfinished(run_dir, {r["trial_id"] for r in finished})
+    tracker = Tracker(meta["tracking_uri"], meta["experiment_id"], meta["parent_run_id"],
+                      child_params(job))  # fmt: skip
     tracker.fresh = not restore
-    callbacks = [JsonLoggerCallback(), MlflowCallback(tracker, searcher.objective_for)]
+    writer = MlflowWriter(tracker, run_dir / SPILL_FILE)
+    callbacks = [RunFolderJsonLogger(), MlflowCallback(writer, tracker, searcher.records)]
     if progress:
         callbacks.append(ProgressCallback(job))
     run_config = tune.RunConfig(
@@ -282,92 +309,92 @@ def _fit(
         checkpoint_config=tune.CheckpointConfig(num_to_keep=3),  # a forced state snapshot every 3rd
         verbose=0,
     )
-    if restore:
-        tuner = tune.Tuner.restore(
-            str(run_dir), trainable, resume_unfinished=True, resume_errored=True
-        )
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=searcher,
-                scheduler=scheduler,
-                num_samples=job.total_trials,
-                max_concurrent_trials=job.max_concurrent or None,
-                reuse_actors=True,
-            ),
-            run_config=run_config,
-        )
-    grid = tuner.fit()
+    # A resumed sweep is a new Tune experiment in the same folder: its searcher hands out the
+    # trials that had not finished first (they restart from their first step, so they give
+    # what they would have given), then goes on; finished trials stay where they are.
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=max(1, job.total_trials - len(finished)),
+            max_concurrent_trials=job.max_concurrent or None,
+            reuse_actors=True,
+        ),
+        run_config=run_config,
+    )
+    if not searcher.exhausted:  # (a driver killed after its last trial: nothing to run)
+        tuner.fit()
+    synced = writer.close()
 
-    trials = []
-    statuses: dict[str, tuple[str, str | None]] = {}
-    from trainables.api import final_status
-
-    for res in grid:
-        m = dict(res.metrics or {})
-        cfg = m.get("config") or res.config or {}
-        err = None if res.error is None else f"{type(res.error).__name__}: {res.error}"
-        status = final_status(m.get("status"), errored=res.error is not None)
-        tid = m.get("trial_id") or (res.path and Path(res.path).name.split("_")[-2])
-        statuses[tid] = (status, err)
-        trials.append({
-            "trial_id": tid, "batch_size": cfg.get("batch_size"), "lr": cfg.get("lr"), "seed": cfg.get("seed"),
-            "study": cfg.get("study"), "status": status, "steps_to_target": m.get("steps_to_target"),
-            "steps_run": m.get("step"), "examples": m.get("examples"), job.target.metric: m.get(job.target.metric),
-            "error": err,
-        })  # fmt: skip
-    # MLflow must hold every report Tune recorded, exactly once, whatever happened to the
-    # server or the driver meanwhile: replay what is missing (one history query per trial).
-    # Skipped only when this process saw every trial logged without a single failure.
-    needed = (restore or tracker.ever_failed or tracker.pending or tracker.pending_final
-              or tracker.pending_params or tracker.to_terminate
-              or set(tracker.runs) != set(statuses))  # fmt: skip
-    synced = True
-    try:
-        if needed:
-            reconcile(tracker, run_dir, statuses)
-            _delete_orphans(tracker, set(statuses))
-    except Exception as e:
-        synced = False
+    records = read_records(journal)
+    trials = sorted((r["row"] for r in records),
+                    key=lambda t: (t["batch_size"], t["seed"], t["study"] or "", t["lr"]))  # fmt: skip
+    _attach_errors(run_dir, trials)
+    _write_json(run_dir / TRIALS_FILE, trials)  # the sweep's end, for `critbatch sync`
+    if synced and (restore or writer.ever_failed):
+        # MLflow must hold every report Tune recorded, exactly once, whatever happened to the
+        # server or the driver meanwhile: replay what is missing from the run folder.
+        try:
+            reconcile(tracker, run_dir, {r["trial_id"]: r for r in records})
+        except Exception as e:
+            synced = False
+            print(f"critbatch: MLflow reconcile failed ({type(e).__name__}: {e})", file=sys.stderr)
+    synced = synced and _finish_parent(tracker, trials)
+    if synced:
+        synced = write_snapshot(tracker.client, tracker.parent_run_id, run_dir) is not None
+    if not synced:
         print(
-            f"critbatch: MLflow unreachable ({e}); run `critbatch sync {run_dir}` when it is back",
+            f"critbatch: MLflow at {meta['tracking_uri']} did not take all of the sweep; "
+            f"everything is kept in {run_dir}: run `critbatch sync {run_dir}` when it is back",
             file=sys.stderr,
         )
-    _finish_parent(tracker, trials)
-    if synced:  # else `critbatch sync` writes it, once MLflow holds every point
-        write_snapshot(tracker.client, tracker.parent_run_id, run_dir)
-    return SweepResult(
-        run_dir,
-        meta["tracking_uri"],
-        meta["experiment_id"],
-        meta["parent_run_id"],
-        trials,
-        time.time() - t0,
-    )
+    return SweepResult(run_dir, meta["tracking_uri"], meta["experiment_id"],
+                       meta["parent_run_id"], trials, time.time() - t0, synced)  # fmt: skip
 
 
-def _delete_orphans(tracker, known: set[str]) -> None:
-    """Child runs whose trial Tune never recorded (driver killed between creating the run and
-    checkpointing the experiment) would count a trial twice: delete them."""
-    runs = tracker.client.search_runs(
-        [tracker.experiment_id],
-        f"tags.`{PARENT_TAG}` = '{tracker.parent_run_id}'",
-        max_results=50000,
-    )
-    for r in runs:
-        if r.data.tags.get(TRIAL_ID_TAG) not in known:
-            tracker.client.delete_run(r.info.run_id)
+TRIALS_FILE = "trials.json"
+ABANDONED_DIR = "abandoned"
 
 
-def _finish_parent(tracker, trials: list[dict[str, Any]]) -> None:
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    tmp.replace(path)
+
+
+def _set_aside_unfinished(run_dir: Path, finished: set[str]) -> None:
+    """Move the trial folders of unfinished trials (and Tune's snapshot, which the resumed
+    sweep does not use) to ``abandoned/<time>/``: kept for inspection, out of what `sync`
+    and the analysis read; their MLflow runs are deleted when the sweep reconciles."""
+    from tune_jobs.tracking import read_results, trial_dirs
+
+    dest = run_dir / ABANDONED_DIR / time.strftime("%Y%m%d-%H%M%S")
+    for d in trial_dirs(run_dir):
+        rows = read_results(d)
+        if not rows or rows[-1].get("trial_id") not in finished:
+            dest.mkdir(parents=True, exist_ok=True)
+            d.rename(dest / d.name)
+    for f in run_dir.glob("*"):
+        if f.is_file() and f.name.startswith(
+            ("experiment_state", "searcher-state", "basic-variant-state", "tuner.pkl")
+        ):
+            dest.mkdir(parents=True, exist_ok=True)
+            f.rename(dest / f.name)
+
+
+def _finish_parent(tracker, trials: list[dict[str, Any]]) -> bool:
+    from tune_jobs.tracking import end_run
+
     try:
         tracker.client.log_text(
             tracker.parent_run_id, json.dumps(trials, indent=1, default=str), "trials.json"
         )
-        tracker.client.set_terminated(tracker.parent_run_id, "FINISHED")
+        end_run(tracker.client, tracker.parent_run_id, "FINISHED")
+        return True
     except Exception as e:  # the sweep's results are on disk; MLflow can be synced later
         print(f"critbatch: could not finish the MLflow parent run ({e})", file=sys.stderr)
+        return False
 
 
 def write_snapshot(client, parent_run_id: str, run_dir: Path) -> int | None:
@@ -388,18 +415,23 @@ def write_snapshot(client, parent_run_id: str, run_dir: Path) -> int | None:
 
 
 def sync_sweep(run_dir: Path) -> dict[str, int]:
-    """Replay into MLflow what Tune recorded (after an MLflow outage), then rewrite the
-    sweep's metrics snapshot (``snapshot_points``: -1 when it could not be written)."""
-    from trainables.api import final_status
-    from tune_jobs.tracking import Tracker, read_results, reconcile
+    """Make MLflow hold what the run folder holds (after an MLflow outage): every trial's run,
+    params, points, status, objective and end; for a sweep that ended, the parent's table and
+    end; then the sweep's metrics snapshot (``snapshot_points``: -1 when it could not be
+    written). Raises when MLflow is unreachable."""
+    from tune_jobs.journal import journal_path, read_records
+    from tune_jobs.tracking import Tracker, reconcile
 
     meta = json.loads((run_dir / SWEEP_FILE).read_text())
-    tracker = Tracker(meta["tracking_uri"], meta["experiment_id"], meta["parent_run_id"], {})
-    statuses = {}
-    for d in run_dir.iterdir():
-        rows = read_results(d) if d.is_dir() else []
-        if rows:
-            statuses[rows[-1]["trial_id"]] = (final_status(rows[-1].get("status")), None)
-    counts = reconcile(tracker, run_dir, statuses)
-    points = write_snapshot(tracker.client, tracker.parent_run_id, run_dir)
+    job = parse_job(meta["job"])
+    tracker = Tracker(meta["tracking_uri"], meta["experiment_id"], meta["parent_run_id"],
+                      child_params(job))  # fmt: skip
+    records = {r["trial_id"]: r for r in read_records(journal_path(run_dir))}
+    counts = reconcile(tracker, run_dir, records)
+    points = None
+    if (run_dir / TRIALS_FILE).exists():  # the sweep ended: its parent run ends too
+        trials = json.loads((run_dir / TRIALS_FILE).read_text())
+        if not _finish_parent(tracker, trials):
+            raise ConnectionError(f"MLflow at {tracker.uri} refused the parent run's end")
+        points = write_snapshot(tracker.client, tracker.parent_run_id, run_dir)
     return counts | {"snapshot_points": -1 if points is None else points}

@@ -1,11 +1,12 @@
 """MLflow writing: one parent run per sweep, one nested child run per trial.
 
-Kept on the driver (a Tune callback), so workers never talk to the tracking server. Metric
-points are buffered and sent with ``log_batch``; when the server is unreachable the buffer
-is kept and retried, and nothing is lost even if the driver dies meanwhile: Tune's own
-per-trial ``result.json`` is the durable record, and :func:`reconcile` replays whatever MLflow
-is missing from it (idempotent: only steps above the last one MLflow holds are sent). Child
-runs are found by their ``critbatch.trial_id`` tag, so a resumed sweep never duplicates them.
+Kept on the driver, so workers never talk to the tracking server. The Tune callback only
+queues (:class:`MlflowCallback`); a background thread writes (:mod:`tune_jobs.mlflow_writer`).
+Nothing is lost even if the driver dies: Tune's per-trial ``result.json`` and the journal of
+finished trials (:mod:`tune_jobs.journal`) are the durable record, and :func:`reconcile`
+makes MLflow match them (idempotent: only (metric, step) points MLflow lacks are sent, and a
+run's params, status, objective and end are set when missing or wrong). Child runs are found
+by their ``critbatch.trial_id`` tag, so a resumed sweep never duplicates them.
 """
 
 from __future__ import annotations
@@ -15,13 +16,17 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
+from ray.tune.logger import JsonLoggerCallback
+from ray.tune.utils.util import SafeFallbackEncoder
 
+from analysis.loaders import tracking_store
 from analysis.mlflow_layout import (
     ERROR_TAG,
     NON_METRICS,
@@ -41,9 +46,11 @@ MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
 MAX_PARAMS = 100  # and of params
 
 
-def metric_points(result: dict[str, Any], timestamp_ms: int) -> list[Metric]:
-    """The per-step metric points of one report, keyed by its step."""
+def metric_points(result: dict[str, Any]) -> list[Metric]:
+    """The per-step metric points of one report, keyed by its step, stamped with the report's
+    own time (Tune's ``timestamp``, s): a point sent again is then identical, and kept once."""
     step = int(result.get("step", 0))
+    timestamp_ms = int(float(result.get("timestamp") or time.time()) * 1000)
     out = []
     for k, v in result.items():
         if k in NON_METRICS or is_tune_key(k):
@@ -55,7 +62,8 @@ def metric_points(result: dict[str, Any], timestamp_ms: int) -> list[Metric]:
 
 
 class Tracker:
-    """Writes a sweep to MLflow; every call survives an unreachable server (buffer + retry)."""
+    """A sweep's MLflow runs: finds or creates a trial's child run, ends it. Used by one
+    thread at a time (the writer thread during a sweep, then :func:`reconcile`)."""
 
     def __init__(
         self, tracking_uri: str, experiment_id: str, parent_run_id: str, job_params: dict[str, Any]
@@ -63,63 +71,30 @@ class Tracker:
         self.uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
-        self.job_params = job_params
+        self.job_params = job_params  # params every child run carries
         self._client: MlflowClient | None = None
         self.runs: dict[str, str] = {}  # tune trial id -> mlflow run id
-        self.logged_step: dict[
-            str, int
-        ] = {}  # tune trial id -> last step sent (or found) in MLflow
-        self.pending: dict[str, list[Metric]] = {}
-        self.pending_params: dict[str, list[Param]] = {}  # sent with the run's first batch
-        self.pending_final: dict[str, tuple[str, dict[str, Any] | None, str | None]] = {}
-        self.to_terminate: dict[str, str] = {}  # final batch sent; run status still to set
-        self.last_failure = 0.0
-        self.failures = 0
-        self.ever_failed = False
         # A new sweep has no child runs yet: skip the per-trial lookup by tag (a query each).
         # Set by the engine for new sweeps; any failure turns it off (a run may have been
         # created on the server while its reply was lost).
         self.fresh = False
 
-    def __getstate__(self):
-        d = dict(self.__dict__)
-        d["_client"] = None
-        return d
-
-    def __setstate__(self, d):
-        d.setdefault("pending_params", {})  # a tracker pickled by an older version
-        d.setdefault("to_terminate", {})
-        self.__dict__.update(d)
-        self.fresh = False  # unpickled = a resumed sweep: its children may exist already
-
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
             # MLflow's HTTP client retries a dead server for ~4 minutes per call (7 retries,
-            # exponential backoff): that held the Tune driver, and every trial waiting on it,
-            # for a whole server outage. This tracker buffers and retries by itself, so its
-            # calls fail fast (a value the user set wins).
+            # exponential backoff). The writer retries by itself, so calls fail fast (a value
+            # the user set wins).
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
             self._client = MlflowClient(self.uri)
         return self._client
 
-    def _try(self, fn, *args, **kwargs) -> bool:
-        if self.failures and time.time() - self.last_failure < min(30.0, 2.0**self.failures):
-            return False  # back off while the server is down
-        try:
-            fn(*args, **kwargs)
-        except Exception as e:  # any transport or server error: keep the data, retry later
-            self.failures += 1
-            self.ever_failed = True
-            self.fresh = False
-            self.last_failure = time.time()
-            log.warning("MLflow unreachable (%s); buffering and retrying", type(e).__name__)
-            return False
-        self.failures = 0
-        return True
+    def params_for(self, config: dict[str, Any]) -> dict[str, str]:
+        params = {k: str(config[k]) for k in TRIAL_PARAMS if k in config}
+        params.update({k: str(v) for k, v in self.job_params.items()})
+        return params
 
-    # ---- child runs ------------------------------------------------------------------------
     def find_child(self, trial_id: str) -> str | None:
         runs = self.client.search_runs(
             [self.experiment_id],
@@ -128,172 +103,135 @@ class Tracker:
         )
         return runs[0].info.run_id if runs else None
 
-    def ensure_child(self, trial_id: str, trial_name: str, config: dict[str, Any]) -> str | None:
+    def ensure_child(self, trial_id: str, run_name: str, params: dict[str, str]) -> str:
+        """The trial's run id: found by its tag, else created with its params. Raises on an
+        unreachable server."""
         if trial_id in self.runs:
             return self.runs[trial_id]
-
-        def create() -> None:
-            run_id = None if self.fresh else self.find_child(trial_id)
-            if run_id is not None:  # a resumed sweep: continue after what MLflow already holds
-                self.logged_step[trial_id] = last_logged_step(self.client, run_id)
-            else:
-                tags = {
-                    PARENT_TAG: self.parent_run_id,
-                    ROLE_TAG: ROLE_TRIAL,
-                    TRIAL_ID_TAG: trial_id,
-                    STATUS_TAG: Status.RUNNING,
-                }
-                run = self.client.create_run(
-                    self.experiment_id, tags=tags, run_name=f"bs{config['batch_size']}-{trial_name}"
-                )
-                run_id = run.info.run_id
-                params = {k: config[k] for k in TRIAL_PARAMS if k in config}
-                params.update(self.job_params)
-                # Sent with the run's first metrics (one request fewer per trial).
-                self.pending_params[trial_id] = [Param(k, str(v)) for k, v in params.items()]
+        run_id = None if self.fresh else self.find_child(trial_id)
+        if run_id is None:
+            tags = {
+                PARENT_TAG: self.parent_run_id,
+                ROLE_TAG: ROLE_TRIAL,
+                TRIAL_ID_TAG: trial_id,
+                STATUS_TAG: Status.RUNNING,
+            }
+            run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=run_name)
+            run_id = run_id.info.run_id
             self.runs[trial_id] = run_id
+            items = [Param(k, v) for k, v in params.items()]
+            for i in range(0, len(items), MAX_PARAMS):
+                self.client.log_batch(run_id, params=items[i : i + MAX_PARAMS])
+        self.runs[trial_id] = run_id
+        return run_id
 
-        self._try(create)
-        return self.runs.get(trial_id)
-
-    # ---- metrics ---------------------------------------------------------------------------
-    def add_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        """Buffer a report's points; a step already sent (a trial restored from an older
-        checkpoint reports it again) is skipped, so MLflow holds every step once."""
-        step = int(result.get("step", 0))
-        if step <= self.logged_step.get(trial_id, -1):
-            return
-        self.logged_step[trial_id] = step
-        self.pending.setdefault(trial_id, []).extend(metric_points(result, int(time.time() * 1000)))
-
-    def flush(self, force: bool = False) -> bool:
-        """Send buffered points; True when nothing is left pending.
-
-        Per trial, one ``log_batch`` carries its pending params, points and, once the trial
-        has ended, its final metrics and status tag; then ``set_terminated``. Each piece is
-        dropped from the buffer only after the request that carried it succeeded, so a retry
-        never sends a point twice."""
-        waiting = set(self.pending) | set(self.pending_final) | set(self.to_terminate)
-        if force:  # params alone wait for the trial's first points (one request fewer)
-            waiting |= set(self.pending_params)
-        for trial_id in sorted(waiting):
-            if trial_id in self.runs and not self._send(trial_id, self.runs[trial_id]):
-                return False
-        return not (self.pending or self.pending_params or self.pending_final or self.to_terminate)
-
-    def _send(self, trial_id: str, run_id: str) -> bool:
-        points = self.pending.get(trial_id, [])
-        params = self.pending_params.get(trial_id, [])
-        final = self.pending_final.get(trial_id)
-        fmetrics, ftags = self._final_parts(*final) if final else ([], [])
-        while points or params or final:
-            room = MAX_BATCH - len(fmetrics)
-            last = len(points) <= room and len(params) <= MAX_PARAMS
-            metrics = points + fmetrics if last else points[:MAX_BATCH]
-            chunk_params = params[:MAX_PARAMS]
-            tags = ftags if last else []
-            if not self._try(
-                self.client.log_batch, run_id, metrics=metrics, params=chunk_params, tags=tags
-            ):
-                return False
-            del params[: len(chunk_params)]
-            if last:
-                points.clear()
-                if final:
-                    self.to_terminate[trial_id] = final[0]
-                    del self.pending_final[trial_id]
-                    final = None
-            else:
-                del points[:MAX_BATCH]
-        self.pending.pop(trial_id, None)
-        self.pending_params.pop(trial_id, None)
-        status = self.to_terminate.get(trial_id)
-        if status is not None:
-            end = "FAILED" if status == Status.ERRORED else "FINISHED"
-            if not self._try(self.client.set_terminated, run_id, end):
-                return False
-            del self.to_terminate[trial_id]
-        return True
-
-    def finish(
-        self, trial_id: str, status: str, last: dict[str, Any] | None, error: str | None = None
+    def end_run(
+        self, trial_id: str, status: str, final: list[Metric], tags: dict[str, str]
     ) -> None:
-        self.pending_final[trial_id] = (status, last, error)
-        self.flush()
-
-    @staticmethod
-    def _final_parts(
-        status: str, last: dict[str, Any] | None, error: str | None
-    ) -> tuple[list[Metric], list[RunTag]]:
-        metrics, tags = [], [RunTag(STATUS_TAG, status)]
-        now = int(time.time() * 1000)
-        step = int((last or {}).get("step", 0))
-        if last and last.get("steps_to_target") is not None:
-            metrics.append(Metric("steps_to_target", float(last["steps_to_target"]), now, step))
-        if last and last.get("objective") is not None:
-            metrics.append(Metric("objective", float(last["objective"]), now, step))
-        if error:
-            tags.append(RunTag(ERROR_TAG, error[-4900:]))
-        return metrics, tags
-
-    def _finish(
-        self, trial_id: str, status: str, last: dict[str, Any] | None, error: str | None
-    ) -> bool:
-        """Write a trial's final metrics, status tag and run status now (reconcile)."""
+        """A trial's final metrics and tags, then its run's end (FAILED for an errored trial)."""
         run_id = self.runs[trial_id]
-        metrics, tags = self._final_parts(status, last, error)
+        self.client.log_batch(
+            run_id,
+            metrics=final,
+            tags=[RunTag(k, v) for k, v in {**tags, STATUS_TAG: status}.items()],
+        )
+        end_run(self.client, run_id, "FAILED" if status == Status.ERRORED else "FINISHED")
 
-        def write() -> None:
-            self.client.log_batch(run_id, metrics=metrics, tags=tags)
-            self.client.set_terminated(run_id, "FAILED" if status == Status.ERRORED else "FINISHED")
 
-        return self._try(write)
+def end_run(client: MlflowClient, run_id: str, status: str) -> None:
+    """Set a run's end without ``MlflowClient.set_terminated``, which prints "View run ..."
+    lines (an extra request each) into the sweep's progress output on an http server."""
+    tracking_store(client).update_run_info(
+        run_id, RunStatus.from_string(status), int(time.time() * 1000), None
+    )
+
+
+def final_parts(
+    record: dict[str, Any], last: dict[str, Any] | None, error: str | None = None
+) -> tuple[list[Metric], dict[str, str]]:
+    """A finished trial's final metrics (steps to target, objective) and tags (its error)."""
+    now = int(time.time() * 1000)
+    step = int((last or {}).get("step") or record["row"].get("steps_run") or 0)
+    metrics = []
+    stt = record["row"].get("steps_to_target")
+    if stt is not None:
+        metrics.append(Metric("steps_to_target", float(stt), now, step))
+    if record.get("objective") is not None:
+        metrics.append(Metric("objective", float(record["objective"]), now, step))
+    return metrics, ({ERROR_TAG: error[-4900:]} if error else {})
 
 
 class MlflowCallback(Callback):
-    """Tune callback on the driver: feeds :class:`Tracker` from trial events."""
+    """Tune callback on the driver: queues each trial event for the MLflow writer, nothing
+    more (no request is made inside Tune's event loop). ``records``: the searcher's journal
+    records by trial id (written before Tune tells the callbacks a trial completed)."""
 
-    def __init__(self, tracker: Tracker, objective_fn=None, flush_every_s: float = 2.0):
+    def __init__(self, writer, tracker: Tracker, records: dict[str, dict[str, Any]]):
+        self.writer = writer
         self.tracker = tracker
-        self.objective_fn = objective_fn  # (trial_id, last result) -> objective value
-        self.flush_every_s = flush_every_s
-        self._last_flush = 0.0
-        self.last: dict[str, dict[str, Any]] = {}
+        self.records = records
+        self.logged_step: dict[str, int] = {}  # trial -> last step queued
+
+    def __getstate__(self):  # Tune pickles its callbacks with the experiment: not the thread
+        return {**self.__dict__, "writer": None}
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.tracker.ensure_child(trial.trial_id, str(trial), trial.config)
+        run_name = f"bs{trial.config.get('batch_size')}-{trial}"
+        self.writer.start(trial.trial_id, run_name, self.tracker.params_for(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.last[trial.trial_id] = result
-        self.tracker.ensure_child(trial.trial_id, str(trial), trial.config)
-        self.tracker.add_result(trial.trial_id, result)
-        if time.time() - self._last_flush > self.flush_every_s:
-            self._last_flush = time.time()
-            self.tracker.flush()
+        # A step already queued (a trial restored from an older checkpoint reports it again)
+        # is skipped, so MLflow holds every step once.
+        step = int(result.get("step", 0))
+        if step <= self.logged_step.get(trial.trial_id, -1):
+            return
+        self.logged_step[trial.trial_id] = step
+        self.writer.put(("points", trial.trial_id, metric_points(result)))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        last = self.last.pop(trial.trial_id, None) or trial.last_result
-        status = final_status((last or {}).get("status"))
-        if last is not None and self.objective_fn is not None:
-            last = dict(last)
-            last["objective"] = self.objective_fn(trial.trial_id, last)
-        self.tracker.ensure_child(trial.trial_id, str(trial), trial.config)
-        self.tracker.finish(trial.trial_id, status, last)
+        self._end(trial, None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        last = self.last.pop(trial.trial_id, None) or trial.last_result
         err = None
         if trial.error_file and Path(trial.error_file).exists():
             err = Path(trial.error_file).read_text()
-        self.tracker.ensure_child(trial.trial_id, str(trial), trial.config)
-        self.tracker.finish(trial.trial_id, Status.ERRORED, last, err or "error")
+        self._end(trial, err or "error")
 
-    def on_experiment_end(self, trials, **info):
-        self.tracker.failures = 0
-        self.tracker.flush(force=True)
+    def _end(self, trial, error: str | None) -> None:
+        self.logged_step.pop(trial.trial_id, None)
+        record = self.records.pop(trial.trial_id, None)
+        if record is None:  # not from the searcher (cannot happen): status from Tune alone
+            status = final_status(
+                (trial.last_result or {}).get("status"), errored=error is not None
+            )
+            record = {"row": {"steps_run": (trial.last_result or {}).get("step")}}
+        else:
+            status = record["status"]
+        metrics, tags = final_parts(record, trial.last_result, error)
+        self.writer.put(("end", trial.trial_id, status, metrics, tags))
 
 
-# ---- replay from Tune's durable records -----------------------------------------------------
+class RunFolderJsonLogger(JsonLoggerCallback):
+    """Tune's JSON logger (``params.json``, and ``result.json``: one line per report), written
+    straight into the trial's folder in the run folder. Tune's own logger writes to a staging
+    folder under Ray's session directory, copied to the run folder only every experiment
+    checkpoint: a killed driver then leaves the run folder behind the journal and MLflow, and
+    `resume`/`sync` would not find reports they need. Each line is flushed as it is written."""
+
+    def log_trial_start(self, trial) -> None:
+        if trial in self._trial_files:
+            self._trial_files[trial].close()
+        Path(trial.path).mkdir(parents=True, exist_ok=True)
+        self.update_config(trial, trial.config)
+        self._trial_files[trial] = Path(trial.path, "result.json").open("a")  # noqa: SIM115
+
+    def update_config(self, trial, config: dict[str, Any]) -> None:
+        self._trial_configs[trial] = config
+        text = json.dumps(config, indent=2, sort_keys=True, cls=SafeFallbackEncoder)
+        Path(trial.path, "params.json").write_text(text)
+
+
+# ---- replay from the run folder's durable records -------------------------------------------
 def read_results(trial_dir: Path) -> list[dict[str, Any]]:
     f = trial_dir / "result.json"
     if not f.exists():
@@ -307,58 +245,85 @@ def read_results(trial_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def logged_steps(client: MlflowClient, run_id: str, key: str = "train_loss") -> set[int]:
-    """Steps MLflow holds for a run (every report logs `train_loss`, so one key tells)."""
-    return {m.step for m in client.get_metric_history(run_id, key)}
+def trial_dirs(run_dir: Path) -> list[Path]:
+    """The run folder's trial folders (Tune's: each with its ``params.json``)."""
+    return sorted(p for p in run_dir.iterdir() if p.is_dir() and (p / "params.json").exists())
 
 
-def last_logged_step(client: MlflowClient, run_id: str, key: str = "train_loss") -> int:
-    return max(logged_steps(client, run_id, key), default=-1)
+def logged_points(client: MlflowClient, run) -> set[tuple[str, int]]:
+    """(metric, step) pairs MLflow holds for a run: one history query per metric it has."""
+    return {
+        (k, m.step) for k in run.data.metrics for m in client.get_metric_history(run.info.run_id, k)
+    }
 
 
 def reconcile(
-    tracker: Tracker, run_dir: Path, statuses: dict[str, tuple[str, str | None]]
+    tracker: Tracker, run_dir: Path, records: dict[str, dict[str, Any]]
 ) -> dict[str, int]:
-    """Make MLflow hold every report Tune recorded, once. ``statuses``: trial id -> (final
-    status, error text) for finished trials. Returns counts of runs created and points sent."""
+    """Make MLflow hold what the run folder holds, once: every trial's run with its params,
+    every (metric, step) Tune recorded, and for finished trials (``records``: the journal by
+    trial id) their status tag, final metrics, error and end. Child runs of no trial of the
+    folder (a killed driver's abandoned attempts) are deleted. Returns counts of runs created
+    and points sent; raises when MLflow is unreachable."""
     created = sent = 0
-    for trial_dir in sorted(
-        p for p in run_dir.iterdir() if p.is_dir() and (p / "result.json").exists()
-    ):
+    known = set()
+    for trial_dir in trial_dirs(run_dir):
         rows = read_results(trial_dir)
         if not rows:
             continue
-        trial_id = rows[-1].get("trial_id")
-        config = rows[-1].get("config", {})
+        trial_id, config = rows[-1]["trial_id"], rows[-1].get("config", {})
+        known.add(trial_id)
         had = trial_id in tracker.runs or tracker.find_child(trial_id) is not None
         run_id = tracker.ensure_child(
-            trial_id, trial_dir.name.split("_")[0] + "_" + trial_id, config
-        )
-        if run_id is None:
-            raise ConnectionError(
-                f"MLflow at {tracker.uri} is unreachable; run `critbatch sync` when it is back"
-            )
+            trial_id, f"bs{config.get('batch_size')}-{trial_dir.name.split('_')[0]}_{trial_id}",
+            tracker.params_for(config),
+        )  # fmt: skip
         created += not had
-        # Send every recorded step MLflow lacks, not just those past its last one: a killed
-        # driver can die with steps 20-30 buffered while a resumed trial has logged 40-60.
-        logged = logged_steps(tracker.client, run_id)
+        run = tracker.client.get_run(run_id)
+        missing = [
+            Param(k, v) for k, v in tracker.params_for(config).items() if k not in run.data.params
+        ]
+        for i in range(0, len(missing), MAX_PARAMS):
+            tracker.client.log_batch(run_id, params=missing[i : i + MAX_PARAMS])
+        have = logged_points(tracker.client, run)
         points = []
-        now = int(time.time() * 1000)
-        for r in rows:  # result.json may repeat steps after a restore: send each step once
-            step = int(r.get("step", 0))
-            if step not in logged:
-                points.extend(metric_points(r, now))
-                logged.add(step)
-        for i in range(0, len(points), MAX_BATCH):
-            tracker.client.log_batch(run_id, metrics=points[i : i + MAX_BATCH])
-        sent += len(points)
-        params = tracker.pending_params.get(trial_id, [])
-        for i in range(0, len(params), MAX_PARAMS):  # params that waited for points never sent
-            tracker.client.log_batch(run_id, params=params[i : i + MAX_PARAMS])
-        tracker.pending_params.pop(trial_id, None)
-        if trial_id in statuses:
-            status, err = statuses[trial_id]
-            run = tracker.client.get_run(run_id)
-            if run.data.tags.get(STATUS_TAG) != status or run.info.status == "RUNNING":
-                tracker._finish(trial_id, status, rows[-1], err)
+        for r in rows:  # result.json may repeat steps after a restore: each (metric, step) once
+            for m in metric_points(r):
+                if (m.key, m.step) not in have:
+                    points.append(m)
+                    have.add((m.key, m.step))
+        sent += _log_points(tracker.client, run_id, points)
+        rec = records.get(trial_id)
+        if rec is not None:
+            err = trial_dir / "error.txt"
+            error = err.read_text() if rec["status"] == Status.ERRORED and err.exists() else None
+            final, tags = final_parts(rec, rows[-1], error)
+            stale = (
+                run.data.tags.get(STATUS_TAG) != rec["status"]
+                or run.info.status == "RUNNING"
+                or any(m.key not in run.data.metrics for m in final)
+            )
+            if stale:
+                tracker.end_run(trial_id, rec["status"], final, tags)
+    _delete_orphans(tracker, known)
     return {"runs_created": created, "points_sent": sent}
+
+
+def _log_points(client: MlflowClient, run_id: str, points: Iterable[Metric]) -> int:
+    points = list(points)
+    for i in range(0, len(points), MAX_BATCH):
+        client.log_batch(run_id, metrics=points[i : i + MAX_BATCH])
+    return len(points)
+
+
+def _delete_orphans(tracker: Tracker, known: set[str]) -> None:
+    """Child runs whose trial the run folder does not hold (an attempt abandoned by a resume,
+    or a run created just before the driver died) would count a trial twice: delete them."""
+    runs = tracker.client.search_runs(
+        [tracker.experiment_id],
+        f"tags.`{PARENT_TAG}` = '{tracker.parent_run_id}'",
+        max_results=50000,
+    )
+    for r in runs:
+        if r.data.tags.get(TRIAL_ID_TAG) not in known:
+            tracker.client.delete_run(r.info.run_id)

@@ -260,7 +260,8 @@ def run_command(args) -> int:
     print(plan_text(job), flush=True)
     result = run_sweep(job, address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress,
                        job_yaml=args.job.read_text())  # fmt: skip
-    return _report_sweep(result, job, args.analyze)
+    code = _report_sweep(result, job, args.analyze and result.synced)
+    return code or (0 if result.synced else 1)  # not synced: the sweep said to run `critbatch sync`
 
 
 def resume_command(args) -> int:
@@ -273,7 +274,8 @@ def resume_command(args) -> int:
                           progress=not args.no_progress)  # fmt: skip
 
     job = parse_job(json.loads((result.run_dir / "sweep.json").read_text())["job"])
-    return _report_sweep(result, job, False)
+    code = _report_sweep(result, job, False)
+    return code or (0 if result.synced else 1)
 
 
 def sync_command(args) -> int:
@@ -283,7 +285,12 @@ def sync_command(args) -> int:
     run_dir = p if (p / SWEEP_FILE).exists() else Path(args.storage) / args.sweep
     if not (run_dir / SWEEP_FILE).exists():
         raise InputError(f"no sweep {args.sweep!r} under {args.storage}; give the run folder")
-    counts = sync_sweep(run_dir.resolve())
+    try:
+        counts = sync_sweep(run_dir.resolve())
+    except Exception as e:  # the server is still away: nothing lost, try again later
+        print(f"critbatch sync: MLflow unreachable ({type(e).__name__}: {e}); nothing lost, "
+              "run it again when the server is back", file=sys.stderr)  # fmt: skip
+        return 1
     print(
         f"synced: {counts['runs_created']} child runs created, {counts['points_sent']} metric points sent"
     )
@@ -307,7 +314,8 @@ def quickstart_command(args) -> int:
     check_tracking_uri(job.tracking.uri)
     print(plan_text(job), flush=True)
     result = run_sweep(job, num_cpus=args.num_cpus, job_yaml=path.read_text())
-    return _report_sweep(result, job, not args.no_report)
+    code = _report_sweep(result, job, not args.no_report and result.synced)
+    return code or (0 if result.synced else 1)
 
 
 def workloads_command(args) -> int:

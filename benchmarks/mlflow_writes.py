@@ -1,0 +1,172 @@
+"""Reports per second the Tune driver sustains with MLflow tracking: the background writer
+(:mod:`tune_jobs.mlflow_writer`, the callback only enqueues) against the synchronous flush
+it replaced (the callback buffered points and sent them with ``log_batch`` from inside
+Tune's event loop every 2 s and at each trial's end), side by side in one run.
+
+Both arms run the same real Tune experiment on one local Ray: ``--trials`` function trials,
+``--concurrency`` at a time, each reporting ``--reports`` times as fast as it can (4 metrics
+per report, like a fast trial evaluating every few steps), with Tune's JSON logger and an
+MLflow child run per trial in a fresh SQLite store. Measured per arm: reports/s over the whole
+``fit`` (and the writer's drain after it, counted in the wall time), the time the MLflow
+callback spent inside Tune's loop per report, Tune's "callbacks.on_trial_result took" warnings,
+and the points MLflow holds at the end (must be every one).
+
+    uv run --frozen python benchmarks/mlflow_writes.py               # 16 trials x 1000 reports
+    uv run --frozen python benchmarks/mlflow_writes.py --trials 4 --reports 100   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import tune_jobs.sweep  # noqa: E402,F401  (sets Tune's env before ray.tune is imported)
+
+
+def fast_trial(config):
+    from ray import tune
+
+    for step in range(1, config["reports"] + 1):
+        tune.report({"step": step, "train_loss": 1.0 / step, "eval_loss": 2.0 / step,
+                     "eval_accuracy": 1 - 1.0 / step, "lr": config["lr"]})  # fmt: skip
+
+
+from ray.tune import Callback  # noqa: E402
+
+from tune_jobs.tracking import MlflowCallback, metric_points  # noqa: E402
+
+SPENT = {"s": 0.0}  # seconds the MLflow callback spent in on_trial_result (Tune's loop)
+
+
+class SyncFlushCallback(Callback):
+    """The replaced behaviour: points buffered per trial, sent from Tune's loop every 2 s."""
+
+    def __init__(self, tracker, every_s: float = 2.0):
+        self.tracker, self.every_s = tracker, every_s
+        self.pending: dict[str, list] = {}
+        self.last = 0.0
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.tracker.ensure_child(trial.trial_id, str(trial), self.tracker.params_for(trial.config))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        t = time.perf_counter()
+        self.pending.setdefault(trial.trial_id, []).extend(metric_points(result))
+        if time.time() - self.last > self.every_s:
+            self.last = time.time()
+            self.flush()
+        SPENT["s"] += time.perf_counter() - t
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.flush()
+        self.tracker.end_run(trial.trial_id, "not_reached", [], {})
+
+    def flush(self):
+        for tid, pts in self.pending.items():
+            for i in range(0, len(pts), 1000):
+                self.tracker.client.log_batch(self.tracker.runs[tid], metrics=pts[i : i + 1000])
+        self.pending = {}
+
+
+class TimedWriterCallback(MlflowCallback):
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        t = time.perf_counter()
+        super().on_trial_result(iteration, trials, trial, result, **info)
+        SPENT["s"] += time.perf_counter() - t
+
+
+class WarningCounter(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def emit(self, record):
+        if "on_trial_result" in record.getMessage():
+            self.count += 1
+
+
+def arm(mode: str, trials: int, reports: int, concurrency: int) -> dict:
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
+
+    from tune_jobs.mlflow_writer import MlflowWriter
+    from tune_jobs.tracking import Tracker
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"mlflow-writes-{mode}-"))
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment(mode)
+    parent = client.create_run(exp).info.run_id
+    tracker = Tracker(uri, exp, parent, {"target_metric": "eval_loss"})
+    tracker.fresh = True
+    writer = None
+    if mode == "writer":
+        writer = MlflowWriter(tracker, tmp / "spill.jsonl")
+        cb = TimedWriterCallback(writer, tracker, {})
+    else:
+        cb = SyncFlushCallback(tracker)
+    SPENT["s"] = 0.0
+    warnings = WarningCounter()
+    logging.getLogger("ray.tune.utils.util").addHandler(warnings)
+    t = time.perf_counter()
+    tune.Tuner(
+        fast_trial,
+        param_space={
+            "lr": tune.grid_search([0.1 * (i + 1) for i in range(trials)]),
+            "reports": reports,
+        },
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
+        run_config=tune.RunConfig(
+            storage_path=str(tmp / "runs"), verbose=0, callbacks=[JsonLoggerCallback(), cb]
+        ),  # fmt: skip
+    ).fit()
+    fit_s = time.perf_counter() - t
+    if writer is not None:
+        assert writer.close(timeout_s=600)
+    wall = time.perf_counter() - t
+    logging.getLogger("ray.tune.utils.util").removeHandler(warnings)
+    runs = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=1000)
+    points = sum(len(client.get_metric_history(r.info.run_id, "train_loss")) for r in runs)
+    n = trials * reports
+    return {"mode": mode, "reports": n, "fit_s": fit_s, "wall_s": wall, "reports_per_s": n / wall,
+            "loop_ms_per_report": 1000 * SPENT["s"] / n, "tune_warnings": warnings.count,
+            "mlflow_points": points, "complete": points == n}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--trials", type=int, default=16)
+    ap.add_argument("--reports", type=int, default=1000, help="reports per trial")
+    ap.add_argument("--concurrency", type=int, default=2)
+    ap.add_argument("--num-cpus", type=int, default=2)
+    args = ap.parse_args()
+    import ray
+
+    from tune_jobs.preflight import init_ray
+
+    init_ray(None, args.num_cpus)  # retries a slow start on a loaded host
+    arm("writer", 2, 20, args.concurrency)  # warm-up: worker start, imports
+    rows = [arm(m, args.trials, args.reports, args.concurrency) for m in ("sync", "writer")]
+    ray.shutdown()
+    print(f"# {platform.node()} {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}; "
+          f"{args.trials} trials x {args.reports} reports, {args.concurrency} at a time")  # fmt: skip
+    print(
+        "| mode | reports | wall s | reports/s | ms in Tune's loop per report | Tune warnings | MLflow points complete |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['mode']} | {r['reports']} | {r['wall_s']:.1f} | {r['reports_per_s']:.0f} | "
+              f"{r['loop_ms_per_report']:.3f} | {r['tune_warnings']} | {r['complete']} |")  # fmt: skip
+    print(f"writer / sync reports/s: {rows[1]['reports_per_s'] / rows[0]['reports_per_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""The sweep's journal of finished trials: ``<run folder>/finished.jsonl``, one JSON line each.
+
+A trial counts as finished only once its line is on disk: the searcher appends it (one
+``write`` of the whole line, then ``fsync``) before it tells the search the result, before
+MLflow hears of it and before Tune checkpoints anything. So after a killed driver the journal
+holds every result the search ever acted on, and ``critbatch resume`` rebuilds the search
+from it (:meth:`tune_jobs.searcher.SweepSearcher.replay`) instead of from Tune's snapshot,
+which lags behind by up to a checkpoint period. A line cut by the kill fails to parse and is
+ignored: that trial did not finish, and runs again from its start.
+
+Each record holds what the search was told (``outcome``), what MLflow must show (``status``,
+``objective``, ``error``, ``params``), the row of the sweep's table (``row``) and the values the
+scheduler's ASHA brackets recorded (``asha``), so nothing needs Tune's state to rebuild.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+JOURNAL_FILE = "finished.jsonl"
+
+
+def journal_path(run_dir: Path) -> Path:
+    return run_dir / JOURNAL_FILE
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    """Append one record durably: a single ``write`` (O_APPEND) of the whole line, then fsync."""
+    line = (json.dumps(record, default=_plain) + "\n").encode()
+    new = not path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if new:  # the file's own directory entry must survive a crash too
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Every complete record, in the order written; a torn last line is skipped. A trial
+    journaled twice (it cannot be, but a hand-edited file might) keeps its first record."""
+    if not path.exists():
+        return []
+    out, seen = [], set()
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and rec.get("trial_id") not in seen:
+            seen.add(rec.get("trial_id"))
+            out.append(rec)
+    return out
+
+
+def _plain(v: Any) -> Any:
+    if hasattr(v, "item"):  # numpy scalars in Tune results
+        return v.item()
+    return str(v)
