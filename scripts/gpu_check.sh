@@ -114,7 +114,7 @@ from pathlib import Path
 import mlflow
 mlflow.set_tracking_uri('sqlite:///$OUT/mlflow.db')
 runs = mlflow.search_runs(experiment_names=['gpu-check'], filter_string=\"tags.\`critbatch.role\` = 'trial'\")
-status = runs['tags.critbatch.status'].value_counts().to_dict()
+status = runs['tags.critbatch.status'].value_counts().to_dict() if len(runs) else {}
 figures = sorted(p.name for p in Path('$OUT/runs/gpu-check/report').rglob('*.png'))
 print('trials:', len(runs), 'statuses:', status)
 print('figures:', figures)
