@@ -28,14 +28,28 @@ def _pickle(path: Path, obj: dict) -> None:
         pickle.dump(obj, f, protocol=2)
 
 
-def write_cifar10(root: Path, n_train: int = 50, n_test: int = 20, seed: int = 0) -> Path:
+def _class_tinted(rng: np.random.Generator, labels: list[int]) -> np.ndarray:
+    """N x 3072 CIFAR rows: uniform noise in [0, 128) plus a colour of the label's own (each
+    channel 0 or 127), so a model can learn the classes, and crop and flip keep them."""
+    colours = np.array([[(c >> k) & 1 for k in range(3)] for c in range(10)]) * 127  # 10 x RGB
+    colours[8:] = colours[8:] // 2 + 32  # classes 8, 9 reuse 0, 1's bits: shift their level
+    noise = rng.integers(0, 128, size=(len(labels), 3, 1024))
+    return (noise + colours[labels][:, :, None]).astype(np.uint8).reshape(len(labels), 3072)
+
+
+def write_cifar10(
+    root: Path, n_train: int = 50, n_test: int = 20, seed: int = 0, learnable: bool = False
+) -> Path:
     """``root/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}``.
 
     Each batch is a dict with ``data`` (N x 3072 uint8, rows of R then G then B planes of a
     32x32 image), ``labels`` (list of int 0..9), ``batch_label`` and ``filenames``.
-    ``n_train`` examples are spread over the five training batches.
+    ``n_train`` examples are spread over the five training batches. Pixels are noise; with
+    ``learnable`` each image also carries its class's colour, so training reaches a target
+    accuracy (``scripts/gpu_check.sh`` sweeps on such files).
     """
     rng = np.random.default_rng(seed)
+    images = _class_tinted if learnable else (lambda r, labels: _images(r, len(labels), (3072,)))
     d = Path(root) / "cifar-10-batches-py"
     d.mkdir(parents=True, exist_ok=True)
     sizes = [len(a) for a in np.array_split(np.arange(n_train), 5)]
@@ -47,7 +61,7 @@ def write_cifar10(root: Path, n_train: int = 50, n_test: int = 20, seed: int = 0
             {
                 "batch_label": f"training batch {i} of 5",
                 "labels": labels,
-                "data": _images(rng, size, (3072,)),
+                "data": images(rng, labels),
                 "filenames": [f"img_{start + j}.png" for j in range(size)],
             },
         )
@@ -57,7 +71,7 @@ def write_cifar10(root: Path, n_train: int = 50, n_test: int = 20, seed: int = 0
         {
             "batch_label": "testing batch 1 of 1",
             "labels": [j % 10 for j in range(n_test)],
-            "data": _images(rng, n_test, (3072,)),
+            "data": images(rng, [j % 10 for j in range(n_test)]),
             "filenames": [f"test_{j}.png" for j in range(n_test)],
         },
     )

@@ -239,6 +239,8 @@ def test_log_noise_scale_reaches_the_trial_config_and_the_plan(tmp_path, capsys)
         (with_(lr_search__lag_stop=1.0), "lr_search.lag_stop", "[0, 1)"),
         (with_(lr_search__lag_stop=-0.1), "lr_search.lag_stop", "0 turns it off"),
         (with_(lr_search__cascade="yes"), "lr_search.cascade", "true or false"),
+        (with_(lr_search__pipeline=-1), "lr_search.pipeline", "integer >= 0"),
+        (with_(lr_search__pipeline=2, lr_search__cascade=True), "lr_search.pipeline", "choose one"),
         (with_(lr_search__stop_when_converged=1), "lr_search.stop_when_converged", "true or false"),
     ],
 )

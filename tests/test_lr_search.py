@@ -232,3 +232,63 @@ def test_state_round_trip_keeps_converged_studies_and_results(tmp_path):
     s2.load_state(s.state(), {"bs16-seed0": {nxt.number}})
     assert s2.done == {"bs64-seed0"} and s2.results == s.results
     assert s2.ask() == WAIT  # bs16's trial is still in flight; bs64 is not asked again
+
+
+def _drive_in_parallel(s: LRSearch, finish: int) -> tuple[dict[str, list[float]], int]:
+    """Run a search as Tune would with a worker for every trial: ask until WAIT, then finish
+    one trial in flight (``finish``: its index, 0 the oldest, -1 the newest), and again.
+    Returns the LRs asked per study and the most studies ever in flight at once."""
+    asked: dict[str, list[float]] = {}
+    in_flight, most = [], 0
+    while True:
+        while (p := s.ask()) not in (None, WAIT):
+            in_flight.append(p)
+            asked.setdefault(p.study, []).append(p.lr)
+        most = max(most, len({q.study for q in in_flight}))
+        if not in_flight:
+            assert p is None
+            return asked, most
+        q = in_flight.pop(finish)
+        steps = (
+            1000 * (1 + 64 / q.batch_size) * (1 + 2 * math.log(q.lr / best_lr(q.batch_size)) ** 2)
+        )
+        s.tell(q, Outcome("reached", steps, 0.1, int(steps)), 10**6, 0.2, "min")
+
+
+def test_pipeline_starts_a_study_once_the_next_larger_one_is_lead_trials_ahead():
+    s = LRSearch([4, 16, 64], [0], 1e-3, 2.0, 8, converge_tol=0.01, pipeline=2)
+    first = s.ask()
+    assert first.batch_size == 64 and first.lr == 2.0  # the largest first, top of the range
+    assert s.ask() == WAIT  # one trial in flight per study; bs16 waits for 2 results of bs64
+    s.tell(first, Outcome("diverged", None, None, 3), 10**6, 0.2, "min")
+    second = s.ask()
+    assert second.batch_size == 64 and s.ask() == WAIT
+    s.tell(second, Outcome("reached", 2000, 0.1, 2000), 10**6, 0.2, "min")
+    assert {s.ask().batch_size, s.ask().batch_size} == {16, 64}  # now both in flight
+
+
+def test_pipeline_has_every_batch_size_in_flight_and_the_same_trials_whatever_the_order():
+    sizes = [4, 16, 64, 256]
+    oldest_first, most = _drive_in_parallel(
+        LRSearch(sizes, [0], 1e-3, 2.0, 10, converge_tol=0.01, pipeline=2), 0
+    )
+    newest_first, _ = _drive_in_parallel(
+        LRSearch(sizes, [0], 1e-3, 2.0, 10, converge_tol=0.01, pipeline=2), -1
+    )
+    assert most >= 3  # not a cascade (one study at a time): several batch sizes at once
+    assert oldest_first == newest_first  # proposals never depend on completion order
+    s = LRSearch(sizes, [0], 1e-3, 2.0, 10, converge_tol=0.01, pipeline=2)
+    _drive_in_parallel(s, 0)
+    for b in sizes:
+        assert abs(math.log(s.best_lr(f"bs{b}-seed0") / best_lr(b))) < math.log(1.15)
+
+
+def test_pipeline_history_survives_a_resume():
+    s = LRSearch([8, 32], [0], 1e-3, 2.0, 6, converge_tol=0.01, pipeline=2)
+    for _ in range(2):
+        p = s.ask()
+        s.tell(p, Outcome("reached", 100 * (1 + abs(math.log(p.lr))), 0.1, 100), 10**6, 0.2, "min")
+    state = s.state()
+    s2 = LRSearch([8, 32], [0], 1e-3, 2.0, 6, converge_tol=0.01, pipeline=2)
+    s2.load_state(state, {})
+    assert s2.history == s.history and s2.ask().lr == s.ask().lr

@@ -87,6 +87,13 @@ class LRSearchConfig:
     study. Far less compute (on the NQM the small, expensive batch sizes then need about 3
     trials each), but one trial at a time per seed; false: all batch sizes advance together
     in rounds."""
+    pipeline: int = 0
+    """`tpe` only, not with cascade: every batch size in flight at once, one trial per
+    study, each study's k-th trial started once the next larger batch size's study has
+    k + pipeline results (or finished), seeded from the larger ones' best LRs so far; the
+    same trials whatever the completion order. 0: off (rounds). On the NQM it costs more
+    compute than the cascade for no gain in wall time (BENCHMARKS.md); a middle ground for
+    batch sizes of similar cost (past B_crit)."""
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,12 @@ def check_values(job: JobConfig) -> None:
         raise JobError(
             f"lr_search.convergence_tolerance: {r.convergence_tolerance}; use a fraction in (0, 1), e.g. 0.01"
         )
+    if isinstance(r.pipeline, bool) or not isinstance(r.pipeline, int) or r.pipeline < 0:
+        raise JobError(
+            f"lr_search.pipeline: {r.pipeline!r}; use an integer >= 0, e.g. 2 (0 turns it off)"
+        )
+    if r.pipeline and r.cascade:
+        raise JobError("lr_search.pipeline and lr_search.cascade: choose one (set pipeline: 0)")
     if not (0 <= r.lag_stop < 1):
         raise JobError(
             f"lr_search.lag_stop: {r.lag_stop}; use a fraction in [0, 1), e.g. 0.25 (0 turns it off)"

@@ -12,6 +12,7 @@ behind every trial that does, ordered by how close its best metric came (:func:`
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import optuna
@@ -98,6 +99,8 @@ class LRSearch:
     steps still to gain inside that bracket, estimated from a parabola in log LR, are below
     this fraction (:meth:`converged`). ``lag``: the margin of :meth:`behind` (0: off).
     ``cascade`` (``tpe`` only): batch sizes one at a time from the largest down (:meth:`ask`).
+    ``pipeline`` (``tpe`` only, not with ``cascade``; 0: off): every batch size in flight at
+    once, each study ``pipeline`` trials behind the next larger one (:meth:`ask`).
     """
 
     def __init__(
@@ -117,6 +120,7 @@ class LRSearch:
         converge_tol: float | None = None,
         lag: float = 0.0,
         cascade: bool = False,
+        pipeline: int = 0,
     ):
         self.batch_sizes = sorted(batch_sizes)
         self.seeds = list(seeds)
@@ -130,6 +134,12 @@ class LRSearch:
         self.converge_tol = converge_tol if algorithm == "tpe" else None
         self.lag = lag
         self.cascade = cascade and algorithm == "tpe"
+        self.pipeline = pipeline if algorithm == "tpe" and not self.cascade else 0
+        # Pipeline: each study's state after each of its results (best, stop bound, diverged
+        # LRs, converged), so that another study sees it as of a count fixed by the pipeline,
+        # not by which trial happened to finish first (:meth:`_view`).
+        self.history: dict[str, list[tuple]] = {}
+        self.visible: dict[str, int] = {}  # study -> its results in the current view
         self.done: set[str] = set()  # studies whose line search converged (no more trials)
         self.curves: dict[str, list[tuple[float, float]]] = {}  # study -> fastest trial's curve
         self.sign = 1.0  # +1: lower target metric is better; set by tell()
@@ -199,10 +209,16 @@ class LRSearch:
 
     def _may_start(self, name: str) -> bool:
         """Cascade: a study starts once the next larger batch size's study (same seed) has
-        finished, so it starts from a converged neighbour."""
+        finished, so it starts from a converged neighbour. Pipeline: its k-th trial starts
+        once that study has told k + ``pipeline`` trials or finished."""
         b, s = _parse(name)
         larger = [bb for bb in self.batch_sizes if bb > b]
-        return self.asked[name] > 0 or not larger or self.finished(study_name(min(larger), s))
+        if not larger:
+            return True
+        nxt = study_name(min(larger), s)
+        if self.pipeline:
+            return self.finished(nxt) or self.told[nxt] >= self.asked[name] + self.pipeline
+        return self.asked[name] > 0 or self.finished(nxt)
 
     def ask(self) -> Proposal | str | None:
         """Next trial to run, from the study with the fewest trials asked; ``None`` when every
@@ -218,7 +234,7 @@ class LRSearch:
         open_ = [n for n in self.studies if self.asked[n] < self.n_trials and n not in self.done]
         if not open_:
             return None
-        if self.cascade:
+        if self.cascade or self.pipeline:
             open_ = [n for n in open_ if self.asked[n] == self.told[n] and self._may_start(n)]
             if not open_:
                 return WAIT
@@ -235,7 +251,8 @@ class LRSearch:
         study = self.studies[name]
         b, s = _parse(name)
         if self.algorithm == "tpe":  # neighbours' best LR, then a line search (_next_lr)
-            lr_next = self._next_lr(name, b, s)
+            with self._view(name):
+                lr_next = self._next_lr(name, b, s)
             if lr_next is not None:
                 lo, hi = self.range[name]
                 self.range[name] = (min(lo, lr_next), max(hi, lr_next))
@@ -270,7 +287,8 @@ class LRSearch:
             for lr in self._seed_lrs(b, s):
                 if lr_rules.fresh(math.log(lr), tried):
                     return lr
-            if self.cascade and b == self.batch_sizes[-1] and not self._neighbour_bests(b, s):
+            chained = self.cascade or self.pipeline
+            if chained and b == self.batch_sizes[-1] and not self._neighbour_bests(b, s):
                 # The first study of a cascade, nothing known: start at the top of the range
                 # and halve until a trial reaches the target. The largest batch size has the
                 # largest best LR, and a too large LR fails fast (diverges, or stalls at its
@@ -296,6 +314,45 @@ class LRSearch:
             return lr_rules.step_out(xb, step, up=i == len(pts) - 1, slope_gap=gap)
         return lr_rules.bracket_lr(pts[i - 1], pts[i], pts[i + 1], self.reached_cut, step, tried)
 
+    @contextmanager
+    def _view(self, name: str):
+        """Pipeline: while in this block, the other studies look as study ``name`` may see
+        them whatever the completion order: the larger batch sizes of its seed as of their
+        first k + ``pipeline`` results (k: results ``name`` has; they have at least that
+        many, or finished with fewer), the smaller ones and other seeds as not started.
+        A no-op in the other modes."""
+        if not self.pipeline:
+            yield
+            return
+        b, s = _parse(name)
+        saved = self.best, self.stop_bound, self.diverged, self.done
+        best, bound, diverged = {}, {}, {name: self.diverged.get(name, [])}
+        done = {name} & self.done
+        if name in self.best:
+            best[name] = self.best[name]
+        if name in self.stop_bound:
+            bound[name] = self.stop_bound[name]
+        self.visible = {}
+        for other, hist in self.history.items():
+            bb, ss = _parse(other)
+            if ss != s or bb <= b:
+                continue
+            count = self.visible[other] = min(len(hist), self.told[name] + self.pipeline)
+            if count:
+                best_, bound_, diverged_, done_ = hist[count - 1]
+                if best_ is not None:
+                    best[other] = best_
+                if bound_ is not None:
+                    bound[other] = bound_
+                diverged[other] = list(diverged_)
+                if done_:
+                    done.add(other)
+        self.best, self.stop_bound, self.diverged, self.done = best, bound, diverged, done
+        try:
+            yield
+        finally:
+            self.best, self.stop_bound, self.diverged, self.done = saved
+
     def _neighbour_bests(self, b: int, s: int) -> list[tuple[int, float]]:
         """(batch size, best LR) of the other studies whose best trial reached the target."""
         out = []
@@ -313,7 +370,10 @@ class LRSearch:
         if not done:
             return False
         nb, _ = lr_rules.nearest(done, b)
-        return self.finished(study_name(nb, s))
+        name = study_name(nb, s)
+        if self.pipeline:  # as of the view: converged, or out of trials
+            return name in self.done or self.visible.get(name, 0) >= self.n_trials
+        return self.finished(name)
 
     def _seed_lrs(self, b: int, s: int) -> list[float]:
         """First LRs to try at batch size ``b``, best guess first, from the neighbours' best LRs.
@@ -343,7 +403,7 @@ class LRSearch:
     ) -> float:
         """Record a result (applied now, or at the end of its round when synchronous)."""
         value = objective(outcome, max_steps, target, direction)
-        if not (self.synchronous and not self.cascade):
+        if self.cascade or self.pipeline or not self.synchronous:
             self._apply(proposal, outcome, max_steps, target, direction)
             return value
         self.pending.append((proposal, outcome, max_steps, target, direction))
@@ -399,8 +459,23 @@ class LRSearch:
             )
         if self.widen_on_edge and self.algorithm == "tpe":
             self._maybe_widen(proposal.study)
-        if self.converged(proposal.study):
+        with self._view(proposal.study):
+            converged = self.converged(proposal.study)
+        if converged:
             self.done.add(proposal.study)
+        self._record(proposal.study)
+
+    def _record(self, name: str) -> None:
+        """Pipeline: keep the study's state after this result (:meth:`_view`)."""
+        if self.pipeline:
+            self.history.setdefault(name, []).append(
+                (
+                    self.best.get(name),
+                    self.stop_bound.get(name),
+                    tuple(self.diverged.get(name, ())),
+                    name in self.done,
+                )
+            )
 
     def converged(self, name: str) -> bool:
         """Has this study's line search converged (``converge_tol``)? Its best reached trial
@@ -455,7 +530,7 @@ class LRSearch:
 
     def fail(self, proposal: Proposal) -> None:
         """A trial that errored (not diverged: divergence is a result) leaves its study."""
-        if not (self.synchronous and not self.cascade):
+        if self.cascade or self.pipeline or not self.synchronous:
             self._apply_fail(proposal)
             return
         self.pending.append((proposal, None, 0, 0.0, ""))
@@ -464,6 +539,7 @@ class LRSearch:
     def _apply_fail(self, proposal: Proposal) -> None:
         self.studies[proposal.study].tell(proposal.number, state=optuna.trial.TrialState.FAIL)
         self.told[proposal.study] += 1
+        self._record(proposal.study)
 
     def _maybe_widen(self, name: str) -> None:
         lo, hi = self.range[name]
@@ -490,7 +566,8 @@ class LRSearch:
         lower (inf if none): a trial of that study still running past this step can no longer
         win (or is far from this batch size's best LR) and may be stopped."""
         b, s = _parse(name)
-        return min(self.stop_bound.get(name, math.inf), self._cross_bound(b, s))
+        with self._view(name):
+            return min(self.stop_bound.get(name, math.inf), self._cross_bound(b, s))
 
     def best_lr(self, name: str) -> float | None:
         return self.best.get(name, (None, None))[1]
@@ -511,6 +588,7 @@ class LRSearch:
             "reached_cut": self.reached_cut,
             "sign": self.sign,
             "pending": list(self.pending),
+            "history": {k: list(v) for k, v in self.history.items()},
         }
 
     def load_state(self, state: dict, live_numbers: dict[str, set[int]]) -> None:
@@ -529,6 +607,12 @@ class LRSearch:
         self.reached_cut = state.get("reached_cut", self.reached_cut)
         self.sign = state.get("sign", self.sign)
         self.pending = list(state.get("pending", []))
+        self.history.update(
+            {
+                k: [(*h[:2], tuple(h[2]), *h[3:]) for h in v]
+                for k, v in state.get("history", {}).items()
+            }
+        )
         for name, study in self.studies.items():
             for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
                 if t.number not in live_numbers.get(name, set()):

@@ -64,7 +64,7 @@ class SweepSearcher(Searcher):
             job.batch_sizes, job.seeds, r.min, r.max, job.trials_per_study, r.seed,
             r.algorithm if job.tuned else "grid", r.log, storage, r.widen_on_edge,
             converge_tol=r.convergence_tolerance if r.stop_when_converged else None,
-            lag=r.lag_stop, cascade=r.cascade,
+            lag=r.lag_stop, cascade=r.cascade, pipeline=r.pipeline,
         )  # fmt: skip
         self.proposals: dict[str, Proposal] = {}
         self.best_metric: dict[str, float] = {}
@@ -244,8 +244,8 @@ class PerBatchSizeScheduler(FIFOScheduler):
     the best steps-to-target its study has already seen (or the bound from the other batch
     sizes, :meth:`LRSearch.steps_bound`) can no longer win; and a lag: a trial too far behind
     its study's fastest one at the same step (``lr_search.lag_stop``, :meth:`LRSearch.behind`).
-    Bound and lag stops are censored (the trial needed more steps); in a cascade there is no
-    ASHA (see :meth:`on_trial_result`).
+    Bound and lag stops are censored (the trial needed more steps); in a cascade or pipeline
+    (one trial in flight per study) there is no ASHA (see :meth:`on_trial_result`).
     """
 
     def __init__(self, job: JobConfig, searcher: SweepSearcher, max_steps: int):
@@ -283,8 +283,8 @@ class PerBatchSizeScheduler(FIFOScheduler):
             self.stopped.add(trial.trial_id)
             self.searcher.censored[trial.trial_id] = float(step)  # slower than the fastest
             return TrialScheduler.STOP
-        if self.searcher.search.cascade:
-            # A cascade runs a study's trials one after another, so ASHA would only compare a
+        if self.searcher.search.cascade or self.searcher.search.pipeline:
+            # A cascade (or pipeline) runs a study's trials one after another, so ASHA would only compare a
             # trial with earlier ones at early milestones, where a larger LR leads and a lower
             # one (lower noise floor) may still win: the bound and the lag rule suffice.
             return TrialScheduler.CONTINUE
