@@ -1,4 +1,4 @@
-"""The gradient noise scale B_simple beside the fitted B_crit (McCandlish et al. 2018; SCIENCE.md §3).
+"""The gradient noise scale B_simple beside the fitted B_crit (McCandlish et al. 2018; docs/science.md §3).
 
 A sweep run with ``log_noise_scale: true`` has a metric column ``noise_scale_bsimple`` in the
 tidy frame (`analysis.frame`): at each eval point, tr(Sigma) / |G|^2 from exponential moving

@@ -1,4 +1,4 @@
-"""The gradient noise scale B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018; SCIENCE.md §3).
+"""The gradient noise scale B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018; docs/science.md §3).
 
 Two gradient norms taken at the same parameters, at batch sizes b < B, give unbiased
 estimates of |G|^2 (the true gradient's squared norm) and tr(Sigma) (the per-example gradient

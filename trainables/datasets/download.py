@@ -1,4 +1,4 @@
-"""`critbatch data list` and `critbatch data download <dataset> --root DIR`.
+"""The datasets the workloads read: where each comes from, and fetching it into the data root.
 
 Image datasets come through torchvision's downloaders, which leave exactly the layout the
 readers in :mod:`trainables.datasets.images` expect. WikiText-2 and Cityscapes belong to

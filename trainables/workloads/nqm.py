@@ -1,4 +1,4 @@
-"""`nqm_exact` and `nqm_sgd`: the noisy quadratic model as trainables (SCIENCE.md §6).
+"""`nqm_exact` and `nqm_sgd`: the noisy quadratic model as trainables (docs/science.md §6).
 
 Both train L(theta) = 1/2 sum_i h_i theta_i^2 with h_i = i^-exponent and gradient noise of
 variance c_i / B, c_i = noise_scale * h_i, from E theta_i^2 = s0. Options: ``dim`` (10000),
