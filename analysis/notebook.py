@@ -11,7 +11,7 @@
 
 ``source`` is what `critbatch analyze` takes (an MLflow experiment name, a parent run id, a
 run folder) or an already loaded frame (analysis.frame). ``target`` is a
-:class:`analysis.steps.Target`, a mapping ``{metric, value, direction}``, or None: the sweep's
+:class:`trainables.api.Target`, a mapping ``{metric, value, direction}``, or None: the sweep's
 own target when the source records one, else the seed paper's threshold rule on train_loss.
 """
 
@@ -26,7 +26,8 @@ from typing import Any
 import pandas as pd
 
 from analysis.report import ReportResult, write_report
-from analysis.steps import Target, paper_threshold
+from analysis.steps import paper_threshold
+from trainables.api import Target
 
 
 @dataclass
