@@ -213,9 +213,15 @@ CASES: list[Case] = [
     # workload options (each workload declares its own)
     ("options unknown key", "options.widht", job(options={"widht": 64})),
     ("options wrong type", "options.width", job(options={"width": "wide"})),
-    ("options float NaN", "options.noise_scale",
-     job(workload="nqm_exact", options={"noise_scale": NAN},
-         target={"metric": "eval_loss", "value": 0.1, "direction": "min"})),  # fmt: skip
+    (
+        "options float NaN",
+        "options.noise_scale",
+        job(
+            workload="nqm_exact",
+            options={"noise_scale": NAN},
+            target={"metric": "eval_loss", "value": 0.1, "direction": "min"},
+        ),
+    ),  # fmt: skip
     # tracking store
     ("tracking scheme unsupported", "tracking.uri", uri(lambda tmp: "ftp://example.org/x")),
     (
