@@ -210,6 +210,18 @@ CASES: list[Case] = [
     ("lr_search.algorithm unknown", "lr_search.algorithm", job(lr_search={"algorithm": "bo"})),
     ("micro_batch_size negative", "micro_batch_size", job(micro_batch_size=-1)),
     ("max_failures negative", "max_failures", job(max_failures=-1)),
+    # workload options (each workload declares its own)
+    ("options unknown key", "options.widht", job(options={"widht": 64})),
+    ("options wrong type", "options.width", job(options={"width": "wide"})),
+    (
+        "options float NaN",
+        "options.noise_scale",
+        job(
+            workload="nqm_exact",
+            options={"noise_scale": NAN},
+            target={"metric": "eval_loss", "value": 0.1, "direction": "min"},
+        ),
+    ),  # fmt: skip
     # tracking store
     ("tracking scheme unsupported", "tracking.uri", uri(lambda tmp: "ftp://example.org/x")),
     (
