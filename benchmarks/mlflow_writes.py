@@ -141,13 +141,71 @@ def arm(mode: str, trials: int, reports: int, concurrency: int) -> dict:
             "mlflow_points": points, "complete": points == n}  # fmt: skip
 
 
+def loop_only(mode: str, trials: int, reports: int) -> dict:
+    """The same two callbacks driven directly, without Ray (``--no-ray``): the driver-side cost
+    alone, reports interleaved across trials as Tune delivers them."""
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from tune_jobs.mlflow_writer import MlflowWriter
+    from tune_jobs.tracking import Tracker
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"mlflow-writes-{mode}-"))
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment(mode)
+    parent = client.create_run(exp).info.run_id
+    tracker = Tracker(uri, exp, parent, {"target_metric": "eval_loss"})
+    tracker.fresh = True
+    writer = MlflowWriter(tracker, tmp / "spill.jsonl") if mode == "writer" else None
+    cb = TimedWriterCallback(writer, tracker, {}) if writer else SyncFlushCallback(tracker)
+    SPENT["s"] = 0.0
+    ts = [SimpleNamespace(trial_id=f"t{i}", config={"lr": 0.1}, last_result={}, error_file=None)
+          for i in range(trials)]  # fmt: skip
+    t = time.perf_counter()
+    for tr in ts:
+        cb.on_trial_start(0, ts, tr)
+    for step in range(1, reports + 1):
+        for tr in ts:
+            r = {"step": step, "timestamp": time.time(), "train_loss": 1.0 / step,
+                 "eval_loss": 2.0 / step, "eval_accuracy": 1 - 1.0 / step, "lr": 0.1}  # fmt: skip
+            cb.on_trial_result(0, ts, tr, r)
+    for tr in ts:
+        cb.on_trial_complete(0, ts, tr)
+    loop_s = time.perf_counter() - t
+    if writer is not None:
+        assert writer.close(timeout_s=600)
+    wall = time.perf_counter() - t
+    points = sum(
+        len(client.get_metric_history(tracker.runs[tr.trial_id], "train_loss")) for tr in ts
+    )
+    n = trials * reports
+    return {"mode": mode, "reports": n, "wall_s": wall, "reports_per_s": n / loop_s,
+            "drained_per_s": n / wall, "loop_ms_per_report": 1000 * SPENT["s"] / n,
+            "tune_warnings": "-", "complete": points == n}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=16)
     ap.add_argument("--reports", type=int, default=1000, help="reports per trial")
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--num-cpus", type=int, default=2)
+    ap.add_argument("--no-ray", action="store_true", help="drive the callbacks directly")
     args = ap.parse_args()
+    if args.no_ray:
+        rows = [loop_only(m, args.trials, args.reports) for m in ("sync", "writer")]
+        print(f"# {platform.node()} {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}; "
+              f"no Ray; {args.trials} trials x {args.reports} reports, interleaved")  # fmt: skip
+        print(
+            "| mode | reports | reports/s in the loop | reports/s incl. drain | ms in the loop per report | MLflow complete |"
+        )
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['mode']} | {r['reports']} | {r['reports_per_s']:.0f} | {r['drained_per_s']:.0f} | "
+                  f"{r['loop_ms_per_report']:.3f} | {r['complete']} |")  # fmt: skip
+        return
     import ray
 
     from tune_jobs.preflight import init_ray
