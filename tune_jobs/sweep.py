@@ -31,6 +31,7 @@ from analysis.mlflow_layout import (
     VERSION_TAG_PREFIX,
 )
 from tune_jobs.config import JobConfig, JobError, ResourcesConfig, parse_job
+from tune_jobs.mlflow_view import experiment_tags
 from tune_jobs.preflight import (  # noqa: F401  (re-exported: tests and tools import them from here)
     AUTOSCALING_CONFIG,
     autoscaling_node_types,
@@ -62,6 +63,7 @@ class SweepResult:
         dict[str, Any]
     ]  # one row per trial: trial_id, batch_size, lr, seed, status, steps_to_target, ...
     wall_time_s: float
+    numbers: Any = None  # analysis.compare.SweepNumbers at the job's target; None: not computed
 
 
 def run_dir_of(job: JobConfig) -> Path:
@@ -119,7 +121,12 @@ def _start_tracking(job: JobConfig, run_dir: Path, job_yaml: str) -> tuple[str, 
 
     client = MlflowClient(job.tracking.uri)
     exp = client.get_experiment_by_name(job.experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(job.experiment)
+    # Opens on the runs table with the sweep columns (tune_jobs/mlflow_view.py).
+    view = experiment_tags()
+    exp_id = exp.experiment_id if exp else client.create_experiment(job.experiment, tags=view)
+    for k, v in view.items() if exp is not None else ():  # made by an older critbatch
+        if exp.tags.get(k) != v:
+            client.set_experiment_tag(exp_id, k, v)
     tags = {
         ROLE_TAG: ROLE_SWEEP,
         RUN_DIR_TAG: str(run_dir),
@@ -308,6 +315,16 @@ def _fit(
     _finish_parent(tracker, trials)
     if synced:  # else `critbatch sync` writes it, once MLflow holds every point
         write_snapshot(tracker.client, tracker.parent_run_id, run_dir)
+    numbers = sweep_numbers_of(job, run_dir)
+    if numbers is not None:
+        from analysis.compare import parent_run_metrics
+        from tune_jobs.publish import log_sweep_numbers
+
+        try:
+            log_sweep_numbers(tracker.client, tracker.parent_run_id,
+                              parent_run_metrics(numbers), numbers.description())  # fmt: skip
+        except Exception as e:  # the numbers are printed and `critbatch analyze` redoes them
+            print(f"critbatch: could not log the sweep's result in MLflow ({e})", file=sys.stderr)
     return SweepResult(
         run_dir,
         meta["tracking_uri"],
@@ -315,7 +332,22 @@ def _fit(
         meta["parent_run_id"],
         trials,
         time.time() - t0,
+        numbers,
     )
+
+
+def sweep_numbers_of(job: JobConfig, run_dir: Path):
+    """The sweep's result at its own target, from Tune's records (analysis.compare), with the
+    analysis defaults of `critbatch analyze`; None (a line says why) when there is none."""
+    from analysis.compare import sweep_numbers
+    from analysis.loaders import load_ray_folder
+    try:
+        df = load_ray_folder(run_dir)
+        target = dataclasses.replace(job.target, rule="sweep target")
+        return sweep_numbers(df, target, label=job.name)
+    except (LookupError, ValueError) as e:
+        print(f"critbatch: no result to log on the parent run: {e}", file=sys.stderr)
+        return None
 
 
 def _delete_orphans(tracker, known: set[str]) -> None:

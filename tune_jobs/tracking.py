@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from analysis.mlflow_layout import (
+    DEVICE_PARAMS,
     ERROR_TAG,
     NON_METRICS,
     PARENT_TAG,
@@ -46,12 +47,17 @@ def metric_points(result: dict[str, Any], timestamp_ms: int) -> list[Metric]:
     step = int(result.get("step", 0))
     out = []
     for k, v in result.items():
-        if k in NON_METRICS or is_tune_key(k):
+        if k in NON_METRICS or k in DEVICE_PARAMS or is_tune_key(k):
             continue
         if isinstance(v, bool) or not isinstance(v, int | float):
             continue
         out.append(Metric(k, float(v) if math.isfinite(v) else float("nan"), timestamp_ms, step))
     return out
+
+
+def child_run_name(config: dict[str, Any]) -> str:
+    """``bs=64 lr=0.12 seed=0``: what tells trials apart in the MLflow runs table."""
+    return f"bs={config['batch_size']} lr={float(config['lr']):.3g} seed={config.get('seed', 0)}"
 
 
 class Tracker:
@@ -71,6 +77,7 @@ class Tracker:
         ] = {}  # tune trial id -> last step sent (or found) in MLflow
         self.pending: dict[str, list[Metric]] = {}
         self.pending_params: dict[str, list[Param]] = {}  # sent with the run's first batch
+        self.device_logged: set[str] = set()  # trials whose DEVICE_PARAMS are queued or sent
         self.pending_final: dict[str, tuple[str, dict[str, Any] | None, str | None]] = {}
         self.to_terminate: dict[str, str] = {}  # final batch sent; run status still to set
         self.last_failure = 0.0
@@ -89,6 +96,7 @@ class Tracker:
     def __setstate__(self, d):
         d.setdefault("pending_params", {})  # a tracker pickled by an older version
         d.setdefault("to_terminate", {})
+        d.setdefault("device_logged", set())
         self.__dict__.update(d)
         self.fresh = False  # unpickled = a resumed sweep: its children may exist already
 
@@ -144,7 +152,7 @@ class Tracker:
                     STATUS_TAG: Status.RUNNING,
                 }
                 run = self.client.create_run(
-                    self.experiment_id, tags=tags, run_name=f"bs{config['batch_size']}-{trial_name}"
+                    self.experiment_id, tags=tags, run_name=child_run_name(config)
                 )
                 run_id = run.info.run_id
                 params = {k: config[k] for k in TRIAL_PARAMS if k in config}
@@ -164,6 +172,11 @@ class Tracker:
         if step <= self.logged_step.get(trial_id, -1):
             return
         self.logged_step[trial_id] = step
+        if trial_id not in self.device_logged and "device_name" in result:
+            self.device_logged.add(trial_id)  # MLflow accepts a param logged again, same value
+            self.pending_params.setdefault(trial_id, []).extend(
+                Param(k, str(result[k])) for k in DEVICE_PARAMS if k in result
+            )
         self.pending.setdefault(trial_id, []).extend(metric_points(result, int(time.time() * 1000)))
 
     def flush(self, force: bool = False) -> bool:
@@ -353,6 +366,8 @@ def reconcile(
             tracker.client.log_batch(run_id, metrics=points[i : i + MAX_BATCH])
         sent += len(points)
         params = tracker.pending_params.get(trial_id, [])
+        queued = {p.key for p in params}  # and what the trial ran on, as its first report said
+        params += [Param(k, str(rows[0][k])) for k in DEVICE_PARAMS if k in rows[0] and k not in queued]
         for i in range(0, len(params), MAX_PARAMS):  # params that waited for points never sent
             tracker.client.log_batch(run_id, params=params[i : i + MAX_PARAMS])
         tracker.pending_params.pop(trial_id, None)

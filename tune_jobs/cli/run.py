@@ -163,6 +163,9 @@ def _report_sweep(result, job, analyze: bool) -> None:
     rows = per_batch_size(result.trials)
     target = f"{job.target.metric} {'<=' if job.target.direction == 'min' else '>='} {job.target.value:g}"
     print()
+    numbers = result.numbers
+    if numbers is not None and numbers.recommendation is not None:
+        print(f"Recommendation: {numbers.recommendation.text()}\n")
     print(format_table(rows, target))
     try:
         print(format_fit(fit_rows(rows)))
@@ -172,10 +175,13 @@ def _report_sweep(result, job, analyze: bool) -> None:
         f"\n{len(result.trials)} trials in {result.wall_time_s:.0f} s; run folder {result.run_dir}"
     )
     uri = result.tracking_uri
-    ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"open {uri}"
-    print(
-        f"MLflow: experiment {job.experiment!r}, parent run {result.parent_run_id}. See it with:\n  {ui}   # then http://127.0.0.1:5000"
-    )
+    from tune_jobs.mlflow_view import runs_url
+
+    local = uri.startswith("sqlite")
+    url = runs_url("http://127.0.0.1:5000" if local else uri, result.experiment_id)
+    start = f"  mlflow ui --backend-store-uri {uri}   # then open\n" if local else ""
+    print(f"MLflow: experiment {job.experiment!r}, parent run {result.parent_run_id}. The sweeps "
+          f"of the experiment side by side (b_crit, CBS, recommended B):\n{start}  {url}")  # fmt: skip
     if analyze:
         from tune_jobs.cli import main
 
