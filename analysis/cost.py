@@ -125,7 +125,13 @@ def time_and_cost(
     strategy, batch_size, steps), with step times from the tidy frame ``df``."""
     model = model or CostModel()
     notes: list[str] = []
-    per_trial = trial_step_times(df) if model.throughput is None or "train_time" in df else None
+    timed = "train_time" in df.columns or "wall_time" in df.columns
+    per_trial = trial_step_times(df) if timed else None
+    if not timed and model.throughput is None:
+        notes.append(
+            "no step times in this sweep (neither train_time nor wall_time): time and cost "
+            "not computed; supply a throughput table (batch_size,steps_per_second) to cost it"
+        )
     rows = []
     for _, r in best.iterrows():
         b, strategy = int(r["batch_size"]), r["strategy"]

@@ -82,5 +82,6 @@ def pareto_compare(sweeps, out_dir: str | Path) -> list[Path]:
     ax.set_yscale("log")
     ax.set(xlabel="time to target (s)", ylabel=f"{kind}-hours to target",
            title="Time against cost per batch size (labels: B)")  # fmt: skip
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # nothing to show when no batch size was timed
+        ax.legend(fontsize=8)
     return _save(fig, out_dir, "compare_pareto")
