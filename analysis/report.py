@@ -339,7 +339,11 @@ def write_report(
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
-        *([f"<p class='headline'><b>{html.escape(recommendation)}</b></p>"] if recommendation else []),
+        *(
+            [f"<p class='headline'><b>{html.escape(recommendation)}</b></p>"]
+            if recommendation
+            else []
+        ),
         f"<p class='headline'>{html.escape(result.headline())}</p>",
         "<h2>Assumptions</h2><ul>",
         *[

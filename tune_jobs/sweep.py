@@ -341,6 +341,7 @@ def sweep_numbers_of(job: JobConfig, run_dir: Path):
     analysis defaults of `critbatch analyze`; None (a line says why) when there is none."""
     from analysis.compare import sweep_numbers
     from analysis.loaders import load_ray_folder
+
     try:
         df = load_ray_folder(run_dir)
         target = dataclasses.replace(job.target, rule="sweep target")

@@ -367,7 +367,9 @@ def reconcile(
         sent += len(points)
         params = tracker.pending_params.get(trial_id, [])
         queued = {p.key for p in params}  # and what the trial ran on, as its first report said
-        params += [Param(k, str(rows[0][k])) for k in DEVICE_PARAMS if k in rows[0] and k not in queued]
+        params += [
+            Param(k, str(rows[0][k])) for k in DEVICE_PARAMS if k in rows[0] and k not in queued
+        ]
         for i in range(0, len(params), MAX_PARAMS):  # params that waited for points never sent
             tracker.client.log_batch(run_id, params=params[i : i + MAX_PARAMS])
         tracker.pending_params.pop(trial_id, None)

@@ -49,4 +49,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("critbatch: interrupted; resume with `critbatch resume`", file=sys.stderr)
         return 130
-

@@ -94,13 +94,20 @@ def cost_args(p) -> None:
     from analysis.recommend import DEFAULT_MAX_EXTRA_COST, DEFAULT_MAX_SLOWDOWN
 
     g = p.add_argument_group("time, cost and the recommended batch size")
-    g.add_argument("--price-per-device-hour", type=float, metavar="PRICE",
-                   help="money per GPU-hour (or CPU-hour when trials had no GPU): adds cost")
+    g.add_argument(
+        "--price-per-device-hour",
+        type=float,
+        metavar="PRICE",
+        help="money per GPU-hour (or CPU-hour when trials had no GPU): adds cost",
+    )
     g.add_argument("--throughput", type=Path, metavar="CSV",
                    help="batch_size,steps_per_second[,devices] measured on the device you will "
                    "train on: re-costs the same steps with these step times")  # fmt: skip
-    g.add_argument("--throughput-device", metavar="NAME",
-                   help="the device the throughput table was measured on (stated in the output)")
+    g.add_argument(
+        "--throughput-device",
+        metavar="NAME",
+        help="the device the throughput table was measured on (stated in the output)",
+    )
     g.add_argument("--max-extra-cost", type=float, default=DEFAULT_MAX_EXTRA_COST,
                    metavar="FRACTION", help="recommend the fastest B whose device-hours are "
                    "within this fraction above the cheapest (default %(default)s: 2x)")  # fmt: skip
