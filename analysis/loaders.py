@@ -28,7 +28,7 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +40,8 @@ from mlflow.tracking import MlflowClient
 
 from analysis.frame import REQUIRED_COLUMNS as TRIAL_COLUMNS
 from analysis.mlflow_layout import (
+    DEVICE_COUNTS,
+    DEVICE_NAME,
     PARENT_TAG,
     ROLE_SWEEP,
     ROLE_TAG,
@@ -131,7 +133,18 @@ def load_ray_folder(path: str | os.PathLike) -> pd.DataFrame:
     frames = [f for f in frames if not f.empty]
     if not frames:
         raise SweepNotFoundError(f"every result.json under {path} is empty: no trial reported yet")
-    return _tidy(pd.concat(frames, ignore_index=True))
+    df = pd.concat(frames, ignore_index=True)
+    names = df.pop(DEVICE_NAME).dropna().unique() if DEVICE_NAME in df else []
+    df = _with_devices(_tidy(df), names)
+    df.attrs["sweep_name"] = path.resolve().name  # the run folder is named after the job
+    return df
+
+
+def _with_devices(df: pd.DataFrame, names: Iterable[str]) -> pd.DataFrame:
+    """``df.attrs["device_names"]``: the devices the trials ran on (``analysis.cost`` states
+    them beside the times it computes)."""
+    df.attrs["device_names"] = sorted({str(n) for n in names if n and n == n})
+    return df
 
 
 def _ray_trial_frame(result_json: Path) -> pd.DataFrame:
@@ -204,6 +217,46 @@ def find_parent_run(source: str, tracking_uri: str | None = None) -> Run:
     return parents[0]
 
 
+def find_sweeps(source: str, tracking_uri: str | None = None) -> list[Run]:
+    """The sweeps ``source`` names, for ``critbatch compare``: a parent (or trial) run id: that
+    sweep; an experiment name: every sweep in it, oldest first; else a sweep name (the job's
+    ``name``, the parent run's name), searched in every experiment, the latest if repeated."""
+    client = open_client(tracking_uri)
+    uri = resolve_tracking_uri(tracking_uri)
+    experiment = None if RUN_ID.match(source) else client.get_experiment_by_name(source)
+    if experiment is None:
+        sweep = _find_sweep_by_name(client, source)
+        return [sweep] if sweep else [find_parent_run(source, uri)]  # its error names the fixes
+    sweeps = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{ROLE_TAG}` = 'sweep'",
+        order_by=["attributes.start_time ASC"],
+        max_results=1000,
+    )
+    if not sweeps:
+        find_parent_run(source, uri)  # raises: no sweep run in the experiment
+    return list(sweeps)
+
+
+def _find_sweep_by_name(client: MlflowClient, name: str) -> Run | None:
+    if RUN_ID.match(name) or "'" in name:
+        return None
+    ids = [e.experiment_id for e in client.search_experiments(max_results=1000)]
+    runs = client.search_runs(
+        ids,
+        filter_string=f"tags.`{ROLE_TAG}` = 'sweep' and attributes.run_name = '{name}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=10,
+    ) if ids else []  # fmt: skip
+    if len(runs) > 1:
+        warnings.warn(
+            f"{len(runs)} sweeps are named {name!r}; using the latest, {runs[0].info.run_id} "
+            "(pass a parent run id to pick another)",
+            stacklevel=3,
+        )
+    return runs[0] if runs else None
+
+
 def find_trial_runs(client: MlflowClient, parent: Run) -> list[Run]:
     """The child (trial) runs of a sweep's parent run, every page of them."""
     runs: list[Run] = []
@@ -235,7 +288,10 @@ def load_mlflow(
             f"sweep run {parent.info.run_id} ({source!r} at {uri}) has no trial runs yet"
         )
     history = fetch_sweep_histories(client, parent, runs, fetch, snapshot=snapshot)
-    return _tidy(_mlflow_frame(runs, history))
+    names = (r.data.params.get(DEVICE_NAME) for r in runs)
+    df = _with_devices(_tidy(_mlflow_frame(runs, history)), names)
+    df.attrs["sweep_name"] = parent.info.run_name or parent.info.run_id  # the job's name
+    return df
 
 
 def fetch_sweep_histories(
@@ -447,6 +503,7 @@ def _trial_meta(run: Run) -> dict:
         "strategy": p.get("strategy", "tuned"),
         "seed": int(p.get("seed", 0)),
         "status": status,
+        **{k: float(p[k]) for k in DEVICE_COUNTS if k in p},
     }
 
 

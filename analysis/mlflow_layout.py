@@ -21,6 +21,11 @@ VERSION_TAG_PREFIX = "critbatch.version."  # + package name: versions of torch, 
 # ---- params of a trial run (with the job's own params: target_*, eval_every, ...)
 TRIAL_PARAMS = ("batch_size", "lr", "seed", "strategy", "workload", "study", "study_trial",
                 "max_steps")  # fmt: skip
+# What a trial ran on (reported by tune_jobs.trainable): constant per trial, so params, not
+# metrics. The counts come back as frame columns (analysis.cost), the name as df.attrs.
+DEVICE_COUNTS = ("gpus", "cpus")  # GPUs (fractions when packed) and CPUs Ray gave the trial
+DEVICE_NAME = "device_name"  # e.g. "NVIDIA H100 80GB HBM3" or "CPU: AMD EPYC"
+DEVICE_PARAMS = (*DEVICE_COUNTS, DEVICE_NAME)
 
 # ---- metrics: every numeric key of a report is a metric keyed by its `step`, except these
 NON_METRICS = frozenset({"status", "steps_to_target", "step"})
@@ -48,6 +53,16 @@ def is_tune_key(key: str) -> bool:
 SNAPSHOT_DIR, SNAPSHOT_FILE = "critbatch", "metrics.parquet"
 SNAPSHOT_TAG = "critbatch.metrics_snapshot"
 SNAPSHOT_COLUMNS = ("run_id", "key", "step", "timestamp", "value")
+
+# ---- the sweep's result on its parent run (tune_jobs.publish.log_sweep_numbers): metrics
+# named in analysis.compare.parent_run_metrics, and the run's description (MLflow's own tag,
+# markdown shown at the top of the run page): the recommendation, the verdict, the headline.
+NOTE_TAG = "mlflow.note.content"
+
+# ---- a comparison (`critbatch compare`): a run of its own in the first sweep's experiment
+ROLE_COMPARISON = "comparison"  # its ROLE_TAG
+COMPARED_TAG = "critbatch.compared"  # the parent run ids compared, comma-separated
+COMPARE_ARTIFACTS = "compare"  # compare.html, compare.csv, figures/
 
 # ---- the report of `critbatch analyze`, logged on the parent run under this artifact path
 REPORT_ARTIFACTS = "report"

@@ -153,6 +153,8 @@ def write_report(
     strategy: str | None = None,
     title: str = "critbatch report",
     figures: bool = True,
+    recommendation: str | None = None,
+    extra_html: str = "",
 ) -> ReportResult:
     """Analyse `df` and write report.html, summary.csv, summary.json and figures to out_dir.
 
@@ -160,6 +162,8 @@ def write_report(
     the largest batch size's best curve). ema: EMA beta per eval point applied to the metric
     before thresholding. lr_range: the LR search range, to flag best LRs at its edge.
     figures=False skips the plots (tables and fits only; much faster).
+    recommendation: the answer shown above the headline (``analysis.recommend``); extra_html:
+    a section placed after the figures (``analysis.compare.time_and_cost_html``).
     Raises AnalysisError when the primary strategy has fewer than 3 batch sizes that reach
     the target.
     """
@@ -297,6 +301,7 @@ def write_report(
                           bsimple.get(primary))  # fmt: skip
     payload = {
         "headline": result.headline(),
+        "recommendation": recommendation,
         "strategy": primary,
         "target": {
             "metric": target.metric,
@@ -341,6 +346,11 @@ def write_report(
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+        *(
+            [f"<p class='headline'><b>{html.escape(recommendation)}</b></p>"]
+            if recommendation
+            else []
+        ),
         f"<p class='headline'>{html.escape(result.headline())}</p>",
         "<h2>Assumptions</h2><ul>",
         *[
@@ -353,6 +363,7 @@ def write_report(
         _bsimple_html(bsimple, fits, logged),
         "<h2>Figures</h2>",
         *[_img(p, cap) for p, cap in made if p.suffix == ".png"],
+        extra_html,
         "<h2>Per batch size</h2>",
         _table(summary.drop(columns=["trial"], errors="ignore")),
     ]

@@ -62,7 +62,8 @@ def final_status(last_status: str | None, errored: bool = False) -> str:
 
 # Keys every report carries. Units: step = optimizer steps taken so far; examples = step *
 # batch_size; epoch = examples / training-set size (float); lr = learning rate used for the
-# last step; wall_time = seconds since the trial started (excluding restore time).
+# last step; wall_time = seconds since the trial started (excluding restore time). Optional:
+# train_time = seconds spent in optimizer steps only (eval excluded), for time and cost.
 REQUIRED_METRICS = (
     "step",
     "examples",

@@ -92,7 +92,8 @@ def train_supervised(
 
         noise = GradientNoiseScale()
 
-    step, ema, initial_loss, wall = 0, None, None, 0.0
+    # train_time: seconds spent in optimizer steps only (eval excluded), for time-to-target.
+    step, ema, initial_loss, wall, train_time = 0, None, None, 0.0, 0.0
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -103,6 +104,7 @@ def train_supervised(
             state["initial_loss"],
             state["wall"],
         )
+        train_time = state.get("train_time", 0.0)  # absent in checkpoints of older versions
         torch.set_rng_state(state["rng"])  # dropout and other in-model randomness resume exactly
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -111,6 +113,7 @@ def train_supervised(
 
     model.train()
     t0 = time.perf_counter() - wall
+    window_start = time.perf_counter()  # start of the training steps since the last eval
     loss_sum = torch.zeros((), device=device)
     n_in_window = 0
     evals_done = 0
@@ -135,7 +138,8 @@ def train_supervised(
 
         if step % config.eval_every and step < config.max_steps:
             continue
-        train_loss = float(loss_sum) / n_in_window
+        train_loss = float(loss_sum) / n_in_window  # a host sync: the steps have finished
+        train_time += time.perf_counter() - window_start
         loss_sum.zero_()
         n_in_window = 0
         ema = (
@@ -161,6 +165,7 @@ def train_supervised(
             train_loss=train_loss,
             train_loss_ema=ema,
             wall_time=time.perf_counter() - t0,
+            train_time=train_time,
         )
         if noise is not None:
             metrics.update(noise.metrics())
@@ -185,6 +190,7 @@ def train_supervised(
                     "ema": ema,
                     "initial_loss": initial_loss,
                     "wall": metrics["wall_time"],
+                    "train_time": train_time,
                     "rng": torch.get_rng_state(),
                 }
             )
@@ -195,6 +201,7 @@ def train_supervised(
         report(metrics, checkpoint)
         if status != Status.RUNNING:
             return
+        window_start = time.perf_counter()  # eval, checkpoint and report are not training
 
 
 def _status(config: TrialConfig, metrics: dict[str, Any], diverged: bool) -> Status:

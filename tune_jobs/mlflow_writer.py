@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, RunTag
+from mlflow.entities import Metric, Param, RunTag
 
 log = logging.getLogger("critbatch.tracking")
 
@@ -40,7 +40,8 @@ MAX_BACKOFF_S = 30.0
 class MlflowWriter:
     """Writes a sweep's child runs from a background thread (see the module docstring).
 
-    Operations, queued in order: ``("start", trial)``, ``("points", trial, [Metric])``,
+    Operations, queued in order: ``("start", trial)``, ``("params", trial, {name: value})``
+    (what the trial ran on, from its first report), ``("points", trial, [Metric])``,
     ``("end", trial, status, [Metric], {tag: value})``. A trial's run name and params are
     registered with :meth:`start` and its run is created on its first operation, so
     operations never wait on one another and a replayed spill needs nothing else.
@@ -129,6 +130,7 @@ class MlflowWriter:
         """One pass over ``ops``: per run, its points in ``log_batch`` requests of at most
         ``MAX_BATCH``, then its end. False (and nothing dropped) on any failure."""
         points: dict[str, list[Metric]] = {}
+        device: dict[str, dict[str, str]] = {}  # params learnt from a trial's first report
         ends: dict[str, tuple] = {}
         order: list[str] = []
         for op in ops:
@@ -138,6 +140,8 @@ class MlflowWriter:
                 order.append(trial)
             if op[0] == "points":
                 points[trial].extend(op[2])
+            elif op[0] == "params":
+                device.setdefault(trial, {}).update(op[2])
             elif op[0] == "end":
                 ends[trial] = op
         tr = self.tracker
@@ -145,6 +149,9 @@ class MlflowWriter:
             for trial in order:
                 name, params = self.info.get(trial, (trial, {}))
                 run_id = tr.ensure_child(trial, name, params)
+                if trial in device:  # MLflow takes a param logged again with the same value
+                    extra = [Param(k, str(v)) for k, v in device[trial].items()]
+                    tr.client.log_batch(run_id, params=extra)
                 pts = points[trial]
                 for i in range(0, len(pts), MAX_BATCH):
                     tr.client.log_batch(run_id, metrics=pts[i : i + MAX_BATCH])
@@ -220,6 +227,8 @@ def _encode(op: tuple) -> list:
     kind, trial = op[0], op[1]
     if kind == "start":
         return [kind, trial]
+    if kind == "params":
+        return [kind, trial, op[2]]
     metrics = [[m.key, m.value, m.timestamp, m.step] for m in op[2 if kind == "points" else 3]]
     if kind == "points":
         return [kind, trial, metrics]
@@ -230,6 +239,8 @@ def _decode(rec: list) -> tuple:
     kind, trial = rec[0], rec[1]
     if kind == "start":
         return (kind, trial)
+    if kind == "params":
+        return (kind, trial, rec[2])
     if kind == "points":
         return (kind, trial, [Metric(*m) for m in rec[2]])
     return (kind, trial, rec[2], [Metric(*m) for m in rec[3]], rec[4])

@@ -1,4 +1,5 @@
-"""What a sweep's parent run gets beyond the trial records: the metrics snapshot, the report.
+"""What a sweep's parent run gets beyond the trial records: the metrics snapshot, the report,
+the sweep's result (metrics and description); and the run a comparison of sweeps is logged to.
 
 Both are written from here (the tune_jobs side); :mod:`analysis.loaders` reads them back, with
 the names both sides share in :mod:`analysis.mlflow_layout`.
@@ -10,9 +11,10 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from analysis.loaders import (
@@ -23,7 +25,17 @@ from analysis.loaders import (
     open_client,
     resolve_tracking_uri,
 )
-from analysis.mlflow_layout import REPORT_ARTIFACTS, SNAPSHOT_DIR, SNAPSHOT_FILE, SNAPSHOT_TAG
+from analysis.mlflow_layout import (
+    COMPARE_ARTIFACTS,
+    COMPARED_TAG,
+    NOTE_TAG,
+    REPORT_ARTIFACTS,
+    ROLE_COMPARISON,
+    ROLE_TAG,
+    SNAPSHOT_DIR,
+    SNAPSHOT_FILE,
+    SNAPSHOT_TAG,
+)
 
 
 def write_metrics_snapshot(client: MlflowClient, parent_run_id: str, fetch: Fetch = "auto") -> dict:
@@ -71,3 +83,40 @@ def log_report_artifacts(
         else:
             client.log_artifact(parent.info.run_id, str(f), artifact_path)
     return parent.info.run_id
+
+
+def log_sweep_numbers(
+    client: MlflowClient, parent_run_id: str, metrics: dict[str, float], description: str
+) -> None:
+    """The sweep's result on its parent run: metrics (b_crit, cbs, ...: the runs table shows
+    them side by side across sweeps) and the description (markdown: recommendation, verdict)."""
+    from mlflow.entities import Metric, RunTag
+
+    now = int(time.time() * 1000)
+    client.log_batch(
+        parent_run_id,
+        metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+        tags=[RunTag(NOTE_TAG, description)],
+    )
+
+
+def log_comparison(
+    sweeps: Sequence[Run],
+    files: Iterable[str | os.PathLike],
+    labels: Sequence[str],
+    tracking_uri: str | None = None,
+) -> str:
+    """A run of its own in the first sweep's experiment (``critbatch.role=comparison``)
+    holding the comparison page, table and figures under ``compare/``; returns its id."""
+    client = open_client(tracking_uri)
+    tags = {ROLE_TAG: ROLE_COMPARISON, COMPARED_TAG: ",".join(s.info.run_id for s in sweeps),
+            NOTE_TAG: f"Comparison of {', '.join(labels)}: see {COMPARE_ARTIFACTS}/compare.html"}  # fmt: skip
+    run = client.create_run(sweeps[0].info.experiment_id, tags=tags,
+                            run_name=("compare: " + " vs ".join(labels))[:250])  # fmt: skip
+    for f in map(Path, files):
+        where = (
+            COMPARE_ARTIFACTS if f.suffix in (".html", ".csv") else f"{COMPARE_ARTIFACTS}/figures"
+        )
+        client.log_artifact(run.info.run_id, str(f), where)
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id

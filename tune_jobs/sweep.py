@@ -31,6 +31,7 @@ from analysis.mlflow_layout import (
 )
 from tune_jobs.config import JobConfig, JobError, ResourcesConfig
 from tune_jobs.job_file import parse_job
+from tune_jobs.mlflow_view import experiment_tags
 from tune_jobs.preflight import (  # noqa: F401  (re-exported: tests and tools import them from here)
     AUTOSCALING_CONFIG,
     SWEEP_FILE,
@@ -65,6 +66,7 @@ class SweepResult:
     ]  # one row per trial: trial_id, batch_size, lr, seed, status, steps_to_target, ...
     wall_time_s: float
     synced: bool = True  # False: MLflow did not take all of it (the run folder has it)
+    numbers: Any = None  # analysis.compare.SweepNumbers at the job's target; None: not computed
 
 
 def run_dir_of(job: JobConfig) -> Path:
@@ -125,10 +127,14 @@ def _start_tracking(job: JobConfig, run_dir: Path, job_yaml: str) -> tuple[str, 
 
     from tune_jobs.locks import tracking_store_lock
 
+    view = experiment_tags()  # opens on the runs table with the sweep columns (mlflow_view.py)
     with tracking_store_lock(job.tracking.uri):  # a fresh store is created by the client
         client = MlflowClient(job.tracking.uri)  # (its registry store, at construction)
         exp = client.get_experiment_by_name(job.experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(job.experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(job.experiment, tags=view)
+    for k, v in view.items() if exp is not None else ():  # made by an older critbatch
+        if exp.tags.get(k) != v:
+            client.set_experiment_tag(exp_id, k, v)
     tags = {
         ROLE_TAG: ROLE_SWEEP,
         RUN_DIR_TAG: str(run_dir),
@@ -349,8 +355,33 @@ def _fit(
             f"everything is kept in {run_dir}: run `critbatch sync {run_dir}` when it is back",
             file=sys.stderr,
         )
+    numbers = sweep_numbers_of(job, run_dir)
+    if numbers is not None and synced:
+        from analysis.compare import parent_run_metrics
+        from tune_jobs.publish import log_sweep_numbers
+
+        try:
+            log_sweep_numbers(tracker.client, tracker.parent_run_id,
+                              parent_run_metrics(numbers), numbers.description())  # fmt: skip
+        except Exception as e:  # the numbers are printed and `critbatch analyze` redoes them
+            print(f"critbatch: could not log the sweep's result in MLflow ({e})", file=sys.stderr)
     return SweepResult(run_dir, meta["tracking_uri"], meta["experiment_id"],
-                       meta["parent_run_id"], trials, time.time() - t0, synced)  # fmt: skip
+                       meta["parent_run_id"], trials, time.time() - t0, synced, numbers)  # fmt: skip
+
+
+def sweep_numbers_of(job: JobConfig, run_dir: Path):
+    """The sweep's result at its own target, from Tune's records (analysis.compare), with the
+    analysis defaults of `critbatch analyze`; None (a line says why) when there is none."""
+    from analysis.compare import sweep_numbers
+    from analysis.loaders import load_ray_folder
+
+    try:
+        df = load_ray_folder(run_dir)
+        target = dataclasses.replace(job.target, rule="sweep target")
+        return sweep_numbers(df, target, label=job.name)
+    except (LookupError, ValueError) as e:
+        print(f"critbatch: no result to log on the parent run: {e}", file=sys.stderr)
+        return None
 
 
 TRIALS_FILE = "trials.json"

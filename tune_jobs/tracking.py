@@ -28,6 +28,7 @@ from ray.tune.utils.util import SafeFallbackEncoder
 
 from analysis.loaders import tracking_store
 from analysis.mlflow_layout import (
+    DEVICE_PARAMS,
     ERROR_TAG,
     NON_METRICS,
     PARENT_TAG,
@@ -53,12 +54,22 @@ def metric_points(result: dict[str, Any]) -> list[Metric]:
     timestamp_ms = int(float(result.get("timestamp") or time.time()) * 1000)
     out = []
     for k, v in result.items():
-        if k in NON_METRICS or is_tune_key(k):
+        if k in NON_METRICS or k in DEVICE_PARAMS or is_tune_key(k):
             continue
         if isinstance(v, bool) or not isinstance(v, int | float):
             continue
         out.append(Metric(k, float(v) if math.isfinite(v) else float("nan"), timestamp_ms, step))
     return out
+
+
+def child_run_name(config: dict[str, Any]) -> str:
+    """``bs=64 lr=0.12 seed=0``: what tells trials apart in the MLflow runs table."""
+    return f"bs={config['batch_size']} lr={float(config['lr']):.3g} seed={config.get('seed', 0)}"
+
+
+def device_params(result: dict[str, Any]) -> dict[str, str]:
+    """What a trial ran on (Ray's CPUs and GPU share, the device's name), from a report."""
+    return {k: str(result[k]) for k in DEVICE_PARAMS if k in result}
 
 
 class Tracker:
@@ -176,7 +187,7 @@ class MlflowCallback(Callback):
         return {**self.__dict__, "writer": None}
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        run_name = f"bs{trial.config.get('batch_size')}-{trial}"
+        run_name = child_run_name(trial.config)
         self.writer.start(trial.trial_id, run_name, self.tracker.params_for(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -185,6 +196,8 @@ class MlflowCallback(Callback):
         step = int(result.get("step", 0))
         if step <= self.logged_step.get(trial.trial_id, -1):
             return
+        if trial.trial_id not in self.logged_step and "device_name" in result:
+            self.writer.put(("params", trial.trial_id, device_params(result)))
         self.logged_step[trial.trial_id] = step
         self.writer.put(("points", trial.trial_id, metric_points(result)))
 
@@ -274,15 +287,11 @@ def reconcile(
         trial_id, config = rows[-1]["trial_id"], rows[-1].get("config", {})
         known.add(trial_id)
         had = trial_id in tracker.runs or tracker.find_child(trial_id) is not None
-        run_id = tracker.ensure_child(
-            trial_id, f"bs{config.get('batch_size')}-{trial_dir.name.split('_')[0]}_{trial_id}",
-            tracker.params_for(config),
-        )  # fmt: skip
+        params = tracker.params_for(config) | device_params(rows[0])
+        run_id = tracker.ensure_child(trial_id, child_run_name(config), params)
         created += not had
         run = tracker.client.get_run(run_id)
-        missing = [
-            Param(k, v) for k, v in tracker.params_for(config).items() if k not in run.data.params
-        ]
+        missing = [Param(k, v) for k, v in params.items() if k not in run.data.params]
         for i in range(0, len(missing), MAX_PARAMS):
             tracker.client.log_batch(run_id, params=missing[i : i + MAX_PARAMS])
         have = logged_points(tracker.client, run)

@@ -16,6 +16,19 @@ import ray
 from ray import tune
 
 
+def cpu_name() -> str:
+    """The CPU model (``/proc/cpuinfo`` on Linux), else the platform's processor string."""
+    import platform
+
+    try:
+        for line in open("/proc/cpuinfo"):  # noqa: SIM115 (a short read)
+            if line.startswith("model name"):
+                return "CPU: " + line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "CPU: " + (platform.processor() or platform.machine() or "unknown")
+
+
 def run_tune_trial(
     config: dict[str, Any], base: dict[str, Any], max_steps: dict[int, int], cpus: float
 ) -> None:
@@ -44,9 +57,18 @@ def run_tune_trial(
     # Tune's own `node_ip` cannot tell apart nodes that share a host (or NAT); the Ray node id
     # can: recorded in result.json (a string, so not an MLflow metric).
     node_id = ray.get_runtime_context().get_node_id()
+    # What the trial ran on, for time and cost (analysis.cost): the GPUs (fractions when
+    # packed) or else CPUs Ray gave it, and the device's name (a string: result.json and the
+    # child run's `device_name` param, so a user can tell where step times were measured).
+    assigned = ray.get_runtime_context().get_assigned_resources()
+    gpus, cpus = float(assigned.get("GPU", 0.0)), float(assigned.get("CPU", cpus))
+    device_name = (
+        torch.cuda.get_device_name() if gpus > 0 and torch.cuda.is_available() else cpu_name()
+    )
 
     def report(metrics: dict[str, Any], checkpoint: dict[str, Any] | None = None) -> None:
-        metrics = {**metrics, "node_id": node_id}
+        metrics = {**metrics, "node_id": node_id, "gpus": gpus, "cpus": cpus,
+                   "device_name": device_name}  # fmt: skip
         if checkpoint is None:
             tune.report(metrics)
             return

@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "tune_jobs.cli.run",  # run, check, resume, sync, quickstart, workloads
     "tune_jobs.cli.cluster",  # submit (a job file to a Ray cluster), cluster-check
     "tune_jobs.cli.analyze",  # analyze, fit
+    "tune_jobs.cli.compare",  # compare (sweeps side by side, time and cost)
     "tune_jobs.cli.nqm",  # nqm (exact ground truth of the noisy quadratic model)
     "tune_jobs.cli.data",  # data list, data download
 )
@@ -48,4 +49,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("critbatch: interrupted; resume with `critbatch resume`", file=sys.stderr)
         return 130
-

@@ -68,6 +68,7 @@ def register(subparsers) -> None:
         metavar=("MIN", "MAX"),
         help="the LR search range, to flag best LRs at its edge",
     )
+    cost_args(p)
     p.add_argument(
         "--no-log-artifacts",
         action="store_true",
@@ -86,6 +87,41 @@ def register(subparsers) -> None:
     _fit_args(q)
     q.add_argument("--json", action="store_true", help="print the result as JSON")
     q.set_defaults(func=fit_command)
+
+
+def cost_args(p) -> None:
+    """Flags of time, cost and the recommendation (analyze, compare)."""
+    from analysis.recommend import DEFAULT_MAX_EXTRA_COST, DEFAULT_MAX_SLOWDOWN
+
+    g = p.add_argument_group("time, cost and the recommended batch size")
+    g.add_argument(
+        "--price-per-device-hour",
+        type=float,
+        metavar="PRICE",
+        help="money per GPU-hour (or CPU-hour when trials had no GPU): adds cost",
+    )
+    g.add_argument("--throughput", type=Path, metavar="CSV",
+                   help="batch_size,steps_per_second[,devices] measured on the device you will "
+                   "train on: re-costs the same steps with these step times")  # fmt: skip
+    g.add_argument(
+        "--throughput-device",
+        metavar="NAME",
+        help="the device the throughput table was measured on (stated in the output)",
+    )
+    g.add_argument("--max-extra-cost", type=float, default=DEFAULT_MAX_EXTRA_COST,
+                   metavar="FRACTION", help="recommend the fastest B whose device-hours are "
+                   "within this fraction above the cheapest (default %(default)s: 2x)")  # fmt: skip
+    g.add_argument("--max-slowdown", type=float, default=DEFAULT_MAX_SLOWDOWN,
+                   metavar="FRACTION", help="and, for speed, the cheapest B whose time is within "
+                   "this fraction above the fastest (default %(default)s: 2x)")  # fmt: skip
+
+
+def cost_model(args):
+    """The CostModel of the flags of :func:`cost_args`."""
+    from analysis.cost import CostModel, load_throughput_csv
+
+    table = load_throughput_csv(args.throughput) if args.throughput else None
+    return CostModel(args.price_per_device_hour, table, args.throughput_device)
 
 
 def _fit_args(p) -> None:
@@ -140,6 +176,7 @@ def _default_out(source: str) -> Path:
 
 def analyze_command(args: argparse.Namespace) -> int:
     from analysis import loaders
+    from analysis.compare import sweep_numbers, time_and_cost_html
     from analysis.report import write_report
     from tune_jobs.publish import log_report_artifacts
 
@@ -148,17 +185,30 @@ def analyze_command(args: argparse.Namespace) -> int:
     except _INPUT_ERRORS as e:
         raise InputError(f"cannot load {args.source!r}: {e}") from e
     out = args.out or _default_out(args.source)
+    name = df.attrs.get("sweep_name") or str(args.source)
     try:
         target = _target(args, df)
+        numbers = sweep_numbers(
+            df, target, label=name, strategy=args.strategy, ema=args.ema,
+            overhead=args.overhead, reference_batch_size=args.reference_batch_size,
+            n_boot=args.bootstrap, level=args.level, seed=args.seed, cost_model=cost_model(args),
+            max_slowdown=args.max_slowdown, max_extra_cost=args.max_extra_cost,
+        )  # fmt: skip
+        section, _ = time_and_cost_html(numbers, Path(out) / "figures")
+        rec = numbers.recommendation.text() if numbers.recommendation else None
         result = write_report(
             df, out, target, ema=args.ema, paper_metric=args.target_metric or "train_loss",
             overhead=args.overhead, reference_batch_size=args.reference_batch_size,
             n_boot=args.bootstrap, level=args.level, seed=args.seed,
             lr_range=tuple(args.lr_range) if args.lr_range else None, strategy=args.strategy,
-            title=f"critbatch report: {args.source}",
+            title=f"critbatch report: {name}", recommendation=rec, extra_html=section,
         )  # fmt: skip
     except ValueError as e:
         raise InputError(f"{e}") from e
+    if rec:
+        print(f"Recommendation: {rec}")
+    for note in numbers.cost.notes:
+        print(f"note: {note}")
     print(result.headline())
     for note in result.notes:
         print(f"note: {note}")

@@ -207,6 +207,9 @@ def _report_sweep(result, job, analyze: bool) -> int:
     rows = per_batch_size(result.trials)
     target = f"{job.target.metric} {'<=' if job.target.direction == 'min' else '>='} {job.target.value:g}"
     print()
+    numbers = result.numbers
+    if numbers is not None and numbers.recommendation is not None:
+        print(f"Recommendation: {numbers.recommendation.text()}\n")
     print(format_table(rows, target))
     try:
         print(format_fit(fit_rows(rows)))
@@ -216,11 +219,13 @@ def _report_sweep(result, job, analyze: bool) -> int:
         f"\n{len(result.trials)} trials in {result.wall_time_s:.0f} s; run folder {result.run_dir}"
     )
     uri = result.tracking_uri
-    ui = (f"mlflow ui --backend-store-uri {uri}   # then open http://127.0.0.1:5000"
-          if uri.startswith("sqlite") else f"open {redact_uri(uri)} in a browser")  # fmt: skip
-    print(
-        f"MLflow: experiment {job.experiment!r}, parent run {result.parent_run_id}. See it with:\n  {ui}"
-    )
+    from tune_jobs.mlflow_view import runs_url
+
+    local = uri.startswith("sqlite")
+    url = runs_url("http://127.0.0.1:5000" if local else redact_uri(uri), result.experiment_id)
+    start = f"  mlflow ui --backend-store-uri {uri}   # then open\n" if local else ""
+    print(f"MLflow: experiment {job.experiment!r}, parent run {result.parent_run_id}. The sweeps "
+          f"of the experiment side by side (b_crit, CBS, recommended B):\n{start}  {url}")  # fmt: skip
     failed = _failed_batch_sizes(result.trials)
     if failed:
         for b, error in failed.items():
