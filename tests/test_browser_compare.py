@@ -35,7 +35,7 @@ class TwoSweeps:
 
 @pytest.fixture(scope="module")
 def two_sweeps(tmp_path_factory) -> Iterator[TwoSweeps]:
-    from tune_jobs.config import parse_job
+    from tune_jobs.job_file import parse_job
     from tune_jobs.sweep import run_sweep
 
     root = tmp_path_factory.mktemp("browser-compare")

@@ -26,7 +26,7 @@ class Sweeps:
 
 
 def job(root, name: str, **over):
-    from tune_jobs.config import parse_job
+    from tune_jobs.job_file import parse_job
 
     d = {
         "name": name, "workload": "synthetic", "batch_sizes": [8, 32, 128],
