@@ -9,6 +9,10 @@ Order ABCCBA so drift on a noisy machine hits every arm alike; reports seconds p
 (wall / N, amortized over the sweep) and ratios.
 
     uv run --frozen python benchmarks/engine_overhead.py --trials 40
+    uv run --frozen python benchmarks/engine_overhead.py --profile 40   # where the driver's time goes
+
+``--profile N``: after the warm-up, one engine run of N trials under cProfile, then the
+driver's costliest calls (cumulative), instead of the side-by-side arms.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=40, help="trials per arm (multiple of 4)")
     ap.add_argument("--num-cpus", type=int, default=2)
     ap.add_argument("--smoke-test", action="store_true", help="8 trials, one round")
+    ap.add_argument("--profile", type=int, metavar="N", help="profile one engine run of N trials")
     args = ap.parse_args()
     n = 8 if args.smoke_test else args.trials
     tmp = tempfile.mkdtemp(prefix="critbatch-overhead-")
@@ -76,6 +81,8 @@ def main() -> int:
 
     init_ray(num_cpus=args.num_cpus)
     engine(4, tmp)  # warm-up: imports, MLflow schema creation, worker start
+    if args.profile:
+        return _profile(args.profile, tmp)
     arms = {
         "stock": lambda: bare(n, False, tmp),
         "reuse": lambda: bare(n, True, tmp),
@@ -101,6 +108,19 @@ def main() -> int:
     goal = over_reuse <= 0.5
     print(f"goal (<= 0.5 s of overhead per trial, amortized, over the faster bare loop): "
           f"{'met' if goal else 'NOT met'}")  # fmt: skip
+    return 0
+
+
+def _profile(n: int, tmp: str) -> int:
+    import cProfile
+    import pstats
+
+    profile = cProfile.Profile()
+    profile.enable()
+    wall = engine(n, tmp)
+    profile.disable()
+    print(f"engine: {n} trials in {wall:.1f} s ({wall / n:.3f} s/trial); the driver's calls:")
+    pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
     return 0
 
 
