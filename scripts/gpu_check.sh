@@ -132,4 +132,4 @@ if ((${#FAILED[@]})); then
     exit 1
 fi
 say "all steps passed on $MODE in ${ELAPSED} s; logs, throughput.json, the MLflow store and" \
-    "the report's figures (runs/gpu-check/report) are under $OUT"
+    "the run folder$([[ $MODE == cuda ]] && echo ", with the report's figures (runs/gpu-check/report),") are under $OUT"
