@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -149,3 +150,22 @@ def _env(tmp_path):
     Path(env["HOME"]).mkdir(exist_ok=True)
     env.pop("RAY_ADDRESS", None)
     return env
+
+
+@pytest.mark.slow  # its studies run one after another at first: minutes on 2 busy cores
+def test_pipeline_sweep_through_tune_starts_each_study_behind_the_next_larger(ray_local, tmp_path):
+    lr = {"min": 0.001, "max": 2.0, "trials_per_batch_size": 3, "seed": 0, "pipeline": 2}
+    job = parse_job(synthetic_job(tmp_path, name="pipe", lr_search=lr))
+    res = run_sweep(job, progress=False)
+    # Tune numbers its trials in the order the searcher proposed them
+    order = sorted(
+        (int(m.group(1)), int(m.group(2)))
+        for d in res.run_dir.iterdir()
+        if (m := re.search(r"_(\d+)_batch_size=(\d+),", d.name))
+    )
+    sizes = [b for _, b in order]
+    assert sizes[:2] == [128, 128]  # bs32 waits for two results of bs128, bs8 for two of bs32
+    assert sizes.index(8) > sizes.index(32) > 0 and set(sizes) == {8, 32, 128}
+    _, kids = children(MlflowClient(job.tracking.uri), "pipe")
+    assert len(kids) == len(res.trials) == len(order)
+    assert all(t["status"] != "errored" for t in res.trials)
