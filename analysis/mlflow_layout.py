@@ -20,7 +20,9 @@ VERSION_TAG_PREFIX = "critbatch.version."  # + package name: versions of torch, 
 
 # ---- params of a trial run (with the job's own params: target_*, eval_every, ...)
 TRIAL_PARAMS = ("batch_size", "lr", "seed", "strategy", "workload", "study", "study_trial",
-                "max_steps")  # fmt: skip
+                "max_steps", "phase")  # fmt: skip
+# `phase` of a trial: "search" (absent in sweeps before confirmation runs) or "confirm" (a run of
+# the chosen LR with a fresh seed, tune_jobs/confirm.py); read into the frame's `phase` column.
 
 # ---- metrics: every numeric key of a report is a metric keyed by its `step`, except these
 NON_METRICS = frozenset({"status", "steps_to_target", "step"})

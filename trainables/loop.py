@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from trainables import schedules
-from trainables.api import Report, Status, TrialConfig
+from trainables.api import Report, Status, StopRule, TrialConfig
 from trainables.batches import DatasetBatches, TensorBatches, as_batches
 from trainables.microbatch import backward_mean
 from trainables.optimizers import make_optimizer
@@ -93,6 +93,7 @@ def train_supervised(
         noise = GradientNoiseScale()
 
     step, ema, initial_loss, wall = 0, None, None, 0.0
+    stop_rule = StopRule(config.target)
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -108,6 +109,8 @@ def train_supervised(
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         if noise is not None and "noise" in state:
             noise.load_state_dict(state["noise"])
+        if "stop_rule" in state:
+            stop_rule.load_state_dict(state["stop_rule"])
 
     model.train()
     t0 = time.perf_counter() - wall
@@ -164,10 +167,11 @@ def train_supervised(
         )
         if noise is not None:
             metrics.update(noise.metrics())
-        status = _status(config, metrics, diverged)
+        stop_rule.update(None if diverged else metrics.get(config.target.metric), step)
+        status = stop_rule.status(step, config, diverged)
         metrics["status"] = str(status)
         if status == Status.REACHED:
-            metrics["steps_to_target"] = step
+            metrics["steps_to_target"] = stop_rule.reached_at
         evals_done += 1
         checkpoint = None
         if (
@@ -186,6 +190,7 @@ def train_supervised(
                     "initial_loss": initial_loss,
                     "wall": metrics["wall_time"],
                     "rng": torch.get_rng_state(),
+                    "stop_rule": stop_rule.state_dict(),
                 }
             )
             if device.type == "cuda":
@@ -195,13 +200,3 @@ def train_supervised(
         report(metrics, checkpoint)
         if status != Status.RUNNING:
             return
-
-
-def _status(config: TrialConfig, metrics: dict[str, Any], diverged: bool) -> Status:
-    if diverged:
-        return Status.DIVERGED
-    if config.target.reached(metrics.get(config.target.metric, math.nan)):
-        return Status.REACHED
-    if metrics["step"] >= config.max_steps:
-        return Status.NOT_REACHED
-    return Status.RUNNING

@@ -159,7 +159,7 @@ def analyze_command(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except ValueError as e:
         raise InputError(f"{e}") from e
-    print(result.headline())
+    print(result.summary.text())
     for note in result.notes:
         print(f"note: {note}")
     print(f"report: {result.html}")
