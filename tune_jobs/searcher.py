@@ -152,6 +152,13 @@ class SweepSearcher(Searcher):
         p = self.proposals.get(trial_id)
         if p is None:  # a confirmation run (or unknown): nothing to tell the search
             self.curves.pop(trial_id, None)
+            c = self.confirming.get(trial_id)
+            if c is not None:  # journaled like a search trial, so it is in MLflow and the table
+                record = self._record(trial_id, c, result if not error else None, None)
+                record["phase"] = PHASE
+                if self.journal is not None:
+                    append_record(self.journal, record)
+                self.records[trial_id] = record
             return
         outcome = None
         if not (error or not result):
@@ -201,7 +208,8 @@ class SweepSearcher(Searcher):
         asked (the search is deterministic given what it was told) and tell each journaled
         trial's outcome as its proposal comes up; proposals with no record (running, or not
         started, when the driver died) are suggested again first, under new trial ids."""
-        by_key = {(r["proposal"]["study"], r["proposal"]["number"]): r for r in records}
+        by_key = {(r["proposal"]["study"], r["proposal"]["number"]): r for r in records
+                  if r.get("phase") != PHASE}  # confirmation runs are not the search's  # fmt: skip
         while True:
             p = self._ask()
             if not isinstance(p, Proposal):
