@@ -155,7 +155,8 @@ class SweepSearcher(Searcher):
             c = self.confirming.get(trial_id)
             if c is not None:  # journaled like a search trial, so it is in MLflow and the table
                 record = self._record(trial_id, c, result if not error else None, None)
-                record["phase"] = PHASE
+                status = final_status((result or {}).get("status"), errored=error or not result)
+                record["phase"], record["status"], record["row"]["status"] = PHASE, status, status
                 if self.journal is not None:
                     append_record(self.journal, record)
                 self.records[trial_id] = record
