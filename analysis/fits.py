@@ -338,3 +338,45 @@ def critical_batch_size(
     b_ci = boot.interval(boot.b_crit) if boot else (float("nan"),) * 2
     cbs_ci = boot.interval(overhead_cbs(boot.b_crit, overhead, b_ref)) if boot else b_ci
     return CriticalBatchSize(fit, boot, overhead, b_ref, level, b_ci, cbs_ci)
+
+
+def critical_batch_size_from_steps(
+    table: pd.DataFrame,
+    replicates: np.ndarray | None,
+    ci_method: str,
+    overhead: float = 0.2,
+    reference_batch_size: float | None = None,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> CriticalBatchSize:
+    """Fit one steps estimate per batch size (``table``: batch_size, steps) with its bootstrap
+    ``replicates`` ([R, rows of table], from `analysis.estimate`); None: residual bootstrap.
+    Batch sizes whose estimate never reached the target are left out; a replicate keeps the
+    batch sizes it crossed at and needs 3 of them."""
+    if not 0 < level < 1:
+        raise AnalysisError(f"confidence level must be in (0, 1), got {level}")
+    ok = table["steps"].notna().to_numpy()
+    pts = table[ok]
+    fit = fit_mccandlish(pts["batch_size"], pts["steps"])
+    b_ref = float(reference_batch_size or pts["batch_size"].min())
+    overhead_cbs(fit.b_crit, overhead, b_ref)  # validates overhead and B_ref early
+    boot = None
+    if n_boot > 0 and replicates is not None:
+        reps = replicates[:, ok]
+        good_pt = np.isfinite(reps) & (reps > 0)
+        w = good_pt.astype(float)
+        good = w.sum(1) >= 3
+        s_min = np.full(reps.shape[0], np.nan)
+        e_min = np.full(reps.shape[0], np.nan)
+        if good.any():
+            log_b = np.log(pts["batch_size"].to_numpy(float))
+            ys = np.log(np.where(good_pt, reps, 1.0))
+            c, log_s_min, _, _ = _profile_fit(log_b, ys[good], w[good])
+            s_min[good], e_min[good] = np.exp(log_s_min), np.exp(log_s_min + c)
+        boot = BootstrapFit(s_min, e_min, ci_method, level, int((~good).sum()))
+    elif n_boot > 0:
+        boot = bootstrap_fit(pts.assign(seed=0), n_boot, level, seed)
+    b_ci = boot.interval(boot.b_crit) if boot else (float("nan"),) * 2
+    cbs_ci = boot.interval(overhead_cbs(boot.b_crit, overhead, b_ref)) if boot else b_ci
+    return CriticalBatchSize(fit, boot, overhead, b_ref, level, b_ci, cbs_ci)

@@ -15,6 +15,10 @@ column              dtype    meaning
 ``examples``        int      examples processed so far (= step * batch_size)
 ``status``          str      FINAL status of the trial, repeated on every row:
                              ``reached|not_reached|diverged|stopped_early|errored``
+``phase``           str      optional: ``search`` (a trial of the LR search) or ``confirm``
+                             (a confirmation run of the chosen LR with a fresh seed; B_crit
+                             is estimated from these, see `analysis.estimate`). Absent or
+                             NaN: ``search``
 metric columns      float    one column per metric, NaN where not reported at that step:
                              ``train_loss``, ``train_loss_ema``, ``eval_loss``,
                              ``eval_accuracy``, ... (losses in nats per example)
@@ -41,6 +45,9 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
     "status",
 )
 
+PHASE_COLUMN = "phase"  # optional trial column (not a metric): search or confirm
+NON_METRIC_COLUMNS = (*REQUIRED_COLUMNS, PHASE_COLUMN)
+
 
 class AnalysisError(InputError):
     """The data cannot answer the question asked (missing columns, too few batch sizes, ...).
@@ -51,7 +58,7 @@ class AnalysisError(InputError):
 
 def metric_columns(df: pd.DataFrame) -> list[str]:
     """The metric columns of a tidy frame (every column that is not a required one)."""
-    return [c for c in df.columns if c not in REQUIRED_COLUMNS]
+    return [c for c in df.columns if c not in NON_METRIC_COLUMNS]
 
 
 def validate_frame(df: pd.DataFrame, metrics: tuple[str, ...] | list[str] = ()) -> pd.DataFrame:

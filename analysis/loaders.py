@@ -38,6 +38,7 @@ from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from analysis.frame import NON_METRIC_COLUMNS, PHASE_COLUMN
 from analysis.frame import REQUIRED_COLUMNS as TRIAL_COLUMNS
 from analysis.mlflow_layout import (
     DEVICE_COUNTS,
@@ -169,6 +170,7 @@ def _ray_trial_frame(result_json: Path) -> pd.DataFrame:
         strategy=strategy.get("name", "tuned") if isinstance(strategy, dict) else strategy,
         seed=cfg.get("seed", 0),
         status=status,
+        **{PHASE_COLUMN: cfg.get("phase", "search")},
     )
 
 
@@ -504,6 +506,7 @@ def _trial_meta(run: Run) -> dict:
         "seed": int(p.get("seed", 0)),
         "status": status,
         **{k: float(p[k]) for k in DEVICE_COUNTS if k in p},
+        PHASE_COLUMN: p.get("phase", "search"),
     }
 
 
@@ -512,8 +515,11 @@ def _tidy(df: pd.DataFrame) -> pd.DataFrame:
     if "examples" not in df:
         df["examples"] = df["step"] * df["batch_size"]
     df = df.dropna(subset=["step"])
-    metrics = sorted(c for c in df.columns if c not in TRIAL_COLUMNS)
-    out = df[list(TRIAL_COLUMNS) + metrics].copy()
+    metrics = sorted(c for c in df.columns if c not in NON_METRIC_COLUMNS)
+    phase = [PHASE_COLUMN] if PHASE_COLUMN in df.columns else []
+    out = df[list(TRIAL_COLUMNS) + phase + metrics].copy()
+    if phase:
+        out[PHASE_COLUMN] = out[PHASE_COLUMN].fillna("search").astype(str)
     out["examples"] = out["examples"].fillna(out["step"] * out["batch_size"])
     types = {"trial": str, "batch_size": int, "lr": float, "strategy": str, "seed": int}
     out = out.astype({**types, "step": int, "examples": int, "status": str})

@@ -20,7 +20,9 @@ VERSION_TAG_PREFIX = "critbatch.version."  # + package name: versions of torch, 
 
 # ---- params of a trial run (with the job's own params: target_*, eval_every, ...)
 TRIAL_PARAMS = ("batch_size", "lr", "seed", "strategy", "workload", "study", "study_trial",
-                "max_steps")  # fmt: skip
+                "max_steps", "phase")  # fmt: skip
+# `phase` of a trial: "search" (absent in sweeps before confirmation runs) or "confirm" (a run of
+# the chosen LR with a fresh seed, tune_jobs/confirm.py); read into the frame's `phase` column.
 # What a trial ran on (reported by tune_jobs.trainable): constant per trial, so params, not
 # metrics. The counts come back as frame columns (analysis.cost), the name as df.attrs.
 DEVICE_COUNTS = ("gpus", "cpus")  # GPUs (fractions when packed) and CPUs Ray gave the trial

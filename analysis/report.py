@@ -15,75 +15,59 @@ import base64
 import html
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from analysis import plots
-from analysis.fits import CriticalBatchSize, critical_batch_size
-from analysis.frame import AnalysisError, validate_frame
-from analysis.lr_fit import LrFit, fit_best_lr
+from analysis.fits import CriticalBatchSize
+from analysis.frame import AnalysisError
 from analysis.noise_scale import DEFINITION as BSIMPLE_DEFINITION
-from analysis.noise_scale import bsimple_at_target, bsimple_summary, has_noise_scale
-from analysis.speedup import LINEAR_THRESHOLD, STAGNATION_THRESHOLD, speedup_table
-from analysis.steps import (
-    Target,
-    best_per_batch_size,
-    best_per_seed,
-    paper_threshold,
-    steps_to_target,
-)
+from analysis.noise_scale import bsimple_at_target
+from analysis.speedup import LINEAR_THRESHOLD, STAGNATION_THRESHOLD
+from analysis.steps import Target, best_per_seed
+from analysis.summary import SweepSummary, summarize
 
 
 @dataclass
 class ReportResult:
-    """What `write_report` produced; `headline()` is the line the CLI prints."""
+    """What `write_report` produced; `summary` holds the numbers, `headline()` the CLI line."""
 
     out_dir: Path
     html: Path
     summary_csv: Path
     summary_json: Path
     figures: list[Path]
-    strategy: str
-    target: Target
-    cbs: CriticalBatchSize
-    notes: list[str] = field(default_factory=list)
-    b_simple: dict | None = None  # `bsimple_summary` of the strategy; None: not logged
+    summary: SweepSummary
 
     @property
     def files(self) -> list[Path]:
         return [self.html, self.summary_csv, self.summary_json, *self.figures]
 
+    @property
+    def strategy(self) -> str:
+        return self.summary.strategy
+
+    @property
+    def target(self) -> Target:
+        return self.summary.target
+
+    @property
+    def cbs(self) -> CriticalBatchSize:
+        return self.summary.cbs
+
+    @property
+    def notes(self) -> list[str]:
+        return self.summary.notes
+
+    @property
+    def b_simple(self) -> dict | None:
+        return self.summary.bsimple.get(self.summary.strategy)
+
     def headline(self) -> str:
-        c = self.cbs
-        lo, hi = c.b_crit_ci
-        ci = f" ({c.level:.0%} CI {lo:.3g}-{hi:.3g})" if math.isfinite(lo) else ""
-        flag = "" if c.fit.identified else " [outside the measured range: a bound only]"
-        return (
-            f"[{self.strategy}] target {self.target.describe()}: B_crit = {c.b_crit:.3g}{ci}{flag}; "
-            f"CBS = {c.cbs:.3g} (batch size where steps exceed linear scaling from "
-            f"B_ref = {c.reference_batch_size:g} by {c.overhead:.0%}); "
-            f"S_min = {c.fit.s_min:.3g} steps, E_min = {c.fit.e_min:.3g} examples"
-            + (f"; {_bsimple_text(self.b_simple)}" if self.b_simple else "")
-        )
-
-
-def _bsimple_text(b: dict) -> str:
-    return (
-        f"B_simple at target = {b['median']:.3g} (median of {b['n_batch_sizes']} batch sizes, "
-        f"range {b['min']:.3g}-{b['max']:.3g}; a predictor of B_crit, not an estimate of it)"
-    )
-
-
-def _primary(strategies, strategy: str | None) -> str:
-    names = sorted(set(strategies))
-    if strategy is not None:
-        if strategy not in names:
-            raise AnalysisError(f"strategy {strategy!r} not in the sweep; it has {names}")
-        return strategy
-    return "tuned" if "tuned" in names else names[0]
+        return self.summary.headline()
 
 
 def json_safe(x):
@@ -133,7 +117,8 @@ auto;padding:0 1em;color:#222;line-height:1.45}h1{font-size:1.6em}h2{border-bott
 padding-bottom:.2em;margin-top:1.8em}.headline{background:#f3f6fb;border-left:4px solid #2a6fdb;
 padding:.8em 1em;font-size:1.05em}table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
 td,th{padding:.25em .6em;border-bottom:1px solid #eee;text-align:right}th{background:#fafafa}
-figure{margin:1em 0}img{width:100%;max-width:900px}figcaption{font-size:.85em;color:#555}.note{color:#a33}"""
+figure{margin:1em 0}.verdict-ok{border-left:4px solid #2a9d4b;padding:.2em 1em}
+.verdict-bad{border-left:4px solid #c0392b;padding:.2em 1em}img{width:100%;max-width:900px}figcaption{font-size:.85em;color:#555}.note{color:#a33}"""
 
 
 def write_report(
@@ -156,86 +141,42 @@ def write_report(
     recommendation: str | None = None,
     extra_html: str = "",
 ) -> ReportResult:
-    """Analyse `df` and write report.html, summary.csv, summary.json and figures to out_dir.
+    """Analyse `df` (:func:`analysis.summary.summarize`, same arguments) and write report.html,
+    summary.csv, summary.json and figures to out_dir. figures=False skips the plots."""
+    summary = summarize(
+        df, target, ema=ema, paper_metric=paper_metric, overhead=overhead,
+        reference_batch_size=reference_batch_size, n_boot=n_boot, level=level, seed=seed,
+        lr_range=lr_range, strategy=strategy,
+    )  # fmt: skip
+    return render_report(summary, df, out_dir, final_metric=final_metric, title=title,
+                         figures=figures, n_boot=n_boot, seed=seed,
+                         recommendation=recommendation, extra_html=extra_html)  # fmt: skip
 
-    target: a fixed goal; None = the seed paper's rule on `paper_metric` (lower quartile of
-    the largest batch size's best curve). ema: EMA beta per eval point applied to the metric
-    before thresholding. lr_range: the LR search range, to flag best LRs at its edge.
-    figures=False skips the plots (tables and fits only; much faster).
-    recommendation: the answer shown above the headline (``analysis.recommend``); extra_html:
-    a section placed after the figures (``analysis.compare.time_and_cost_html``).
-    Raises AnalysisError when the primary strategy has fewer than 3 batch sizes that reach
-    the target.
-    """
+
+def render_report(
+    summary: SweepSummary,
+    df: pd.DataFrame,
+    out_dir: str | Path,
+    *,
+    final_metric: str = "eval_accuracy",
+    title: str = "critbatch report",
+    figures: bool = True,
+    n_boot: int = 1000,
+    seed: int = 0,
+    recommendation: str | None = None,
+    extra_html: str = "",
+) -> ReportResult:
+    """The HTML report, summary.csv and summary.json of a computed summary (no numbers are
+    computed here beyond what the figures draw). recommendation: the answer shown above the
+    verdict (``analysis.recommend``); extra_html: a section placed after the figures
+    (``analysis.compare.time_and_cost_html``)."""
     out = Path(out_dir)
     fig_dir = out / "figures"
     out.mkdir(parents=True, exist_ok=True)
-    validate_frame(df, [target.metric] if target else [paper_metric])
-    if target is None:
-        target = paper_threshold(df, paper_metric, ema=ema)
-    per_trial = steps_to_target(df, target, ema)
-    best = best_per_batch_size(per_trial, direction=target.direction)
-    primary = _primary(per_trial["strategy"], strategy)
-    notes: list[str] = []
-
-    fits: dict[str, CriticalBatchSize] = {}
-    for name, trials in per_trial.groupby("strategy"):
-        try:
-            fits[name] = critical_batch_size(
-                trials, overhead, reference_batch_size, n_boot, level, seed
-            )
-        except AnalysisError as e:
-            if name == primary:
-                raise AnalysisError(f"strategy {name!r}: {e}") from e
-            notes.append(f"no fit for strategy {name!r}: {e}")
-    cbs = fits[primary]
-    speed = pd.concat(
-        [
-            speedup_table(g, b_crit=fits[name].b_crit if name in fits else None)
-            for name, g in best.groupby("strategy")
-            if g["steps"].notna().any()
-        ],
-        ignore_index=True,
-    )
-    summary = best.merge(
-        speed[
-            [c for c in speed.columns if c not in best.columns or c in ("strategy", "batch_size")]
-        ],
-        on=["strategy", "batch_size"],
-        how="left",
-    )
-    lr: LrFit | None = None
-    try:
-        lr = fit_best_lr(best[best["strategy"] == primary], lr_range)
-        summary = summary.merge(
-            lr.table[["batch_size", "at_edge"]]
-            .assign(strategy=primary)
-            .rename(columns={"at_edge": "lr_at_search_edge"}),
-            on=["strategy", "batch_size"],
-            how="left",
-        )
-        notes.append(lr.verdict())
-    except AnalysisError as e:
-        notes.append(f"no best-LR fit: {e}")
-    logged = has_noise_scale(df)
-    bsimple: dict[str, dict] = {}
-    if logged:
-        at_target = bsimple_at_target(df, best)
-        summary = summary.merge(
-            at_target[["strategy", "batch_size", "b_simple"]],
-            on=["strategy", "batch_size"],
-            how="left",
-        )
-        for name, g in at_target.groupby("strategy"):
-            got = bsimple_summary(g, fits[name].b_crit if name in fits else None)
-            if got is not None:
-                bsimple[name] = got
-        if primary not in bsimple:
-            notes.append(
-                "B_simple was logged but no batch size of the primary strategy has a finite value "
-                "at the step it reached the target"
-            )
-
+    target, primary, cbs, ema = summary.target, summary.strategy, summary.cbs, summary.ema
+    level, lr, fits = summary.level, summary.lr, summary.fits
+    table = summary.table
+    notes = summary.notes
     made: list[tuple[Path, str]] = []
 
     def figure(caption: str, make) -> None:
@@ -247,30 +188,35 @@ def write_report(
         except AnalysisError as e:
             notes.append(f"figure skipped ({caption}): {e}")
 
-    final_table = None
+    best = table  # the estimate per batch size
+    shown = table.dropna(subset=["trial"])  # the search's fastest trial: the curves drawn
+    est = summary.estimates[primary]
     figure(
-        f"Steps to {target.describe()} per batch size ({primary}): fit, {level:.0%} bootstrap "
-        "band, regimes, B_crit and CBS",
+        f"Steps to {target.describe()} per batch size ({primary}): {est.method}; fit, "
+        f"{level:.0%} bootstrap band, regimes, B_crit and CBS",
         lambda: plots.steps_fit(
-            best_per_seed(per_trial[per_trial["strategy"] == primary]),
+            best_per_seed(summary.per_trial[summary.per_trial["strategy"] == primary]),
             best[best["strategy"] == primary], cbs, fig_dir, target.describe(),
         ),
     )  # fmt: skip
+    speed = table.dropna(subset=["speedup"]) if "speedup" in table else table.iloc[:0]
     figure("Speedup over the smallest batch size per strategy; dashed: ideal linear speedup",
            lambda: plots.speedup(speed, fig_dir, cbs))  # fmt: skip
     figure(f"{target.metric} over (batch size, steps) at the best LR (seed paper Fig. 1/5)",
-           lambda: plots.loss_contours(df, fig_dir, target.metric, best))  # fmt: skip
+           lambda: plots.loss_contours(df, fig_dir, target.metric, shown))  # fmt: skip
     figure(f"{target.metric} curves at the best LR per batch size ({primary})",
-           lambda: plots.loss_curves(df, fig_dir, target.metric, best, target.value, primary))  # fmt: skip
+           lambda: plots.loss_curves(df, fig_dir, target.metric, shown, target.value, primary))  # fmt: skip
     if lr is not None:
         figure(f"Best LR vs batch size: power law, saturating and surge (Li et al. 2024) fits, LSR and "
                f"SRSR references; {lr.verdict()}",
                lambda: plots.best_lr(lr, fig_dir))  # fmt: skip
-    if logged:
+    if summary.noise_logged:
+        at_target = bsimple_at_target(df, shown)
         figure(f"Gradient noise scale B_simple along the best trial of each batch size ({primary}); "
                "dots: B_simple at the target; horizontal: the fitted B_crit",
                lambda: plots.noise_scale(df, at_target, cbs, fig_dir, target.metric, target.value,
                                          target.direction, primary))  # fmt: skip
+    final_table = None
     if final_metric in df.columns:
 
         def _final():
@@ -281,40 +227,29 @@ def write_report(
         figure(f"Final {final_metric} per batch size and strategy (seed paper Table 2)", _final)
 
     summary_csv = out / "summary.csv"
-    summary.to_csv(summary_csv, index=False)
+    table.to_csv(summary_csv, index=False)
     assumptions = {
         "target": target.describe(),
         "threshold_rule": target.rule,
         "smoothing": f"bias-corrected EMA, beta = {ema} per eval point" if ema else "none",
         "crossing": "first crossing, linearly interpolated between eval points",
-        "steps_to_result": "minimum over the trials of each (batch size, seed) LR study",
+        "steps_to_result": est.method,
         "fit_form": "log S = log(S_min + E_min / B) by least squares; B_crit = E_min / S_min",
-        "interval": f"{level:.0%} percentile bootstrap, {n_boot} replicates, seed {seed}",
+        "interval": f"{level:.0%} percentile bootstrap, {n_boot} replicates, seed {seed}: "
+        f"{summary.ci_method}",
         "cbs": cbs.to_dict()["cbs_definition"],
         "regimes": f"local efficiency B_crit/(B+B_crit) >= {LINEAR_THRESHOLD} linear, "
         f"<= {STAGNATION_THRESHOLD} stagnation, diminishing returns between",
     }
-    if logged:
+    if summary.noise_logged:
         assumptions["gradient_noise_scale"] = BSIMPLE_DEFINITION
     result = ReportResult(out, out / "report.html", summary_csv, out / "summary.json",
-                          [p for p, _ in made], primary, target, cbs, notes,
-                          bsimple.get(primary))  # fmt: skip
-    payload = {
-        "headline": result.headline(),
-        "recommendation": recommendation,
-        "strategy": primary,
-        "target": {
-            "metric": target.metric,
-            "value": target.value,
-            "direction": target.direction,
-            "rule": target.rule,
-            "ema": ema,
-        },  # fmt: skip
-        **cbs.to_dict(),
+                          [p for p, _ in made], summary)  # fmt: skip
+    payload = {"recommendation": recommendation} | cbs.to_dict() | summary.to_dict() | {
+        "target": {"metric": target.metric, "value": target.value,
+                   "direction": target.direction, "rule": target.rule, "ema": ema},
         "assumptions": assumptions,
-        "fits_per_strategy": {k: v.to_dict() for k, v in fits.items()},
-        "b_simple": bsimple.get(primary),  # None: not logged (job field log_noise_scale)
-        "b_simple_per_strategy": bsimple,
+        "cbs": cbs.to_dict(),
         "best_lr_fit": None
         if lr is None
         else {
@@ -328,11 +263,9 @@ def write_report(
             "surge_peak_inside": lr.surge.peak_inside if lr.surge else None,
             "rms_log_residual": lr.rms,
             "best_form": lr.best_form,
-            "lr_range": list(lr_range) if lr_range else None,
-        },  # fmt: skip
-        "per_batch_size": summary.to_dict(orient="records"),
-        "notes": notes,
-    }
+            "lr_range": list(lr.lr_range) if lr.lr_range else None,
+        },
+    }  # fmt: skip
     result.summary_json.write_text(json.dumps(json_safe(payload), indent=2))
 
     fit_rows = []
@@ -343,6 +276,7 @@ def write_report(
             lo, hi = d[f"{key}_ci"] or (None, None)
             fit_rows.append({"strategy": name, "parameter": label, "estimate": d[key],
                              "CI low": lo, "CI high": hi})  # fmt: skip
+    verdict = summary.verdict
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
@@ -351,6 +285,7 @@ def write_report(
             if recommendation
             else []
         ),
+        _verdict_html(verdict),
         f"<p class='headline'>{html.escape(result.headline())}</p>",
         "<h2>Assumptions</h2><ul>",
         *[
@@ -358,14 +293,14 @@ def write_report(
             for k, v in assumptions.items()
         ],
         "</ul><h2>Fit summary</h2>",
-        f"<p>Confidence intervals: {html.escape(cbs.boot.method if cbs.boot else 'none')}.</p>",
+        f"<p>Confidence intervals: {html.escape(summary.ci_method)}.</p>",
         _table(pd.DataFrame(fit_rows)),
-        _bsimple_html(bsimple, fits, logged),
+        _bsimple_html(summary.bsimple, fits, summary.noise_logged),
         "<h2>Figures</h2>",
         *[_img(p, cap) for p, cap in made if p.suffix == ".png"],
         extra_html,
         "<h2>Per batch size</h2>",
-        _table(summary.drop(columns=["trial"], errors="ignore")),
+        _table(table.drop(columns=["trial"], errors="ignore")),
     ]
     if final_table is not None:
         parts += [f"<h2>Final {html.escape(final_metric)}</h2>", _table(final_table)]
@@ -375,3 +310,24 @@ def write_report(
     parts.append("</body></html>")
     result.html.write_text("\n".join(parts), encoding="utf-8")
     return result
+
+
+def _verdict_html(verdict) -> str:
+    if verdict is None:
+        return ""
+    cls = "verdict-ok" if verdict.determined else "verdict-bad"
+    head = (
+        "B_crit is determined by the data"
+        if verdict.determined
+        else ("B_crit is NOT determined by the data")
+    )
+    checks = "".join(
+        f"<li>{'ok' if c.ok else '<b>fails</b>'}: {html.escape(c.name)}: {html.escape(c.detail)}</li>"
+        for c in verdict.checks
+    )
+    advice = "".join(f"<li><b>{html.escape(a)}</b></li>" for a in verdict.advice)
+    return (
+        f"<div class='{cls}'><h2>Verdict: {head}</h2><ul>{checks}</ul>"
+        + (f"<p>What to do:</p><ul>{advice}</ul>" if advice else "")
+        + "</div>"
+    )

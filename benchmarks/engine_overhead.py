@@ -56,7 +56,8 @@ def engine(n: int, tmp: str) -> float:
     name = f"eng{time.time_ns()}"
     job = parse_job({
         "name": name, "workload": "synthetic", "batch_sizes": [8, 16, 32, 64],
-        "lr_search": {"min": 0.001, "max": 1.0, "trials_per_batch_size": max(1, n // 4)},
+        "lr_search": {"min": 0.001, "max": 1.0, "trials_per_batch_size": max(1, n // 4),
+                      "confirm_seeds": 0},  # a fixed number of trials
         "target": {"metric": "eval_loss", "value": 0.0001, "direction": "min"},
         "budget": {"max_steps": 1}, "eval_every": 1, "early_stopping": {"enabled": False},
         "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db", "experiment": name}, "storage": f"{tmp}/runs",

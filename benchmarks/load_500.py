@@ -52,6 +52,7 @@ def job_for(trials: int, workload: str, tracking_uri: str, storage: str):
             "max": 1.0,
             "trials_per_batch_size": per_study,
             "algorithm": "random",
+            "confirm_seeds": 0,  # a fixed number of trials: no confirmation runs
         },
         "early_stopping": {"enabled": False},  # every trial runs to its own end: a fixed load
         "resources": {"cpus": 1, "gpus": 0},

@@ -16,10 +16,13 @@ import time
 
 
 def table(out: str) -> list[str]:
+    """The sweep's summary as `critbatch run` prints it: from the headline (`[tuned] target
+    ...`) to the end of the steps table (before the notes and the report path)."""
     lines = out.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("Steps to reach"))
-    end = next(i for i, line in enumerate(lines) if line.startswith("Fit S(B)"))
-    return lines[start : end + 1]
+    start = next(i for i, line in enumerate(lines) if line.startswith("[tuned] target"))
+    stop = ("note:", "report:")
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith(stop)), len(lines))
+    return lines[start:end]
 
 
 def main() -> int:

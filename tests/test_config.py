@@ -137,7 +137,10 @@ def test_gpus_from_batch_size_gives_large_batches_more_gpu():
 def test_good_job_defaults_and_plan_size():
     job = parse_job(GOOD)
     assert job.experiment == "t" and job.tuned
-    assert job.total_trials == 2 * 1 * job.lr_search.trials_per_batch_size
+    assert job.search_trials == 2 * 1 * job.lr_search.trials_per_batch_size
+    # plus the confirmation runs: 4 fresh seeds at each study's chosen LR by default
+    assert job.total_trials == job.search_trials + 2 * 1 * 4 and job.lr_search.confirm_seeds == 4
+    assert job.target.smoothing == 0.8  # the stop rule's EMA beta
     assert job.budget.max_steps == 1000
 
 

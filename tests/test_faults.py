@@ -92,7 +92,7 @@ def test_worker_node_removed_mid_sweep_trials_resume_from_checkpoint_elsewhere(
     assert injector.error is None, injector.error
     assert injector.done_at is not None, "the sweep ended before a node could be removed"
 
-    assert len(result.trials) == job.total_trials
+    assert len(result.trials) == job.search_trials  # nothing reaches: no confirmation runs
     assert all(t["status"] == "not_reached" for t in result.trials), result.trials  # none errored
     rows = trial_rows(run_dir)[victim["trial"]]
     # The trial went on elsewhere from its last checkpoint: a restore (iterations_since_restore
@@ -192,7 +192,9 @@ def test_trial_exception_recorded_with_traceback_while_others_go_on(
     errored = [t for t in result.trials if t["status"] == "errored"]
     assert len(errored) == 1, result.trials
     others = [t for t in result.trials if t["status"] != "errored"]
-    assert len(others) == job.total_trials - 1 and all(t["status"] == "not_reached" for t in others)
+    assert len(others) == job.search_trials - 1 and all(
+        t["status"] == "not_reached" for t in others
+    )
 
     client = MlflowClient(sqlite_uri)
     runs = child_runs(sqlite_uri, job.experiment)

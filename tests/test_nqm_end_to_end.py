@@ -12,11 +12,10 @@ from pathlib import Path
 
 import yaml
 
-from analysis.fits import fit_mccandlish
 from analysis.ground_truth import ground_truth
 from trainables.nqm_truth import NQM
 from tune_jobs.job_file import parse_job
-from tune_jobs.summary import per_batch_size
+from tune_jobs.summary import sweep_summary
 from tune_jobs.sweep import run_sweep
 
 JOB = Path(__file__).resolve().parents[1] / "tune_jobs" / "jobs" / "nqm_small.yaml"
@@ -33,14 +32,17 @@ def test_sweep_recovers_nqm_ground_truth(ray_local, tmp_path):
     d["lr_search"]["trials_per_batch_size"] = 10
     job = parse_job(d)
     res = run_sweep(job, progress=False)
-    rows = per_batch_size(res.trials)
+    summary, _ = sweep_summary(res, job)  # what `critbatch run` prints
+    rows = summary.steps_table()
 
     o = job.options
-    truth = ground_truth(NQM(o["dim"], o["exponent"], o["noise_scale"], o["s0"]), job.batch_sizes, job.target.value)
-    for row, b, steps in zip(rows, truth["batch_sizes"], truth["steps"], strict=True):
+    truth = ground_truth(
+        NQM(o["dim"], o["exponent"], o["noise_scale"], o["s0"]), job.batch_sizes, job.target.value
+    )
+    for row, b, steps in zip(rows.itertuples(), truth["batch_sizes"], truth["steps"], strict=True):
         assert row.batch_size == b
-        assert row.steps_to_target is not None, f"batch size {b} never reached the target"
-        assert abs(row.steps_to_target / steps - 1) <= 0.05, (b, row.steps_to_target, steps)
+        assert row.steps == row.steps, f"batch size {b} never reached the target"
+        assert abs(row.steps / steps - 1) <= 0.05, (b, row.steps, steps)
 
-    fit = fit_mccandlish([r.batch_size for r in rows], [r.steps_to_target for r in rows])
-    assert abs(fit.b_crit / truth["b_crit"] - 1) <= 0.10, (fit.b_crit, truth["b_crit"])
+    b_crit = summary.cbs.b_crit
+    assert abs(b_crit / truth["b_crit"] - 1) <= 0.10, (b_crit, truth["b_crit"])

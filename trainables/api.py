@@ -92,6 +92,11 @@ class Target:
     """`min`: reached when metric <= value; `max`: when metric >= value."""
     rule: str = "fixed goal"
     """How the value was chosen (shown in the report), e.g. `fixed goal`, `sweep target`."""
+    smoothing: float = 0.8
+    """The stop rule: a trial has reached the target when a bias-corrected EMA of the metric
+    over eval points (this beta; 0 = the raw metric) meets the value (:class:`StopRule`), so
+    one lucky eval does not stop it and its curve runs a little past the raw crossing;
+    `critbatch analyze --ema` with the same beta finds the same crossing."""
 
     def __post_init__(self) -> None:
         if self.direction not in ("min", "max"):
@@ -102,6 +107,11 @@ class Target:
             raise InputError(f"target.value: {self.value!r} is not a number")
         if not math.isfinite(self.value):
             raise InputError(f"target.value: must be a finite number, got {self.value!r}")
+        if not 0 <= self.smoothing < 1:
+            raise InputError(
+                f"target.smoothing: {self.smoothing}; use an EMA beta in [0, 1), e.g. 0.8 "
+                "(0 = the raw metric)"
+            )
 
     def describe(self) -> str:
         op = "<=" if self.direction == "min" else ">="
@@ -111,6 +121,56 @@ class Target:
         if x is None or not math.isfinite(x):
             return False
         return x <= self.value if self.direction == "min" else x >= self.value
+
+
+class StopRule:
+    """When a trial has reached its target: its smoothed target metric meets the value.
+
+    The metric is smoothed over eval points by a bias-corrected EMA, m_t = sum_i beta^(t-i)
+    x_i / sum_i beta^(t-i) (the same as pandas' ``ewm(alpha=1 - beta, adjust=True)`` that
+    ``critbatch analyze --ema BETA`` applies), so a single noisy eval that dips below the target
+    does not stop the trial, and the run goes on a little past its raw crossing (the EMA lags).
+    Points where the metric is missing or not finite are skipped, as analysis skips them.
+    ``reached_at``: the first step at which the smoothed metric met the target.
+    """
+
+    def __init__(self, target: Target):
+        if not 0 <= target.smoothing < 1:
+            raise ValueError(
+                f"target.smoothing must be in [0, 1) (an EMA beta per eval point), got "
+                f"{target.smoothing}"
+            )
+        self.target = target
+        self.num = 0.0  # sum of beta^(t-i) x_i
+        self.den = 0.0  # sum of beta^(t-i)
+        self.reached_at: int | None = None
+
+    def update(self, x: float | None, step: int) -> float:
+        """Fold in the metric of the eval point at ``step``; return the smoothed value."""
+        if x is not None and math.isfinite(x):
+            b = self.target.smoothing
+            self.num, self.den = b * self.num + x, b * self.den + 1.0
+        value = self.num / self.den if self.den else math.nan
+        if self.reached_at is None and self.target.reached(value):
+            self.reached_at = step
+        return value
+
+    def status(self, step: int, config: TrialConfig, diverged: bool) -> Status:
+        """The trial's status after the eval point at ``step``. With ``run_to_max_steps`` (a
+        confirmation run) the trial goes on to ``max_steps`` past the target."""
+        if diverged:
+            return Status.DIVERGED
+        if self.reached_at is not None and not config.run_to_max_steps:
+            return Status.REACHED
+        if step >= config.max_steps:
+            return Status.NOT_REACHED if self.reached_at is None else Status.REACHED
+        return Status.RUNNING
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"num": self.num, "den": self.den, "reached_at": self.reached_at}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self.num, self.den, self.reached_at = s["num"], s["den"], s.get("reached_at")
 
 
 @dataclass(frozen=True)
@@ -167,6 +227,7 @@ class TrialConfig:
     device: str = "auto"  # "auto" = cuda if available, else cpu
     noise_scale: bool = False  # also log the gradient noise scale estimate (B_simple)
     micro_batch_size: int = 0  # > 0: run larger batches as parts of at most this many examples
+    run_to_max_steps: bool = False  # train past the target to max_steps (confirmation runs)
     options: dict[str, Any] = field(default_factory=dict)  # workload-specific knobs
     code_dir: str = ""  # user workloads ("module:function"): folder first on the import path
 

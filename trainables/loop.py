@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from trainables import schedules
-from trainables.api import Report, Status, TrialConfig
+from trainables.api import Report, Status, StopRule, TrialConfig
 from trainables.batches import DatasetBatches, TensorBatches, as_batches
 from trainables.microbatch import backward_mean
 from trainables.optimizers import make_optimizer
@@ -94,6 +94,7 @@ def train_supervised(
 
     # train_time: seconds spent in optimizer steps only (eval excluded), for time-to-target.
     step, ema, initial_loss, wall, train_time = 0, None, None, 0.0, 0.0
+    stop_rule = StopRule(config.target)
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -110,6 +111,8 @@ def train_supervised(
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         if noise is not None and "noise" in state:
             noise.load_state_dict(state["noise"])
+        if "stop_rule" in state:
+            stop_rule.load_state_dict(state["stop_rule"])
 
     model.train()
     t0 = time.perf_counter() - wall
@@ -169,10 +172,11 @@ def train_supervised(
         )
         if noise is not None:
             metrics.update(noise.metrics())
-        status = _status(config, metrics, diverged)
+        stop_rule.update(None if diverged else metrics.get(config.target.metric), step)
+        status = stop_rule.status(step, config, diverged)
         metrics["status"] = str(status)
         if status == Status.REACHED:
-            metrics["steps_to_target"] = step
+            metrics["steps_to_target"] = stop_rule.reached_at
         evals_done += 1
         checkpoint = None
         if (
@@ -192,6 +196,7 @@ def train_supervised(
                     "wall": metrics["wall_time"],
                     "train_time": train_time,
                     "rng": torch.get_rng_state(),
+                    "stop_rule": stop_rule.state_dict(),
                 }
             )
             if device.type == "cuda":
@@ -202,13 +207,3 @@ def train_supervised(
         if status != Status.RUNNING:
             return
         window_start = time.perf_counter()  # eval, checkpoint and report are not training
-
-
-def _status(config: TrialConfig, metrics: dict[str, Any], diverged: bool) -> Status:
-    if diverged:
-        return Status.DIVERGED
-    if config.target.reached(metrics.get(config.target.metric, math.nan)):
-        return Status.REACHED
-    if metrics["step"] >= config.max_steps:
-        return Status.NOT_REACHED
-    return Status.RUNNING

@@ -81,6 +81,12 @@ class LRSearchConfig:
     """Stop a running trial that lags its study's fastest trial by more than this fraction of
     its steps (its best metric at step t is worse than the fastest one's at (1 - lag_stop) t),
     checked from half the fastest trial's steps on; 0 turns it off. Needs early_stopping."""
+    confirm_seeds: int = 4
+    """Confirmation runs per study once its LR search has finished: the chosen LR trained with
+    this many fresh training seeds. B_crit is estimated from them (the crossing of their mean
+    curve), not from the search's fastest trial, which is biased low (the winner's curse; see
+    docs/analysis.md). 0: no confirmation; the estimate then falls back to the search's fastest
+    trials and the report says it is biased."""
     cascade: bool = False
     """`tpe` only: run the studies one batch size at a time (per seed) from the largest down,
     each started from its finished larger neighbours' best LRs, one trial in flight per
@@ -228,8 +234,17 @@ class JobConfig:
         return self.lr_search.trials_per_batch_size if self.tuned else 1
 
     @property
-    def total_trials(self) -> int:
+    def search_trials(self) -> int:
         return len(self.batch_sizes) * len(self.seeds) * self.trials_per_study
+
+    @property
+    def confirm_trials(self) -> int:
+        return len(self.batch_sizes) * len(self.seeds) * self.lr_search.confirm_seeds
+
+    @property
+    def total_trials(self) -> int:
+        """Search trials (at most) plus confirmation runs."""
+        return self.search_trials + self.confirm_trials
 
     def max_steps_for(self, batch_size: int, train_size: int | None) -> int:
         if self.budget.max_steps > 0:

@@ -101,6 +101,8 @@ def check_values(job: JobConfig) -> None:
         raise JobError(
             f"lr_search.lag_stop: {r.lag_stop}; use a fraction in [0, 1), e.g. 0.25 (0 turns it off)"
         )
+    if r.confirm_seeds < 0:
+        raise JobError(f"lr_search.confirm_seeds: {r.confirm_seeds}; use 0 (off) or more, e.g. 4")
     t = job.target  # direction and a finite value are checked by trainables.api.Target
     metrics = known[job.workload].all_metrics()
     if t.metric not in metrics:

@@ -46,8 +46,10 @@ def as_job(job: JobConfig | dict[str, Any] | str | Path) -> JobConfig:
 class SweepOutcome:
     """What :func:`run_sweep` returns."""
 
-    table: Any  # pandas.DataFrame, one row per batch size (tune_jobs.summary.BatchSizeRow)
-    trials: Any  # pandas.DataFrame, one row per trial
+    table: (
+        Any  # pandas.DataFrame, one row per batch size (analysis.summary.SweepSummary.steps_table)
+    )
+    trials: Any  # pandas.DataFrame, one row per trial (search and confirmation runs)
     fit: Any  # analysis.fits McCandlish fit, or None with fewer than 3 batch sizes reaching
     lr_fit: Any  # analysis.lr_fit.LrFit, or None with fewer than 3 best LRs
     result: Any  # tune_jobs.sweep.SweepResult: run folder, MLflow ids, wall time
@@ -62,22 +64,19 @@ def run_sweep(
 ) -> SweepOutcome:
     """Validate ``job``, run the sweep to the end (local Ray unless ``address``), and return
     its results table and fits. Bad input raises JobError before anything launches."""
-    import dataclasses
-
     import pandas as pd
 
-    from analysis.frame import AnalysisError
-    from analysis.lr_fit import fit_best_lr
     from tune_jobs import sweep
-    from tune_jobs.summary import fit_rows, per_batch_size
+    from tune_jobs.summary import sweep_summary
 
     config = as_job(job)
     result = sweep.run_sweep(config, address=address, num_cpus=num_cpus, progress=progress)
-    rows = per_batch_size(result.trials)
-    table = pd.DataFrame([dataclasses.asdict(r) for r in rows])
-    best = table.dropna(subset=["best_lr"]).rename(columns={"best_lr": "lr"})
-    try:
-        lr_fit = fit_best_lr(best)
-    except AnalysisError:  # fewer than 3 batch sizes reached the target
-        lr_fit = None
-    return SweepOutcome(table, pd.DataFrame(result.trials), fit_rows(rows), lr_fit, result)
+    try:  # the same numbers as `critbatch run` and `critbatch analyze` print
+        summary, _ = sweep_summary(result, config)
+        table = summary.steps_table().rename(columns={"steps": "steps_to_target"})
+        fit, lr_fit = summary.cbs.fit, summary.lr
+    except (ValueError, LookupError):  # fewer than 3 batch sizes reached the target
+        sizes = sorted({t["batch_size"] for t in result.trials})
+        table = pd.DataFrame({"batch_size": sizes, "steps_to_target": float("nan")})
+        fit, lr_fit = None, None
+    return SweepOutcome(table, pd.DataFrame(result.trials), fit, lr_fit, result)

@@ -21,6 +21,7 @@ from ray.tune.search import Searcher
 
 from trainables.api import Status, final_status
 from tune_jobs.config import JobConfig
+from tune_jobs.confirm import PHASE, Confirmation
 from tune_jobs.journal import append_record
 from tune_jobs.lr_search import WAIT, LRSearch, Outcome, Proposal, objective, study_name
 from tune_jobs.ray_internals import asha_bracket
@@ -67,6 +68,8 @@ class SweepSearcher(Searcher):
             lag=r.lag_stop, cascade=r.cascade, pipeline=r.pipeline,
         )  # fmt: skip
         self.proposals: dict[str, Proposal] = {}
+        self.confirm = Confirmation(r.confirm_seeds, job.eval_every)
+        self.confirming: dict[str, Proposal] = {}  # trial id -> its confirmation run
         self.best_metric: dict[str, float] = {}
         self.censored: dict[str, float] = {}  # trial id -> steps bound it was stopped at
         self.curves: dict[str, list[tuple[float, float]]] = {}  # trial id -> (step, metric)
@@ -86,15 +89,27 @@ class SweepSearcher(Searcher):
 
     # ---- Tune API ------------------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        if self.requeue:
+        extra: dict[str, Any] = {}
+        p = self.confirm.ask(self.search)  # a finished study's confirmation runs come first
+        if p is not None:
+            self.confirming[trial_id] = p
+            budget = self.job.max_steps_for(p.batch_size, self.train_sizes.get(p.batch_size))
+            extra = self.confirm.trial_fields(self.search, p.study, budget)
+            if not self.job.tuned:
+                from trainables.schedules import peak_lr
+
+                p = Proposal(p.study, p.batch_size, p.seed,
+                             peak_lr(self.job.schedule(), p.batch_size), p.number)  # fmt: skip
+        elif self.requeue:
             p = self.requeue.pop(0)
         else:
             p = self._ask()
             if p is None:
-                return Searcher.FINISHED
+                return None if self.confirm.pending(self.search) else Searcher.FINISHED
             if p == WAIT:
                 return None  # Tune asks again once a running trial reports
-        self.proposals[trial_id] = p
+        if not extra:
+            self.proposals[trial_id] = p
         return {
             "batch_size": p.batch_size,
             "lr": p.lr,
@@ -104,7 +119,7 @@ class SweepSearcher(Searcher):
             "strategy": self.job.strategy.name,
             "max_steps": self.job.max_steps_for(p.batch_size, self.train_sizes.get(p.batch_size)),
             "workload": self.job.workload,
-        }
+        } | extra
 
     def _ask(self) -> Proposal | str | None:
         p = self.search.ask()
@@ -135,7 +150,16 @@ class SweepSearcher(Searcher):
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
         p = self.proposals.get(trial_id)
-        if p is None:
+        if p is None:  # a confirmation run (or unknown): nothing to tell the search
+            self.curves.pop(trial_id, None)
+            c = self.confirming.get(trial_id)
+            if c is not None:  # journaled like a search trial, so it is in MLflow and the table
+                record = self._record(trial_id, c, result if not error else None, None)
+                status = final_status((result or {}).get("status"), errored=error or not result)
+                record["phase"], record["status"], record["row"]["status"] = PHASE, status, status
+                if self.journal is not None:
+                    append_record(self.journal, record)
+                self.records[trial_id] = record
             return
         outcome = None
         if not (error or not result):
@@ -185,7 +209,8 @@ class SweepSearcher(Searcher):
         asked (the search is deterministic given what it was told) and tell each journaled
         trial's outcome as its proposal comes up; proposals with no record (running, or not
         started, when the driver died) are suggested again first, under new trial ids."""
-        by_key = {(r["proposal"]["study"], r["proposal"]["number"]): r for r in records}
+        by_key = {(r["proposal"]["study"], r["proposal"]["number"]): r for r in records
+                  if r.get("phase") != PHASE}  # confirmation runs are not the search's  # fmt: skip
         while True:
             p = self._ask()
             if not isinstance(p, Proposal):
@@ -217,6 +242,8 @@ class SweepSearcher(Searcher):
             "censored": self.censored,
             "curves": self.curves,
             "studies": self.search.studies if self.in_memory else None,
+            "confirm": self.confirm.state(),
+            "confirming": self.confirming,
         }
         with open(checkpoint_path, "wb") as f:
             pickle.dump(state, f)
@@ -228,6 +255,8 @@ class SweepSearcher(Searcher):
         self.best_metric = state["best_metric"]
         self.censored = state.get("censored", {})
         self.curves = state.get("curves", {})
+        self.confirm.load_state(state.get("confirm", {}))
+        self.confirming = state.get("confirming", {})
         if state.get("studies"):
             self.search.studies.update(state["studies"])
         live: dict[str, set[int]] = {}
@@ -262,7 +291,11 @@ class PerBatchSizeScheduler(FIFOScheduler):
         self.stopped: set[str] = set()
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if not self.enabled or result.get("status") != Status.RUNNING:
+        if (
+            not self.enabled
+            or result.get("status") != Status.RUNNING
+            or trial.config.get("phase") == PHASE  # confirmation runs go to their stop rule
+        ):
             return TrialScheduler.CONTINUE
         study = trial.config.get("study") or study_name(
             trial.config["batch_size"], trial.config["seed"]

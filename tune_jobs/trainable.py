@@ -45,7 +45,10 @@ def run_tune_trial(
             "batch_size": bs,
             "lr": float(config["lr"]),
             "seed": int(config["seed"]),
-            "max_steps": max_steps[bs],
+            # confirmation runs evaluate more densely, to their own horizon (tune_jobs.confirm)
+            "max_steps": int(config.get("max_steps", max_steps[bs])),
+            "eval_every": int(config.get("eval_every", base["eval_every"])),
+            "run_to_max_steps": bool(config.get("run_to_max_steps", False)),
         }
     )
     state = None

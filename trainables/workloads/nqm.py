@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from trainables import schedules
-from trainables.api import Report, Status, Target, TrialConfig
+from trainables.api import Report, Status, StopRule, Target, TrialConfig
 from trainables.noise_scale import NoiseScaleEMA, two_batch_estimates
 from trainables.nqm_truth import NQM, MomentumPath, SGDPath, momentum_matrix
 from trainables.options import parse_options
@@ -192,10 +192,13 @@ def train_sgd(config: TrialConfig, report: Report, state: dict | None = None) ->
     truth = NoiseScaleEMA(noise_beta)  # the same average of the closed forms, for comparison
     trsigma = float(nqm.c.sum())
     step, ema = 0, None
+    stop_rule = StopRule(config.target)
     if state is not None:
         theta, v = state["theta"].to(device), state["v"].to(device)
         gen.set_state(state["gen"])
         step, ema = state["step"], state["ema"]
+        if "stop_rule" in state:
+            stop_rule.load_state_dict(state["stop_rule"])
         if noise is not None:
             noise.load_state_dict(state["noise"])
             truth.load_state_dict(state["noise_true"])
@@ -241,13 +244,11 @@ def train_sgd(config: TrialConfig, report: Report, state: dict | None = None) ->
         if noise is not None:
             metrics.update(noise.metrics())
             metrics.update({f"{k}_true": v for k, v in truth.metrics().items()})
-        if not math.isfinite(loss) or loss > config.divergence_factor * loss0:
-            status = Status.DIVERGED
-        elif config.target.reached(metrics.get(config.target.metric, math.nan)):
-            status = Status.REACHED
-            metrics["steps_to_target"] = step
-        else:
-            status = Status.NOT_REACHED if step >= config.max_steps else Status.RUNNING
+        diverged = not math.isfinite(loss) or loss > config.divergence_factor * loss0
+        stop_rule.update(None if diverged else metrics.get(config.target.metric), step)
+        status = stop_rule.status(step, config, diverged)
+        if status == Status.REACHED:
+            metrics["steps_to_target"] = stop_rule.reached_at
         metrics["status"] = str(status)
         evals += 1
         ckpt = None
@@ -262,6 +263,7 @@ def train_sgd(config: TrialConfig, report: Report, state: dict | None = None) ->
                 "gen": gen.get_state(),
                 "step": step,
                 "ema": ema,
+                "stop_rule": stop_rule.state_dict(),
             }
             if noise is not None:
                 ckpt["noise"], ckpt["noise_true"] = noise.state_dict(), truth.state_dict()

@@ -209,7 +209,7 @@ def analyze_command(args: argparse.Namespace) -> int:
         print(f"Recommendation: {rec}")
     for note in numbers.cost.notes:
         print(f"note: {note}")
-    print(result.headline())
+    print(result.summary.text())
     for note in result.notes:
         print(f"note: {note}")
     print(f"report: {result.html}")

@@ -130,12 +130,16 @@ def plan_text(job) -> str:
         f"  target: {job.target.metric} {'<=' if job.target.direction == 'min' else '>='} {job.target.value:g}",
         f"  budget: {'max ' + str(job.budget.max_steps) + ' steps' if job.budget.max_steps else str(job.budget.epochs) + ' epochs'}"
         f" per trial (steps by batch size: {', '.join(f'{b}:{s}' for b, s in zip(job.batch_sizes, steps, strict=True))}); eval every {job.eval_every} steps",
-        f"  trials: {'at most ' if job.tuned and job.lr_search.stop_when_converged else ''}{job.total_trials} = {len(job.batch_sizes)} batch sizes x {len(job.seeds)} seeds x {job.trials_per_study}"
+        f"  trials: {'at most ' if job.tuned and job.lr_search.stop_when_converged else ''}{job.total_trials} = {len(job.batch_sizes)} batch sizes x {len(job.seeds)} seeds x ({job.trials_per_study} search + {job.lr_search.confirm_seeds} confirmation)"
         + (
             " (a study stops once its LR search has converged)"
             if job.tuned and job.lr_search.stop_when_converged
             else ""
         ),
+        f"  steps to target: from {job.lr_search.confirm_seeds} confirmation runs per study (the chosen LR, fresh seeds); "
+        f"a trial stops when the EMA (beta {job.target.smoothing:g} per eval) of {job.target.metric} meets the target"
+        if job.lr_search.confirm_seeds
+        else "  steps to target: the fastest search trial (no confirmation runs: biased low)",
         f"  resources per trial: {job.resources.cpus:g} CPU, {job.resources.describe_gpus()}; "
         f"early stopping {'on' if job.early_stopping.enabled and job.tuned else 'off'}",
         f"  MLflow: {redact_uri(job.tracking.uri)}, experiment {job.experiment!r}; run folder {Path(job.storage) / job.name}",
@@ -199,25 +203,18 @@ def check_command(args) -> int:
 
 
 def _report_sweep(result, job, analyze: bool) -> int:
-    """Print the sweep's table, fit and where to see it; the exit code: 1 when every trial of
-    some batch size errored (the sweep measured nothing there), else 0."""
+    """Print the sweep's summary (the same numbers as `critbatch analyze`: one function on the
+    frame loaded back from MLflow) and where to see it, and with ``analyze`` write its HTML
+    report from that same summary; the exit code: 1 when every trial of some batch size
+    errored (the sweep measured nothing there), else 0."""
     from analysis.tracking_uri import redact_uri
-    from tune_jobs.summary import fit_rows, format_fit, format_table, per_batch_size
+    from tune_jobs.summary import sweep_summary, trial_counts
 
-    rows = per_batch_size(result.trials)
-    target = f"{job.target.metric} {'<=' if job.target.direction == 'min' else '>='} {job.target.value:g}"
-    print()
     numbers = result.numbers
     if numbers is not None and numbers.recommendation is not None:
-        print(f"Recommendation: {numbers.recommendation.text()}\n")
-    print(format_table(rows, target))
-    try:
-        print(format_fit(fit_rows(rows)))
-    except ValueError as e:
-        print(f"Fit: not possible ({e})")
-    print(
-        f"\n{len(result.trials)} trials in {result.wall_time_s:.0f} s; run folder {result.run_dir}"
-    )
+        print(f"\nRecommendation: {numbers.recommendation.text()}")
+    print(f"\n{len(result.trials)} trials ({trial_counts(result.trials)}) in "
+          f"{result.wall_time_s:.0f} s; run folder {result.run_dir}")  # fmt: skip
     uri = result.tracking_uri
     from tune_jobs.mlflow_view import runs_url
 
@@ -236,13 +233,27 @@ def _report_sweep(result, job, analyze: bool) -> int:
               f"{', '.join(map(str, failed))}; fix the cause above and run it again under a new name",
               file=sys.stderr)  # fmt: skip
         return 1
+    try:
+        summary, df = sweep_summary(result, job)
+    except (ValueError, LookupError) as e:
+        print(f"\nNo B_crit: {e}")
+        return 0
+    print()
+    print(summary.text())
+    for note in summary.notes:
+        print(f"note: {note}")
     if analyze:
-        from tune_jobs.cli import main
+        from analysis.report import render_report
+        from tune_jobs.publish import log_report_artifacts
 
-        print()
-        main(["analyze", result.parent_run_id, "--tracking-uri", uri, "--out", str(result.run_dir / "report"),
-              "--target-metric", job.target.metric, "--target-value", str(job.target.value),
-              "--direction", job.target.direction, "--bootstrap", "500"])  # fmt: skip
+        out = result.run_dir / "report"
+        report = render_report(summary, df, out, title=f"critbatch report: {job.name}")
+        print(f"report: {report.html}")
+        try:
+            files = [report.html, report.summary_csv, report.summary_json, out / "figures"]
+            log_report_artifacts(result.parent_run_id, files, uri)
+        except Exception as e:  # the report exists; say why it is not in MLflow
+            print(f"critbatch: report written but not logged to MLflow: {e}", file=sys.stderr)
     return 0
 
 

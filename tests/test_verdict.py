@@ -1,0 +1,81 @@
+"""The verdict and its advice, on tables built to trigger each check, and the mean-curve
+estimator on curves with a known crossing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.estimate import crossing_steps, mean_curve_steps
+from analysis.fits import fit_mccandlish
+from analysis.steps import Target
+from analysis.verdict import judge
+
+
+def _table(sizes, b_crit=64.0, s_min=100.0, noise=None):
+    b = np.asarray(sizes, float)
+    steps = s_min * (1 + b_crit / b) * (1 if noise is None else np.exp(noise))
+    return pd.DataFrame({"batch_size": b.astype(int), "steps": steps})
+
+
+def _judge(t, ci=(50.0, 80.0), se=0.05, eval_every=1.0):
+    fit = fit_mccandlish(t["batch_size"], t["steps"])
+    return fit, judge(fit.b_crit, ci, fit.s_min, t, fit.steps(t["batch_size"]),
+                      np.full(len(t), se), eval_every)  # fmt: skip
+
+
+def test_a_well_measured_sweep_is_determined():
+    _, v = _judge(_table([8, 16, 32, 64, 128, 256, 512]))
+    assert v.determined and v.advice == []
+    assert "Verdict: B_crit is determined" in v.text()
+
+
+def test_b_crit_below_the_smallest_batch_size_asks_for_smaller_ones():
+    _, v = _judge(_table([256, 512, 1024, 2048], b_crit=40.0), ci=(30, 50))
+    assert not v.determined
+    assert any("below your smallest batch size: add 64 and 128" in a for a in v.advice)
+
+
+def test_b_crit_above_the_largest_batch_size_asks_for_larger_ones():
+    _, v = _judge(_table([2, 4, 8, 16], b_crit=500.0), ci=(400, 600))
+    assert any("above your largest batch size: add 32 and 64" in a for a in v.advice)
+
+
+def test_a_wide_ci_asks_for_seeds_or_batch_sizes_near_b_crit():
+    _, v = _judge(_table([8, 16, 32, 64, 128, 256, 512]), ci=(10.0, 300.0))
+    assert not v.determined
+    assert any(a.startswith("CI spans 30x: add seeds") for a in v.advice)
+
+
+def test_residuals_beyond_the_seed_scatter_flag_a_misfit():
+    noise = np.array([0, 0.4, -0.4, 0.4, -0.4, 0.4, 0])
+    _, v = _judge(_table([8, 16, 32, 64, 128, 256, 512], noise=noise), se=0.02)
+    fit_check = next(c for c in v.checks if c.name == "fit")
+    assert not fit_check.ok and "seeds' scatter" in fit_check.detail
+
+
+def test_coarse_evaluation_asks_for_more_frequent_evals():
+    _, v = _judge(_table([8, 16, 32, 64, 128, 256, 512]), eval_every=18.0)
+    assert any(a.startswith("eval_every 18 is 18% of S_min: evaluate more often") for a in v.advice)
+
+
+def test_crossing_steps_interpolates_per_row():
+    steps = np.array([10.0, 20.0, 30.0])
+    vals = np.array([[1.0, 0.6, 0.2], [1.0, 0.9, 0.8], [0.1, 0.1, 0.1]])
+    got = crossing_steps(steps, vals, 0.5)
+    assert got[0] == pytest.approx(22.5) and np.isnan(got[1]) and got[2] == 10.0
+
+
+def test_mean_curve_crossing_averages_seeds_before_thresholding():
+    # two seeds: one dips below 0.5 early by noise, the other late; their mean crosses between
+    rows = []
+    for seed, dip in ((1, 0.4), (2, 0.8)):
+        for s, v in zip((10, 20, 30, 40), (1.0, dip, 0.45, 0.3), strict=True):
+            rows.append({"trial": f"t{seed}", "batch_size": 8, "lr": 0.1, "strategy": "tuned",
+                         "seed": seed, "step": s, "examples": 8 * s, "status": "reached",
+                         "phase": "confirm", "eval_loss": v})  # fmt: skip
+    est = mean_curve_steps(pd.DataFrame(rows), Target("eval_loss", 0.5), n_boot=50)
+    # mean curve: 1.0, 0.6, 0.45, 0.3 -> crosses 0.5 at 20 + 10 * (0.1 / 0.15)
+    assert est.table["steps"].iloc[0] == pytest.approx(20 + 10 * 0.1 / 0.15)
+    assert est.replicates.shape == (50, 1)
