@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.cost import CostModel, CostTable, sweep_device_hours, time_and_cost
-from analysis.fits import CriticalBatchSize, critical_batch_size
+from analysis.fits import CriticalBatchSize
 from analysis.frame import AnalysisError, validate_frame
 from analysis.noise_scale import bsimple_at_target, bsimple_summary, has_noise_scale
 from analysis.recommend import (
@@ -33,6 +33,7 @@ from analysis.recommend import (
     recommend,
 )
 from analysis.steps import best_per_batch_size, steps_to_target
+from analysis.summary import summarize
 from trainables.api import Target
 
 
@@ -111,8 +112,13 @@ def sweep_numbers(
     best = best_per_batch_size(mine, direction=target.direction)
     notes: list[str] = []
     fit = None
-    try:
-        fit = critical_batch_size(mine, overhead, reference_batch_size, n_boot, level, seed)
+    try:  # the one result of the sweep (analysis.summary): the numbers `run`/`analyze` print
+        summary = summarize(df, target, ema=ema, overhead=overhead,
+                            reference_batch_size=reference_batch_size, n_boot=n_boot,
+                            level=level, seed=seed, strategy=strategy)  # fmt: skip
+        fit = summary.fits.get(strategy)
+        if fit is None:
+            notes.append(f"no fit for strategy {strategy!r}")
     except AnalysisError as e:
         notes.append(f"no fit: {e}")
     cost = time_and_cost(best, df[df["strategy"] == strategy], cost_model)
