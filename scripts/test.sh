@@ -16,4 +16,5 @@ fi
 python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 python3 -m uv sync --frozen
 python3 -m uv run --frozen ruff check .
+python3 -m uv run --frozen ruff format --check .
 python3 -m uv run --frozen pytest -ra --durations=15 "${marker[@]}" "$@"

@@ -81,7 +81,9 @@ class MlflowServer:
 
     def start(self, timeout: float = 90.0) -> MlflowServer:
         log = open(self.root / "mlflow-server.log", "ab")  # noqa: SIM115 (owned by the server process)
-        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # no GenAI job runners: 4x faster start
+        env = dict(
+            os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"
+        )  # no GenAI job runners: 4x faster start
         self.proc = subprocess.Popen(
             [
                 sys.executable, "-m", "mlflow", "server",

@@ -158,7 +158,9 @@ def test_data_download_manual_step_when_nothing_can_fetch(tmp_path, monkeypatch,
         manual="unzip into ROOT/x",
     )
     monkeypatch.setitem(data_cli.SOURCES, "cityscapes", manual)
-    assert critbatch(["data", "download", "cityscapes", "--root", str(tmp_path)]) == 2  # bad input like every other command
+    assert (
+        critbatch(["data", "download", "cityscapes", "--root", str(tmp_path)]) == 2
+    )  # bad input like every other command
     assert f"unzip into {tmp_path}/x" in capsys.readouterr().err
 
 

@@ -69,7 +69,10 @@ def test_auth_token_setup_runs_without_a_token(tmp_path, monkeypatch):
         maybe_enable_token_auth_if_token_available,
     )
 
-    assert "warn_if_disabled" in inspect.signature(maybe_enable_token_auth_if_token_available).parameters
+    assert (
+        "warn_if_disabled"
+        in inspect.signature(maybe_enable_token_auth_if_token_available).parameters
+    )
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token here
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     use_auth_token_if_present()  # must not raise when there is nothing to send
