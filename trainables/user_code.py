@@ -31,7 +31,7 @@ import traceback
 from typing import Any
 
 from trainables.api import InputError, Target, TrialConfig
-from trainables.registry import Workload
+from trainables.workload import Workload
 
 BUILD_PARAMS = ("config", "device")
 TRAIN_PARAMS = ("config", "report", "state")

@@ -110,7 +110,6 @@ register(
         train_size=N_TRAIN,
         build=build_mlp,
         options=MLPOptions,
-        defaults={"lr_min": 1e-3, "lr_max": 3.0},
     )
 )
 register(
@@ -122,6 +121,5 @@ register(
         train_size=N_TRAIN,
         build=build_cnn,
         options=CNNOptions,
-        defaults={"lr_min": 1e-3, "lr_max": 3.0},
     )
 )

@@ -210,7 +210,6 @@ register(
         options=LanguageOptions,
         dataset="wikitext2",
         cpu_friendly=False,
-        defaults={"lr_min": 1.0, "lr_max": 100.0},
         whole_batches="its batches are token streams whose LSTM hidden state carries across steps",
     )
 )

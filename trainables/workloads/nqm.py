@@ -272,8 +272,6 @@ def train_sgd(config: TrialConfig, report: Report, state: dict | None = None) ->
             return
 
 
-_OPTIONS = {"dim": 10_000, "exponent": 1.0, "noise_scale": 1.0, "s0": 1.0}
-
 register(
     Workload(
         name="nqm_exact",
@@ -283,7 +281,6 @@ register(
         train_size=EPOCH_EXAMPLES,
         train=train_exact,
         options=NQMOptions,
-        defaults={"lr_min": 1e-4, "lr_max": 2.0, "options": {**_OPTIONS, "max_reports": 100}},
     )
 )
 register(
@@ -295,6 +292,5 @@ register(
         train_size=EPOCH_EXAMPLES,
         train=train_sgd,
         options=NQMOptions,
-        defaults={"lr_min": 1e-4, "lr_max": 2.0, "options": dict(_OPTIONS)},
     )
 )

@@ -252,6 +252,5 @@ register(
         options=SegmentationOptions,
         dataset="cityscapes",
         cpu_friendly=False,
-        defaults={"lr_min": 1e-3, "lr_max": 1.0},
     )
 )

@@ -91,6 +91,5 @@ register(
         train_size=4096,
         build=build,
         options=SyntheticOptions,
-        defaults={"lr_min": 1e-3, "lr_max": 2.0},
     )
 )

@@ -41,14 +41,6 @@ from trainables.models import build_model
 from trainables.options import parse_options
 from trainables.registry import Workload, register
 
-# The paper's Table 1 settings for every image workload: eta0 (lr at the base batch size),
-# W (warm-up epochs of the linear scaling rule), E (epochs), batch sizes 2^6 .. 2^14.
-PAPER = {
-    "base_lr": 0.1,
-    "warmup_epochs": 10,
-    "epochs": 200,
-    "batch_sizes": [2**k for k in range(6, 15)],
-}
 PAPER_LIMIT_TRAIN = 50_000  # the paper cuts MNIST and SVHN to 50k training images (Fig. 3)
 IMAGE_SIZE = 32  # every model here is sized for 32x32; MNIST's 28x28 is zero-padded to it
 
@@ -268,13 +260,6 @@ def _register(
             dataset="svhn-extra" if defaults.get("extra") else dataset,
             options=VisionOptions,
             cpu_friendly=False,
-            defaults={
-                "lr_min": 1e-3,
-                "lr_max": 3.0,
-                **PAPER,
-                "momentum": 0.9,
-                "weight_decay": 5e-4,
-            },
         )
     )
 
