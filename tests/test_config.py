@@ -181,6 +181,13 @@ def test_quickstart_passes_check_here(capsys, tmp_path, monkeypatch):
     assert "ok: the job is valid" in capsys.readouterr().out
 
 
+def test_quickstart_command_finds_its_shipped_job():
+    """`critbatch quickstart` (the README's first command) runs the job it ships."""
+    from tune_jobs.cli.run import JOBS_DIR
+
+    assert (JOBS_DIR / "quickstart.yaml").resolve() == (REPO_JOBS / "quickstart.yaml").resolve()
+
+
 def test_every_paper_workload_has_blr_lsr_srsr_and_tuned_jobs():
     """Table 1's workloads, each with the three strategies the paper compares and critbatch's
     tuned search. (svhn_extra_resnet34 is the SVHN row on 604,388 images, only for the paper's

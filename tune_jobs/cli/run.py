@@ -10,7 +10,7 @@ from pathlib import Path
 
 from trainables.api import InputError
 
-JOBS_DIR = Path(__file__).resolve().parent / "jobs"
+JOBS_DIR = Path(__file__).resolve().parents[1] / "jobs"  # tune_jobs/jobs/
 
 
 def _job_reference() -> str:
