@@ -170,7 +170,7 @@ def _ray_trial_frame(result_json: Path) -> pd.DataFrame:
         strategy=strategy.get("name", "tuned") if isinstance(strategy, dict) else strategy,
         seed=cfg.get("seed", 0),
         status=status,
-        **{PHASE_COLUMN: cfg.get("phase", "search")},
+        **({PHASE_COLUMN: cfg["phase"]} if "phase" in cfg else {}),  # optional column
     )
 
 
@@ -506,7 +506,7 @@ def _trial_meta(run: Run) -> dict:
         "seed": int(p.get("seed", 0)),
         "status": status,
         **{k: float(p[k]) for k in DEVICE_COUNTS if k in p},
-        PHASE_COLUMN: p.get("phase", "search"),
+        **({PHASE_COLUMN: p["phase"]} if "phase" in p else {}),  # optional column
     }
 
 
