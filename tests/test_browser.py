@@ -59,7 +59,7 @@ def finished_sweep(tmp_path_factory) -> Iterator[Sweep]:
         job = parse_job(
             {
                 "name": "browser-sweep", "workload": "synthetic", "batch_sizes": [8, 32, 128],
-                "lr_search": {"min": 0.001, "max": 2.0, "trials_per_batch_size": 3, "seed": 0},
+                "lr_search": {"min": 0.001, "max": 2.0, "trials_per_batch_size": 3, "confirm_seeds": 0, "seed": 0},
                 "target": {"metric": "eval_loss", "value": 0.2, "direction": "min"},
                 "budget": {"max_steps": 300}, "eval_every": 10, "storage": str(root / "runs"),
                 "tracking": {"uri": server.uri, "experiment": "browser-sweep"},

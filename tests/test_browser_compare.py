@@ -46,7 +46,7 @@ def two_sweeps(tmp_path_factory) -> Iterator[TwoSweeps]:
     def job(name: str, **over):
         d = {
             "name": name, "workload": "synthetic", "batch_sizes": [4, 16, 64, 256],
-            "lr_search": {"min": 0.003, "max": 1.0, "trials_per_batch_size": 2, "seed": 0},
+            "lr_search": {"min": 0.003, "max": 1.0, "trials_per_batch_size": 2, "confirm_seeds": 0, "seed": 0},
             "target": {"metric": "eval_loss", "value": 0.27, "direction": "min"},
             "budget": {"max_steps": 400}, "eval_every": 2, "storage": str(root / "runs"),
             "tracking": {"uri": server.uri, "experiment": "synthetic-strategies"},

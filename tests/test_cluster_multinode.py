@@ -81,7 +81,13 @@ def synthetic_job_data(tmp_path: Path, name: str, tracking_uri: str, **fields: A
         "name": name,
         "workload": "synthetic",
         "batch_sizes": [16, 32],
-        "lr_search": {"min": 0.01, "max": 0.3, "trials_per_batch_size": 2, "algorithm": "grid"},
+        "lr_search": {
+            "min": 0.01,
+            "max": 0.3,
+            "trials_per_batch_size": 2,
+            "confirm_seeds": 0,
+            "algorithm": "grid",
+        },
         "target": {"metric": "eval_loss", "value": 0.0, "direction": "min"},
         "budget": {"max_steps": 40},
         "eval_every": 10,
@@ -183,7 +189,7 @@ def test_trials_spread_over_nodes_and_half_gpus_pack_two_per_node(
     job = synthetic_job(
         tmp_path, "multinode", sqlite_uri,
         batch_sizes=[8, 16, 32, 64, 128, 256],
-        lr_search={"trials_per_batch_size": 1},
+        lr_search={"trials_per_batch_size": 1, "confirm_seeds": 0},
         resources={"cpus": 1, "gpus": 0.5},
         options={"sleep_per_step": 0.15},
     )  # fmt: skip
@@ -220,7 +226,7 @@ def test_gpus_from_batch_size_packs_small_trials_and_gives_large_ones_a_whole_gp
     job = synthetic_job(
         tmp_path, "gpu-by-batch", sqlite_uri,
         batch_sizes=[8, 16, 32, 64],
-        lr_search={"trials_per_batch_size": 1},
+        lr_search={"trials_per_batch_size": 1, "confirm_seeds": 0},
         resources={"cpus": 1, "gpus": 0.25, "gpus_from_batch_size": {64: 1}},
         options={"sleep_per_step": 0.15},
     )  # fmt: skip

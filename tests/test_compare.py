@@ -30,7 +30,7 @@ def job(root, name: str, **over):
 
     d = {
         "name": name, "workload": "synthetic", "batch_sizes": [8, 32, 128],
-        "lr_search": {"min": 0.003, "max": 1.0, "trials_per_batch_size": 3, "seed": 0},
+        "lr_search": {"min": 0.003, "max": 1.0, "trials_per_batch_size": 3, "confirm_seeds": 0, "seed": 0},
         "target": {"metric": "eval_loss", "value": 0.3, "direction": "min"},
         "budget": {"max_steps": 300}, "eval_every": 10, "storage": str(root / "runs"),
         "tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": EXPERIMENT},

@@ -128,7 +128,7 @@ def _staged_outage(tmp_path: Path, mlflow_server: MlflowServer) -> None:
     # 8 trials of ~20 s, 2 at a time: the sweep outlasts a slow server restart.
     job = synthetic_job(
         tmp_path, "mlflow-outage", mlflow_server.uri,
-        lr_search={"trials_per_batch_size": 4},
+        lr_search={"trials_per_batch_size": 4, "confirm_seeds": 0},
         budget={"max_steps": 100},
         options={"sleep_per_step": 0.2},
         max_concurrent=2,

@@ -15,7 +15,7 @@ from tune_jobs.searcher import SweepSearcher
 def _job(tmp_path: Path):
     return parse_job({
         "name": "replay", "workload": "synthetic", "batch_sizes": [8, 32, 128],
-        "lr_search": {"min": 0.01, "max": 2.0, "trials_per_batch_size": 4, "seed": 5},
+        "lr_search": {"min": 0.01, "max": 2.0, "trials_per_batch_size": 4, "confirm_seeds": 0, "seed": 5},
         "target": {"metric": "eval_loss", "value": 0.3, "direction": "min"},
         "budget": {"max_steps": 100}, "eval_every": 10,
         "tracking": {"uri": f"sqlite:///{tmp_path / 'm.db'}"}, "storage": str(tmp_path / "runs"),

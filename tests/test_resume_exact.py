@@ -34,7 +34,7 @@ def _job(tmp_path: Path, name: str) -> Path:
     data = synthetic_job_data(
         tmp_path, name, f"sqlite:///{tmp_path / 'mlflow.db'}",
         batch_sizes=[8, 32],
-        lr_search={"min": 0.01, "max": 2.0, "trials_per_batch_size": 3, "algorithm": "tpe", "seed": 3},
+        lr_search={"min": 0.01, "max": 2.0, "trials_per_batch_size": 3, "confirm_seeds": 0, "algorithm": "tpe", "seed": 3},
         target={"metric": "eval_loss", "value": 0.3, "direction": "min"},
         budget={"max_steps": 80},
         early_stopping={"enabled": True, "grace_steps": 20},

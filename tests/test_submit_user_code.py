@@ -51,7 +51,7 @@ def test_submit_ships_a_module_from_outside_the_repo(ray_head: RayHead, tmp_path
     name = "submit-user-code"
     job = {
         "name": name, "workload": "linreg:build", "batch_sizes": [8, 16],
-        "lr_search": {"min": 0.01, "max": 0.1, "trials_per_batch_size": 1, "algorithm": "grid"},
+        "lr_search": {"min": 0.01, "max": 0.1, "trials_per_batch_size": 1, "confirm_seeds": 0, "algorithm": "grid"},
         "target": {"metric": "eval_loss", "value": 0.0}, "budget": {"max_steps": 10},
         "eval_every": 5, "early_stopping": {"enabled": False},
         "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, "storage": str(tmp_path / "runs"),

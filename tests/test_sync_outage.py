@@ -20,7 +20,7 @@ def _job(tmp_path: Path, name: str, uri: str):
     return synthetic_job(
         tmp_path, name, uri,
         batch_sizes=[8, 32, 128],
-        lr_search={"min": 0.1, "max": 0.8, "trials_per_batch_size": 2, "algorithm": "grid"},
+        lr_search={"min": 0.1, "max": 0.8, "trials_per_batch_size": 2, "confirm_seeds": 0, "algorithm": "grid"},
         target={"metric": "eval_loss", "value": 0.3, "direction": "min"},
         budget={"max_steps": 60}, eval_every=5,
         options={"sleep_per_step": 0.05},
