@@ -34,6 +34,7 @@ def test_sweep_logs_bsimple_and_the_report_shows_it(ray_local, tmp_path, capsys)
             "batch_sizes": [16, 64, 256, 1024],
             # one trial per batch size at LR 0.5 (expected steps 313, 168, 154, 152)
             "strategy": {"name": "blr", "base_lr": 0.5, "base_batch_size": 16},
+            "lr_search": {"confirm_seeds": 0},  # the four trials themselves, no repeats
             "target": {"metric": "eval_loss", "value": TARGET, "direction": "min"},
             "budget": {"max_steps": 1000},
             "eval_every": 5,

@@ -210,11 +210,9 @@ def test_submit_wait_runs_the_sweep_on_a_ray_head(ray_head: RayHead, tmp_path: P
     assert r.stdout.rstrip().endswith(f"{sid}: SUCCEEDED"), r.stdout[-3000:]
     log = r.stdout.split("Running entrypoint for job", 1)[1]
     assert re.search(r"^\[ *[\d.]+s\] 4/4 trials done$", log, re.M), log  # driver's progress
-    heading = "Steps to reach eval_loss <= 0, best over the LR search at each batch size:"
-    table = log.split(heading, 1)[1]
-    cells = [ln.split() for ln in table.splitlines() if ln.strip()[:2] in ("16", "64")]
-    assert [(c[0], c[-4]) for c in cells] == [("16", "2"), ("64", "2")], table  # batch size, trials
-    assert "4 trials in" in log and "parent run" in log
+    # the driver's closing summary: 2 trials at each of 2 batch sizes, none can reach loss 0
+    heading = "4 trials (4 not_reached) in"
+    assert heading in log and "parent run" in log and "No B_crit" in log, log[-3000:]
     # streamed over the dashboard's websocket, each line once (no fallback to polling)
     assert r.stdout.count("Running entrypoint for job") == 1 and r.stdout.count(heading) == 1
     assert "log stream" not in r.stderr, r.stderr[-2000:]
