@@ -106,7 +106,8 @@ def test_horizon_is_the_budget_wsd_steps_do_not_depend_on_it_cosine_steps_do():
     wsd, cosine = Schedule(decay="wsd"), Schedule(decay="cosine")
     short, long = _steps_to_target(wsd, 400), _steps_to_target(wsd, 4000)
     assert short is not None and short == long and short < 0.8 * 400
-    c_short, c_long = _steps_to_target(cosine, 400), _steps_to_target(cosine, 4000)
+    # (a budget of 150: the cosine LR at step ~110 is a third of its peak, not ~95% as under 400)
+    c_short, c_long = _steps_to_target(cosine, 150), _steps_to_target(cosine, 4000)
     assert c_short is not None and c_long is not None and c_short != c_long
     # a fixed horizon makes cosine's steps independent of the budget again
     fixed = Schedule(decay="cosine", horizon_steps=1000)

@@ -173,7 +173,7 @@ def test_data_fraction_keeps_the_first_images(tmp_path):
 
 def test_a_misspelt_option_fails(tmp_path):
     write_cityscapes(tmp_path)
-    with pytest.raises(ValueError, match="unknown options \\['crop_size'\\]"):
+    with pytest.raises(ValueError, match="options.crop_size: unknown option .*did you mean `crop`"):
         run_trial(_config(tmp_path, options={"crop_size": 32}), lambda m, c=None: None)
 
 
