@@ -40,9 +40,18 @@ step() {
 }
 
 say "output folder: $OUT"
-python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
-step setup setup.log python3 -m uv sync --frozen
-PY=(python3 -m uv run --frozen --no-sync)
+# uv: the one that launched us (`uv run` sets $UV), one on PATH, or python3's; pip installs it
+# only when none is found (a venv's python3, e.g. under `uv run`, has no pip)
+if [[ -n ${UV:-} && -x ${UV:-} ]]; then
+    UVC=("$UV")
+elif command -v uv >/dev/null 2>&1; then
+    UVC=(uv)
+else
+    python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+    UVC=(python3 -m uv)
+fi
+step setup setup.log "${UVC[@]}" sync --frozen
+PY=("${UVC[@]}" run --frozen --no-sync)
 
 MODE=${GPU_CHECK_DEVICE:-auto}
 if [[ $MODE == auto ]]; then
