@@ -36,12 +36,25 @@ def _analyze(parent: str, uri: str, out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
+def _timed(key: str) -> bool:
+    """Keys measured in seconds (and what is computed from them: cost, the recommendation):
+    the two sweeps ran at different moments, so their clocks differ; their steps do not."""
+    return (
+        key == "recommendation"
+        or key.endswith("_s")
+        or any(w in key for w in ("time", "cost", "hours"))
+    )
+
+
 def _without_trial_ids(d):
     """A summary without what depends on the two sweeps' (random) Tune trial ids: the ids, and
-    how many bootstrap resamples failed (the bootstrap resamples trials in trial-id order)."""
+    how many bootstrap resamples failed (the bootstrap resamples trials in trial-id order);
+    and without the wall-clock figures (see _timed)."""
     if isinstance(d, dict):
         return {
-            k: _without_trial_ids(v) for k, v in d.items() if k not in ("trial", "n_boot_failed")
+            k: _without_trial_ids(v)
+            for k, v in d.items()
+            if k not in ("trial", "n_boot_failed") and not _timed(k)
         }
     if isinstance(d, list):
         return [_without_trial_ids(v) for v in d]
