@@ -138,7 +138,29 @@ def load_ray_folder(path: str | os.PathLike) -> pd.DataFrame:
     names = df.pop(DEVICE_NAME).dropna().unique() if DEVICE_NAME in df else []
     df = _with_devices(_tidy(df), names)
     df.attrs["sweep_name"] = path.resolve().name  # the run folder is named after the job
+    target = _folder_target(path)
+    if target is not None:
+        df.attrs["target"] = target
     return df
+
+
+def _folder_target(path: Path) -> dict | None:
+    """The job's target as the run folder's ``sweep.json`` records it (None: not recorded)."""
+    try:
+        t = json.loads((path / "sweep.json").read_text())["job"]["target"]
+        return {"metric": str(t["metric"]), "value": float(t["value"]),
+                "direction": str(t.get("direction", "min"))}  # fmt: skip
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _params_target(params: dict) -> dict | None:
+    """The job's target as the sweep's parent run records it (params target_*)."""
+    try:
+        return {"metric": params["target_metric"], "value": float(params["target_value"]),
+                "direction": params.get("target_direction", "min")}  # fmt: skip
+    except (KeyError, ValueError):
+        return None
 
 
 def _with_devices(df: pd.DataFrame, names: Iterable[str]) -> pd.DataFrame:
@@ -293,6 +315,9 @@ def load_mlflow(
     names = (r.data.params.get(DEVICE_NAME) for r in runs)
     df = _with_devices(_tidy(_mlflow_frame(runs, history)), names)
     df.attrs["sweep_name"] = parent.info.run_name or parent.info.run_id  # the job's name
+    target = _params_target(parent.data.params)
+    if target is not None:
+        df.attrs["target"] = target  # what `critbatch analyze` measures against by default
     return df
 
 

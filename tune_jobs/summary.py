@@ -20,7 +20,7 @@ def sweep_summary(result: Any, job: Any, n_boot: int = 1000):
     from analysis.summary import summarize
 
     df = loaders.load(result.parent_run_id, result.tracking_uri)
-    target = dataclasses.replace(job.target, rule="fixed goal")  # as `analyze --target-value`
+    target = dataclasses.replace(job.target, rule="sweep target")  # as `analyze` reads it
     return summarize(df, target, n_boot=n_boot, lr_range=(job.lr_search.min, job.lr_search.max)), df
 
 

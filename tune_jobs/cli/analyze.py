@@ -39,7 +39,10 @@ def register(subparsers) -> None:
         "--tracking-uri",
         help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
     )
-    g = p.add_argument_group("target (default: the seed paper's threshold rule on train_loss)")
+    g = p.add_argument_group(
+        "target (default: the sweep's own, as its job set it; the seed paper's threshold rule on "
+        "train_loss for a sweep that recorded none)"
+    )
     g.add_argument("--target-metric", help="metric column, e.g. eval_accuracy or train_loss")
     g.add_argument("--target-value", type=float, help="goal value of the target metric")
     g.add_argument(
