@@ -141,6 +141,29 @@ def _search_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df[df[PHASE_COLUMN] != "confirm"]
 
 
+def _confirmed_lr(best: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
+    """Where confirmation runs were recorded, the LR of a batch size is the one they trained
+    (the search's choice under its stop rule), not the fastest search trial by this analysis's
+    reading of the curves: the table's LR and its steps then come from the same runs. Several
+    studies (search seeds) at one batch size: the geometric mean of their LRs."""
+    if PHASE_COLUMN not in df or best.empty:
+        return best
+    conf = df[df[PHASE_COLUMN] == "confirm"]
+    if conf.empty:
+        return best
+    lrs = conf.groupby(["strategy", "batch_size", "trial"])["lr"].first().reset_index()
+    chosen = lrs.groupby(["strategy", "batch_size"])["lr"].agg(
+        lambda v: float(np.exp(np.log(v.astype(float)).mean()))
+    )
+    out = best.copy()
+    for i, row in out.iterrows():
+        key = (row["strategy"], row["batch_size"])
+        if key in chosen.index:
+            out.at[i, "lr"] = float(chosen[key])
+            out.at[i, "lr_basis"] = "chosen by the search, trained by the confirmation runs"
+    return out
+
+
 def summarize(
     df: pd.DataFrame,
     target: Target | None = None,
@@ -168,7 +191,7 @@ def summarize(
     per_trial = steps_to_target(df, target, ema)
     phase = df.groupby("trial")[PHASE_COLUMN].first() if PHASE_COLUMN in df else None
     search = per_trial if phase is None else per_trial[per_trial["trial"].map(phase) != "confirm"]
-    best = best_per_batch_size(search, direction=target.direction)
+    best = _confirmed_lr(best_per_batch_size(search, direction=target.direction), df)
     primary = primary_strategy(per_trial["strategy"], strategy)
     notes: list[str] = []
     estimates: dict[str, StepsEstimate] = {}
