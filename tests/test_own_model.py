@@ -89,11 +89,14 @@ def test_run_sweep_from_a_dict(tmp_path, ray_local, monkeypatch):
         "optimizer": {"name": "adamw", "weight_decay": 0.01},
         "strategy": {"name": "blr", "base_lr": 0.03, "base_batch_size": 16, "decay": "wsd"},
         "target": {"metric": "eval_accuracy", "value": 0.98, "direction": "max"},
-        "budget": {"max_steps": 400}, "eval_every": 20,
+        "budget": {"max_steps": 800}, "eval_every": 20,
         "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, "storage": str(tmp_path / "runs"),
     })  # fmt: skip
     assert list(out.table["batch_size"]) == [16, 64, 256]
-    assert out.table["steps_to_target"].notna().all(), out.table
+    assert out.no_fit is None and out.table["steps_to_target"].notna().all(), (
+        out.no_fit,
+        out.table,
+    )
     assert out.fit is not None and out.fit.b_crit > 0
     search = out.trials[out.trials["seed"] < 1_000_000]  # then 4 confirmation runs each
     assert len(search) == 3 and set(out.trials["status"]) == {"reached"}

@@ -53,6 +53,7 @@ class SweepOutcome:
     fit: Any  # analysis.fits McCandlish fit, or None with fewer than 3 batch sizes reaching
     lr_fit: Any  # analysis.lr_fit.LrFit, or None with fewer than 3 best LRs
     result: Any  # tune_jobs.sweep.SweepResult: run folder, MLflow ids, wall time
+    no_fit: str | None = None  # why there is no fit (fit is None), as `critbatch run` says it
 
 
 def run_sweep(
@@ -75,8 +76,8 @@ def run_sweep(
         summary, _ = sweep_summary(result, config)
         table = summary.steps_table().rename(columns={"steps": "steps_to_target"})
         fit, lr_fit = summary.cbs.fit, summary.lr
-    except (ValueError, LookupError):  # fewer than 3 batch sizes reached the target
+    except (ValueError, LookupError) as e:  # e.g. fewer than 3 batch sizes reached the target
         sizes = sorted({t["batch_size"] for t in result.trials})
         table = pd.DataFrame({"batch_size": sizes, "steps_to_target": float("nan")})
-        fit, lr_fit = None, None
+        return SweepOutcome(table, pd.DataFrame(result.trials), None, None, result, str(e))
     return SweepOutcome(table, pd.DataFrame(result.trials), fit, lr_fit, result)
