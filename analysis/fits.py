@@ -18,6 +18,7 @@ measured one. Both numbers are reported: they answer different questions.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -340,6 +341,29 @@ def critical_batch_size(
     return CriticalBatchSize(fit, boot, overhead, b_ref, level, b_ci, cbs_ci)
 
 
+def scatter_scale(batch_sizes, steps, replicates: np.ndarray, fit: StepsFit) -> float:
+    """Birge ratio sqrt(chi^2 / dof) of the fit, with each point's error the bootstrap sd of its
+    log steps over seeds; at least 1, and 1 when it cannot be computed (under 3 points, a point
+    without spread).
+
+    The seed bootstrap holds each batch size's chosen LR fixed, so it leaves out how much the
+    LR search's choice (and the model's misfit) moves the estimates. When the points scatter
+    about the fitted S(B) more than their seed errors allow, the errors are scaled up by this
+    ratio (the Particle Data Group's scale factor, Birge 1932): the interval then covers the
+    scatter the data show instead of claiming a precision they do not have."""
+    log_s = np.log(np.asarray(steps, dtype=float))
+    dof = log_s.size - 2
+    if dof < 1 or replicates.shape[0] < 3:
+        return 1.0
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sd = np.nanstd(np.log(np.where(replicates > 0, replicates, np.nan)), axis=0, ddof=1)
+    if not (np.all(np.isfinite(sd)) and np.all(sd > 0)):
+        return 1.0
+    resid = log_s - np.log(fit.steps(np.asarray(batch_sizes, dtype=float)))
+    return max(1.0, float(np.sqrt(((resid / sd) ** 2).sum() / dof)))
+
+
 def critical_batch_size_from_steps(
     table: pd.DataFrame,
     replicates: np.ndarray | None,
@@ -364,6 +388,16 @@ def critical_batch_size_from_steps(
     boot = None
     if n_boot > 0 and replicates is not None:
         reps = replicates[:, ok]
+        scale = scatter_scale(pts["batch_size"], pts["steps"], reps, fit)
+        if scale > 1.0:  # widen each point's spread about its estimate (in log S) by the scale
+            est = np.log(pts["steps"].to_numpy(float))[None, :]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                reps = np.exp(est + scale * (np.log(reps) - est))
+            ci_method = (
+                f"{ci_method}; spread scaled by {scale:.2g}, the fit's residuals over the seeds' "
+                "scatter (Birge ratio): the estimates scatter about S(B) more than seeds explain "
+                "(the LR search's choice varies too)"
+            )
         good_pt = np.isfinite(reps) & (reps > 0)
         w = good_pt.astype(float)
         good = w.sum(1) >= 3

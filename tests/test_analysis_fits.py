@@ -124,3 +124,42 @@ def test_bootstrap_interval_covers_the_truth_at_its_stated_rate():
     coverage = float(np.mean(covered))
     assert 0.88 <= coverage <= 0.99, coverage
     assert time.perf_counter() - t0 < 60
+
+
+def _replicates(steps: np.ndarray, rel_sd: float, n: int = 400, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return steps[None, :] * np.exp(rel_sd * rng.standard_normal((n, steps.size)))
+
+
+def test_scatter_beyond_the_seeds_widens_the_interval_by_the_birge_ratio(monkeypatch):
+    """Points that sit on S(B) within their seed errors keep the seed bootstrap's interval;
+    points that scatter about it by ~5x their errors (an LR search that chose differently at
+    each batch size) get their spread scaled by the fit's sqrt(chi^2/dof): the interval is
+    that much wider, and covers the truth where the seeds-only one does not."""
+    import analysis.fits as fits
+
+    b = np.array([4, 8, 16, 32, 64, 128, 256, 512], dtype=float)
+    truth = 1000 * (1 + 32 / b)  # S_min 1000, B_crit 32
+    table = pd.DataFrame({"batch_size": b, "steps": truth})
+    on = fits.critical_batch_size_from_steps(table, _replicates(truth, 0.02), "seeds", n_boot=400)
+    assert on.b_crit == pytest.approx(32, rel=1e-3)
+    assert fits.scatter_scale(b, truth, _replicates(truth, 0.02), on.fit) == 1.0
+    assert "Birge" not in on.boot.method
+
+    # each point off S(B) by a random 10% (an LR search that chose a little differently at each
+    # batch size), seed errors 2%: the seeds-only interval rarely covers the truth
+    covered = {"scaled": 0, "seeds only": 0}
+    scales = []
+    for k in range(40):
+        wobble = truth * np.exp(0.1 * np.random.default_rng(k).standard_normal(b.size))
+        reps, t = _replicates(wobble, 0.02), table.assign(steps=wobble)
+        with monkeypatch.context() as m:
+            got = fits.critical_batch_size_from_steps(t, reps, "seeds", n_boot=400)
+            scales.append(fits.scatter_scale(b, wobble, reps, got.fit))
+            m.setattr(fits, "scatter_scale", lambda *a: 1.0)
+            seeds_only = fits.critical_batch_size_from_steps(t, reps, "seeds", n_boot=400)
+        covered["scaled"] += got.b_crit_ci[0] <= 32 <= got.b_crit_ci[1]
+        covered["seeds only"] += seeds_only.b_crit_ci[0] <= 32 <= seeds_only.b_crit_ci[1]
+    assert "Birge ratio" in got.boot.method and 3 < np.median(scales) < 8
+    # measured: 36/40 scaled (nominal 95%), 8/40 seeds only
+    assert covered["scaled"] >= 32 and covered["seeds only"] <= 16, covered
