@@ -12,10 +12,10 @@ from tune_jobs.journal import append_record, journal_path, read_records
 from tune_jobs.searcher import SweepSearcher
 
 
-def _job(tmp_path: Path):
+def _job(tmp_path: Path, confirm_seeds: int = 0):
     return parse_job({
         "name": "replay", "workload": "synthetic", "batch_sizes": [8, 32, 128],
-        "lr_search": {"min": 0.01, "max": 2.0, "trials_per_batch_size": 4, "confirm_seeds": 0, "seed": 5},
+        "lr_search": {"min": 0.01, "max": 2.0, "trials_per_batch_size": 4, "confirm_seeds": confirm_seeds, "seed": 5},
         "target": {"metric": "eval_loss", "value": 0.3, "direction": "min"},
         "budget": {"max_steps": 100}, "eval_every": 10,
         "tracking": {"uri": f"sqlite:///{tmp_path / 'm.db'}"}, "storage": str(tmp_path / "runs"),
@@ -40,7 +40,9 @@ def _run(searcher: SweepSearcher, stop_after: int | None = None, prefix: str = "
             cfg = searcher.suggest(f"{prefix}{n}")
             if not isinstance(cfg, dict):
                 break
-            asked.append((cfg["study"], cfg["study_trial"], cfg["lr"]))
+            asked.append(
+                (cfg["study"], cfg["study_trial"], cfg["lr"], cfg["seed"], cfg.get("phase"))
+            )
             live.append((f"{prefix}{n}", cfg))
             n += 1
         if not live:
@@ -69,6 +71,34 @@ def test_replayed_search_proposes_what_the_uninterrupted_one_does(tmp_path: Path
     # what the resumed search runs = the uninterrupted search's trials minus the finished ones
     assert sorted(after) == sorted(t for t in whole if (t[0], t[1]) not in finished)
     assert len(read_records(journal_path(tmp_path / "b"))) == len(whole)
+
+
+def test_replay_owes_the_confirmation_runs_that_had_not_finished(tmp_path: Path) -> None:
+    """Killed at every point of a sweep with 2 confirmation runs per study (during the search,
+    between, and while confirmation runs train, the last included): the resumed searcher runs
+    exactly the trials, search and confirmation, that the journal does not hold."""
+    job = _job(tmp_path, confirm_seeds=2)
+    sizes = dict.fromkeys(job.batch_sizes, 4096)
+    (tmp_path / "whole").mkdir()
+    searcher = SweepSearcher(job, None, sizes, journal_path(tmp_path / "whole"))
+    whole = _run(searcher)
+    confirm = [t for t in whole if t[4] == "confirm"]
+    reached = [n for n in searcher.search.studies if n in searcher.search.stop_bound]
+    assert reached and len(confirm) == 2 * len(reached) == len(set(confirm))
+    for stop in range(1, len(whole)):
+        d = tmp_path / f"k{stop}"
+        d.mkdir()
+        _run(SweepSearcher(job, None, sizes, journal_path(d)), stop_after=stop)
+        records = read_records(journal_path(d))
+        resumed = SweepSearcher(job, None, sizes, journal_path(d))
+        resumed.replay(records)
+        assert not resumed.exhausted
+        done = {
+            (r["proposal"]["study"], r["proposal"]["seed"], r["proposal"]["lr"]) for r in records
+        }
+        after = _run(resumed, prefix="r")
+        assert sorted(after) == sorted(t for t in whole if (t[0], t[3], t[2]) not in done), stop
+        assert len(read_records(journal_path(d))) == len(whole), stop
 
 
 def test_a_torn_last_line_is_an_unfinished_trial(tmp_path: Path) -> None:

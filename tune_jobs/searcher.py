@@ -85,12 +85,14 @@ class SweepSearcher(Searcher):
         self.records: dict[str, dict[str, Any]] = {}  # trial id -> its record, until MLflow has it
         self.asha_fed: dict[str, list[tuple[float, float]]] = {}  # trial id -> (step, value) fed
         self.requeue: list[Proposal] = []  # asked before a resume, never finished: run again
+        self.confirm_requeue: list[Proposal] = []  # the same for confirmation runs
         self.exhausted = False  # replay found every trial finished: nothing left to run
 
     # ---- Tune API ------------------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         extra: dict[str, Any] = {}
-        p = self.confirm.ask(self.search)  # a finished study's confirmation runs come first
+        # a finished study's confirmation runs come first (those a resume owes before new ones)
+        p = self.confirm_requeue.pop(0) if self.confirm_requeue else self.confirm.ask(self.search)
         if p is not None:
             self.confirming[trial_id] = p
             budget = self.job.max_steps_for(p.batch_size, self.train_sizes.get(p.batch_size))
@@ -211,6 +213,8 @@ class SweepSearcher(Searcher):
         started, when the driver died) are suggested again first, under new trial ids."""
         by_key = {(r["proposal"]["study"], r["proposal"]["number"]): r for r in records
                   if r.get("phase") != PHASE}  # confirmation runs are not the search's  # fmt: skip
+        confirmed = {(r["proposal"]["study"], r["proposal"]["number"]): r for r in records
+                     if r.get("phase") == PHASE}  # fmt: skip
         while True:
             p = self._ask()
             if not isinstance(p, Proposal):
@@ -232,6 +236,23 @@ class SweepSearcher(Searcher):
             self._tell(p, o)
         if by_key:
             raise RuntimeError(f"journaled trials the search never proposed: {sorted(by_key)}")
+        # Confirmation runs: those of the studies the replayed search has finished, as the sweep
+        # asked them (deterministic: the study's chosen LR, seeds by number); journaled ones are
+        # done, the others (running, or not started, when the driver died) are owed first.
+        while (c := self.confirm.ask(self.search)) is not None:
+            rec = confirmed.pop((c.study, c.number), None)
+            if rec is None:
+                self.confirm_requeue.append(c)
+            elif not math.isclose(rec["proposal"]["lr"], c.lr, rel_tol=1e-12):
+                raise RuntimeError(
+                    f"the journal does not match the search: confirmation run {rec['trial_id']} "
+                    f"ran lr {rec['proposal']['lr']!r}, the replayed search chose {c.lr!r}"
+                )
+        if confirmed:
+            raise RuntimeError(f"journaled confirmation runs never due: {sorted(confirmed)}")
+        self.exhausted = (
+            self.exhausted and not self.confirm_requeue and not self.confirm.pending(self.search)
+        )
 
     # ---- resume --------------------------------------------------------------------------
     def save(self, checkpoint_path: str) -> None:
@@ -244,6 +265,7 @@ class SweepSearcher(Searcher):
             "studies": self.search.studies if self.in_memory else None,
             "confirm": self.confirm.state(),
             "confirming": self.confirming,
+            "confirm_requeue": self.confirm_requeue,
         }
         with open(checkpoint_path, "wb") as f:
             pickle.dump(state, f)
@@ -257,6 +279,7 @@ class SweepSearcher(Searcher):
         self.curves = state.get("curves", {})
         self.confirm.load_state(state.get("confirm", {}))
         self.confirming = state.get("confirming", {})
+        self.confirm_requeue = state.get("confirm_requeue", [])
         if state.get("studies"):
             self.search.studies.update(state["studies"])
         live: dict[str, set[int]] = {}
