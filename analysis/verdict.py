@@ -137,7 +137,8 @@ def judge(
                 "fit",
                 ok,
                 f"residuals are {math.sqrt(chi2):.2g}x the seeds' scatter (reduced chi-square "
-                f"{chi2:.3g}; worst at B = {int(table['batch_size'].iloc[worst])})",
+                f"{chi2:.3g}; worst at B = {int(table['batch_size'].iloc[worst])})"
+                + ("; the CI is widened by that factor" if chi2 > 1 else ""),
             )
         )
         if not ok:
