@@ -30,7 +30,7 @@ CLI = [sys.executable, "-m", "tune_jobs.cli"]
 TOTAL = 6  # 2 batch sizes x 3 trials, two at a time: three rounds of the line search
 
 
-def _job(tmp_path: Path, name: str) -> Path:
+def _job(tmp_path: Path, name: str, confirm_seeds: int = 0) -> Path:
     data = synthetic_job_data(
         tmp_path, name, f"sqlite:///{tmp_path / 'mlflow.db'}",
         batch_sizes=[8, 32],
@@ -40,6 +40,7 @@ def _job(tmp_path: Path, name: str) -> Path:
         early_stopping={"enabled": True, "grace_steps": 20},
         options={"sleep_per_step": 0.2},
     )  # fmt: skip
+    data["lr_search"]["confirm_seeds"] = confirm_seeds
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -143,3 +144,55 @@ def test_driver_sigkill_then_resume_gives_the_uninterrupted_table(
         assert run.info.status == "FINISHED"
         assert run.data.metrics["objective"] == pytest.approx(by_id[tid]["objective"])
         assert run.data.params["batch_size"] == str(by_id[tid]["proposal"]["batch_size"])
+
+
+def _confirm_started(run_dir: Path) -> int:
+    return sum(
+        1
+        for d in run_dir.glob("*")
+        if (d / "params.json").exists()
+        and json.loads((d / "params.json").read_text()).get("phase") == "confirm"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_driver_killed_mid_confirmation_then_resume_gives_the_uninterrupted_table(
+    tmp_path: Path,
+) -> None:
+    """The confirmation runs (fresh seeds at each study's chosen LR) resume like the search:
+    killed while one of them trains, `critbatch resume` finishes the sweep with the table of
+    the sweep that was never killed, each confirmation run once."""
+    total = TOTAL + 2 * 2  # 2 confirmation runs per batch size
+    ref_dir = tmp_path / "ref"
+    ref_dir.mkdir()
+    out = _run(ref_dir, "run", str(_job(ref_dir, "conf", confirm_seeds=2)))
+    assert out.returncode == 0, out.stderr[-3000:]
+    reference = _table(ref_dir / "runs" / "conf")
+    assert sum(r["seed"] >= 1_000_000 for r in reference) == 4
+
+    job = _job(tmp_path, "conf", confirm_seeds=2)
+    run_dir = tmp_path / "runs" / "conf"
+    log = open(tmp_path / "driver.log", "wb")  # noqa: SIM115 (the driver process writes it)
+    driver = subprocess.Popen([*CLI, "run", str(job), "--num-cpus", "2", "--no-progress"],
+                              env=_env(tmp_path), cwd=tmp_path, stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    deadline = time.time() + 900
+    journal = run_dir / JOURNAL_FILE
+    while not (run_dir.exists() and _confirm_started(run_dir) >= 1):
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+        assert time.time() < deadline, "no confirmation run ever started"
+        time.sleep(0.1)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    time.sleep(1)
+    os.killpg(driver.pid, signal.SIGKILL)
+    before = read_records(journal)
+    assert len(before) < total, "killed after the end: not this scenario"
+
+    out = _run(tmp_path, "resume", "conf", "--storage", str(tmp_path / "runs"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert _table(run_dir) == reference
+    after = read_records(journal)
+    keys = [(r["proposal"]["study"], r["proposal"]["seed"], r["proposal"]["lr"]) for r in after]
+    assert len(after) == total and len(set(keys)) == total
