@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from tune_jobs.config import JobConfig, JobError, ResourcesConfig, build_config
+from tune_jobs.config import LR_ALGORITHMS, JobConfig, JobError, ResourcesConfig, build_config
 
 
 def check_values(job: JobConfig) -> None:
@@ -85,8 +85,15 @@ def check_values(job: JobConfig) -> None:
         raise JobError(f"lr_search: min ({r.min}) must be below max ({r.max}); swap them")
     if r.trials_per_batch_size < 1:
         raise JobError("lr_search.trials_per_batch_size: must be >= 1")
-    if r.algorithm not in ("tpe", "random", "grid"):
-        raise JobError(f"lr_search.algorithm: unknown {r.algorithm!r}; use tpe, random or grid")
+    if r.algorithm == "tpe":  # the old name
+        raise JobError(
+            "lr_search.algorithm: 'tpe' was renamed 'line_search' (the project's bracketing line "
+            "search); write algorithm: line_search"
+        )
+    if r.algorithm not in LR_ALGORITHMS:
+        raise JobError(
+            f"lr_search.algorithm: unknown {r.algorithm!r}; use line_search, random or grid"
+        )
     if not (0 < r.convergence_tolerance < 1):
         raise JobError(
             f"lr_search.convergence_tolerance: {r.convergence_tolerance}; use a fraction in (0, 1), e.g. 0.01"

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import optuna
 
 from tune_jobs import lr_rules
+from tune_jobs.config import LINE_SEARCH, LR_ALGORITHMS
 from tune_jobs.lr_rules import SEED_STEP
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -89,18 +90,20 @@ def objective(outcome: Outcome, max_steps: int, target: float, direction: str) -
 class LRSearch:
     """Studies for every (batch size, seed), proposing learning rates round-robin.
 
-    ``algorithm``: ``tpe`` (Optuna TPE seeded per study, first trials enqueued from the
-    neighbouring batch sizes' best LR scaled by the linear and square-root rules), ``random``
-    (log-uniform), or ``grid`` (a log grid of ``n_trials`` points). ``storage``: an Optuna
-    storage URL (``sqlite:///.../optuna.db``) so studies survive a killed driver.
+    ``algorithm``: ``line_search`` (a bracketing line search in log LR, first trials from the
+    neighbouring batch sizes' best LR scaled by the linear and square-root rules; Optuna TPE,
+    seeded per study, where it has nothing to propose), ``random`` (log-uniform), or ``grid``
+    (a log grid of ``n_trials`` points). ``storage``: an Optuna storage URL
+    (``sqlite:///.../optuna.db``) so studies survive a killed driver.
 
-    ``converge_tol`` (``tpe`` only; None: off): a study stops before ``n_trials`` once its line
-    search has converged: its best reached trial has a worse trial on each side and the
-    steps still to gain inside that bracket, estimated from a parabola in log LR, are below
-    this fraction (:meth:`converged`). ``lag``: the margin of :meth:`behind` (0: off).
-    ``cascade`` (``tpe`` only): batch sizes one at a time from the largest down (:meth:`ask`).
-    ``pipeline`` (``tpe`` only, not with ``cascade``; 0: off): every batch size in flight at
-    once, each study ``pipeline`` trials behind the next larger one (:meth:`ask`).
+    ``converge_tol`` (``line_search`` only; None: off): a study stops before ``n_trials`` once
+    its line search has converged: its best reached trial has a worse trial on each side and
+    the steps still to gain inside that bracket, estimated from a parabola in log LR, are
+    below this fraction (:meth:`converged`). ``lag``: the margin of :meth:`behind` (0: off).
+    ``cascade`` (``line_search`` only): batch sizes one at a time from the largest down
+    (:meth:`ask`). ``pipeline`` (``line_search`` only, not with ``cascade``; 0: off): every
+    batch size in flight at once, each study ``pipeline`` trials behind the next larger one
+    (:meth:`ask`).
     """
 
     def __init__(
@@ -111,7 +114,7 @@ class LRSearch:
         lr_max: float,
         n_trials: int,
         seed: int = 0,
-        algorithm: str = "tpe",
+        algorithm: str = LINE_SEARCH,
         log: bool = True,
         storage: str | None = None,
         widen_on_edge: bool = True,
@@ -122,6 +125,10 @@ class LRSearch:
         cascade: bool = False,
         pipeline: int = 0,
     ):
+        if algorithm not in LR_ALGORITHMS:
+            raise ValueError(
+                f"algorithm: unknown {algorithm!r}; use one of {', '.join(LR_ALGORITHMS)}"
+            )
         self.batch_sizes = sorted(batch_sizes)
         self.seeds = list(seeds)
         self.lr_min, self.lr_max, self.log = lr_min, lr_max, log
@@ -131,10 +138,10 @@ class LRSearch:
         self.told: dict[str, int] = {}
         self.synchronous = synchronous
         self.cross_slack = cross_slack
-        self.converge_tol = converge_tol if algorithm == "tpe" else None
+        self.converge_tol = converge_tol if algorithm == LINE_SEARCH else None
         self.lag = lag
-        self.cascade = cascade and algorithm == "tpe"
-        self.pipeline = pipeline if algorithm == "tpe" and not self.cascade else 0
+        self.cascade = cascade and algorithm == LINE_SEARCH
+        self.pipeline = pipeline if algorithm == LINE_SEARCH and not self.cascade else 0
         # Pipeline: each study's state after each of its results (best, stop bound, diverged
         # LRs, converged), so that another study sees it as of a count fixed by the pipeline,
         # not by which trial happened to finish first (:meth:`_view`).
@@ -225,7 +232,7 @@ class LRSearch:
         study has asked its trials or converged; :data:`WAIT` when (synchronous) the round is
         in flight, or (cascade) the studies that may run wait for their trials or neighbours.
 
-        Cascade (``tpe``): studies run one batch size at a time per seed, from the largest
+        Cascade (``line_search``): studies run one batch size at a time per seed, from the largest
         (fewest steps, cheapest) down, each trial once the study's previous one has reported:
         a line search is sequential, and a smaller batch size starts from the best LR of
         converged larger ones, where the expensive small batch sizes need few trials.
@@ -250,7 +257,7 @@ class LRSearch:
     def ask_study(self, name: str) -> Proposal:
         study = self.studies[name]
         b, s = _parse(name)
-        if self.algorithm == "tpe":  # neighbours' best LR, then a line search (_next_lr)
+        if self.algorithm == LINE_SEARCH:  # neighbours' best LR, then a line search (_next_lr)
             with self._view(name):
                 lr_next = self._next_lr(name, b, s)
             if lr_next is not None:
@@ -457,7 +464,7 @@ class LRSearch:
             self.stop_bound[proposal.study] = min(
                 self.stop_bound.get(proposal.study, math.inf), float(outcome.steps_to_target)
             )
-        if self.widen_on_edge and self.algorithm == "tpe":
+        if self.widen_on_edge and self.algorithm == LINE_SEARCH:
             self._maybe_widen(proposal.study)
         with self._view(proposal.study):
             converged = self.converged(proposal.study)
