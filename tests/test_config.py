@@ -123,6 +123,20 @@ def test_bad_field_names_field_and_fix(job, field, fix):
     assert fix in msg, msg
 
 
+def test_a_stored_sweep_from_before_the_rename_still_parses():
+    """resume and sync read the job from sweep.json, written when `tpe` was the name: it reads
+    as line_search there, while a job file with it is refused (test above)."""
+    from tune_jobs.job_file import parse_stored_job
+
+    old = with_(lr_search__algorithm="tpe")
+    assert parse_stored_job(old).lr_search.algorithm == "line_search"
+    assert old["lr_search"]["algorithm"] == "tpe"  # the stored mapping is left as it was
+    with pytest.raises(JobError, match="lr_search.algorithm: 'tpe' was renamed"):
+        parse_job(old)
+    with pytest.raises(JobError, match="lr_search.algorithm: unknown 'bo'"):
+        parse_stored_job(with_(lr_search__algorithm="bo"))
+
+
 def test_plan_names_the_lr_search_algorithm():
     """The plan `run` and `check` print names the algorithm as the job file spells it."""
     from tune_jobs.cli.run import plan_text

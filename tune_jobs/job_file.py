@@ -15,7 +15,15 @@ from typing import Any
 
 import yaml
 
-from tune_jobs.config import LR_ALGORITHMS, JobConfig, JobError, ResourcesConfig, build_config
+from tune_jobs.config import (
+    LINE_SEARCH,
+    LR_ALGORITHMS,
+    JobConfig,
+    JobError,
+    ResourcesConfig,
+    build_config,
+)
+from tune_jobs.preflight import SWEEP_FILE
 
 
 def check_values(job: JobConfig) -> None:
@@ -315,6 +323,17 @@ def parse_job(data: Any, source: str = "job") -> JobConfig:
     job = build_config(JobConfig, data)
     check_values(job)
     return job
+
+
+def parse_stored_job(data: Any) -> JobConfig:
+    """A job as a run folder's ``sweep.json`` stores it (``resume``, ``sync``): valid when its
+    sweep started, maybe under an older critbatch, so a value renamed since is read under its
+    new name (``lr_search.algorithm: tpe`` as ``line_search``) instead of refused as it is in
+    a job file."""
+    search = data.get("lr_search") if isinstance(data, dict) else None
+    if isinstance(search, dict) and search.get("algorithm") == "tpe":
+        data = {**data, "lr_search": {**search, "algorithm": LINE_SEARCH}}
+    return parse_job(data, SWEEP_FILE)
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

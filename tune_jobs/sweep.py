@@ -30,7 +30,7 @@ from analysis.mlflow_layout import (
     VERSION_TAG_PREFIX,
 )
 from tune_jobs.config import JobConfig, JobError, ResourcesConfig
-from tune_jobs.job_file import parse_job
+from tune_jobs.job_file import parse_stored_job
 from tune_jobs.mlflow_view import experiment_tags
 from tune_jobs.preflight import (  # noqa: F401  (re-exported: tests and tools import them from here)
     AUTOSCALING_CONFIG,
@@ -212,7 +212,7 @@ def resume_sweep(name_or_dir: str, storage: str = "critbatch_runs", *, address: 
     from tune_jobs.locks import claim_existing_sweep
 
     meta = json.loads((run_dir / SWEEP_FILE).read_text())
-    job = parse_job(meta["job"])
+    job = parse_stored_job(meta["job"])
     if not meta.get("journal"):
         raise JobError(
             f"sweep: {run_dir} was started by a critbatch without the journal of finished "
@@ -454,7 +454,7 @@ def sync_sweep(run_dir: Path) -> dict[str, int]:
     from tune_jobs.tracking import Tracker, reconcile
 
     meta = json.loads((run_dir / SWEEP_FILE).read_text())
-    job = parse_job(meta["job"])
+    job = parse_stored_job(meta["job"])
     tracker = Tracker(meta["tracking_uri"], meta["experiment_id"], meta["parent_run_id"],
                       child_params(job))  # fmt: skip
     records = {r["trial_id"]: r for r in read_records(journal_path(run_dir))}
