@@ -3,8 +3,8 @@
 Pure functions over the frame documented in `analysis.frame` (steps to target, speedup, the
 McCandlish and overhead fits with bootstrap intervals, best learning rate versus batch size),
 plots, and a self-contained HTML report. Reading MLflow, Ray folders and CSVs happens only in
-`analysis.loaders`; the `critbatch analyze` and `critbatch fit` commands that drive them live
-in `tune_jobs.cli.analyze`.
+`analysis.loaders` and the `analysis.load_*` modules behind it; the `critbatch analyze` and
+`critbatch fit` commands that drive them live in `tune_jobs.cli.analyze`.
 """
 
 

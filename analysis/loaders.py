@@ -1,6 +1,8 @@
-"""Read a sweep into the tidy frame: the one module in ``analysis/`` that reads MLflow or Ray.
+"""Read a sweep into the tidy frame: the front door of the loaders, the modules of
+``analysis/`` that read MLflow (:mod:`analysis.load_mlflow`), Ray run folders
+(:mod:`analysis.load_ray`) and steps CSVs (:mod:`analysis.load_csv`).
 
-It only reads; what critbatch writes to MLflow is written from ``tune_jobs/`` (the names of
+They only read; what critbatch writes to MLflow is written from ``tune_jobs/`` (the names of
 both sides in :mod:`analysis.mlflow_layout`).
 
 ``load(source)`` returns one row per (trial, step) with the columns documented in
@@ -10,94 +12,58 @@ then one float column per logged metric. ``source`` is an MLflow experiment name
 the per-step ``lr`` metric (the LR the schedule used at that step) becomes ``lr_at_step``
 (``lr`` is the trial's peak LR), and the per-report ``status`` is replaced by the final one.
 
-MLflow histories are fetched in bulk: one SQL query per 500 runs for SQL stores, the server's
-``get-history-bulk`` endpoint (100 runs per request, on a thread pool) for ``http(s)://``
-servers, and one ``get_metric_history`` call per run and metric only as the fallback
-(``fetch="per-metric"``). A finished sweep's parent run also carries a metrics snapshot
-(``critbatch/metrics.parquet``, written by :func:`tune_jobs.publish.write_metrics_snapshot` when the sweep ends):
-one download replaces the fetch for every trial whose latest metrics, as ``search_runs``
-returns them, show nothing was logged after it. ``docs/loading.md`` has the details and the
-measured speed.
+MLflow histories are fetched in bulk, and a finished sweep's metrics snapshot replaces the
+fetch where it is fresh (:mod:`analysis.load_mlflow`; ``docs/loading.md`` has the details and
+the measured speed).
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import re
-import tempfile
-import warnings
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
 
 import pandas as pd
-from mlflow.entities import Run, ViewType
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
-from analysis.frame import NON_METRIC_COLUMNS, PHASE_COLUMN
-from analysis.frame import REQUIRED_COLUMNS as TRIAL_COLUMNS
-from analysis.mlflow_layout import (
-    DEVICE_COUNTS,
-    DEVICE_NAME,
-    PARENT_TAG,
-    ROLE_SWEEP,
-    ROLE_TAG,
-    ROLE_TRIAL,
-    SNAPSHOT_COLUMNS,
-    SNAPSHOT_TAG,
-    STATUS_TAG,
-    STEP_LR,
-    TRIAL_ID_TAG,
-    is_tune_key,
+from analysis.load_csv import load_steps_csv
+from analysis.load_mlflow import (
+    DEFAULT_TRACKING_URI,
+    MLFLOW_VERSION,
+    Fetch,
+    fetch_histories,
+    fetch_sweep_histories,
+    find_parent_run,
+    find_sweeps,
+    find_trial_runs,
+    fresh_run_ids,
+    load_mlflow,
+    open_client,
+    read_metrics_snapshot,
+    resolve_tracking_uri,
+    tracking_store,
 )
-from trainables.api import InputError, final_status
+from analysis.load_ray import load_ray_folder
+from analysis.load_tidy import SweepNotFoundError
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-BULK_ENDPOINT = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
-BULK_MAX_RUNS, BULK_MAX_POINTS = 100, 25_000  # limits of the server's bulk endpoint
-Fetch = Literal["auto", "sql", "rest-bulk", "per-metric"]
-HISTORY_COLUMNS = list(SNAPSHOT_COLUMNS)
-
-
-class SweepNotFoundError(InputError, LookupError):
-    """The source names no sweep: no such folder, experiment or run, or no trials in it."""
-
-
-def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
-    """The argument, else $MLFLOW_TRACKING_URI, else ``sqlite:///mlflow.db`` in the cwd."""
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-
-
-def open_client(tracking_uri: str | None = None) -> MlflowClient:
-    """A client on the resolved tracking URI; a SQLite file that does not exist is an error
-    (MLflow would silently create an empty store there)."""
-    from analysis.tracking_uri import (
-        TrackingUriError,
-        bound_mlflow_http_timeouts,
-        check_uri_form,
-        probe_http_server,
-    )
-
-    uri = resolve_tracking_uri(tracking_uri)
-    try:  # seconds, not MLflow's minutes of retries, for a server that is not there
-        check_uri_form(uri, "--tracking-uri")
-        if uri.startswith(("http://", "https://")):
-            bound_mlflow_http_timeouts()
-            probe_http_server(uri, field="--tracking-uri")
-    except TrackingUriError as e:
-        raise SweepNotFoundError(str(e)) from None
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        raise SweepNotFoundError(
-            f"no MLflow store at {uri} (relative to {Path.cwd()}). Pass the store that holds the "
-            "sweep (tracking_uri= / --tracking-uri / $MLFLOW_TRACKING_URI, e.g. the job's "
-            "tracking.uri), or the run folder (critbatch_runs/<name>)."
-        )
-    return MlflowClient(uri)
+__all__ = [
+    "DEFAULT_TRACKING_URI",
+    "MLFLOW_VERSION",
+    "Fetch",
+    "SweepNotFoundError",
+    "fetch_histories",
+    "fetch_sweep_histories",
+    "find_parent_run",
+    "find_sweeps",
+    "find_trial_runs",
+    "fresh_run_ids",
+    "load",
+    "load_mlflow",
+    "load_ray_folder",
+    "load_steps_csv",
+    "open_client",
+    "read_metrics_snapshot",
+    "resolve_tracking_uri",
+    "tracking_store",
+]
 
 
 def load(
@@ -107,7 +73,8 @@ def load(
     fetch: Fetch = "auto",
     snapshot: bool = True,
 ) -> pd.DataFrame:
-    """The tidy frame of a sweep; see the module docstring for ``source`` and ``fetch``.
+    """The tidy frame of a sweep; see the module docstring for ``source``. ``fetch``: how
+    MLflow histories are fetched (:func:`analysis.load_mlflow.fetch_histories`).
     ``snapshot=False`` ignores the sweep's metrics snapshot and fetches every history."""
     path = Path(source)
     if path.is_dir():
@@ -118,479 +85,3 @@ def load(
             "load_steps_csv(); a sweep loads from its run folder (e.g. critbatch_runs/<name>)."
         )
     return load_mlflow(str(source), tracking_uri, fetch=fetch, snapshot=snapshot)
-
-
-# ---------------------------------------------------------------- Ray Tune run folder
-def load_ray_folder(path: str | os.PathLike) -> pd.DataFrame:
-    """Every trial folder's ``result.json`` under ``path`` (a Tune experiment directory)."""
-    path = Path(path)
-    results = sorted(path.rglob("result.json"))
-    if not results:
-        raise SweepNotFoundError(
-            f"no trial results (*/result.json) under {path}. Pass the Tune experiment folder "
-            "(<storage>/<name>, default critbatch_runs/<name>) of a sweep that has started."
-        )
-    frames = [_ray_trial_frame(f) for f in results]
-    frames = [f for f in frames if not f.empty]
-    if not frames:
-        raise SweepNotFoundError(f"every result.json under {path} is empty: no trial reported yet")
-    df = pd.concat(frames, ignore_index=True)
-    names = df.pop(DEVICE_NAME).dropna().unique() if DEVICE_NAME in df else []
-    df = _with_devices(_tidy(df), names)
-    df.attrs["sweep_name"] = path.resolve().name  # the run folder is named after the job
-    target = _folder_target(path)
-    if target is not None:
-        df.attrs["target"] = target
-    return df
-
-
-def _folder_target(path: Path) -> dict | None:
-    """The job's target as the run folder's ``sweep.json`` records it (None: not recorded)."""
-    try:
-        t = json.loads((path / "sweep.json").read_text())["job"]["target"]
-        return {"metric": str(t["metric"]), "value": float(t["value"]),
-                "direction": str(t.get("direction", "min"))}  # fmt: skip
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _params_target(params: dict) -> dict | None:
-    """The job's target as the sweep's parent run records it (params target_*)."""
-    try:
-        return {"metric": params["target_metric"], "value": float(params["target_value"]),
-                "direction": params.get("target_direction", "min")}  # fmt: skip
-    except (KeyError, ValueError):
-        return None
-
-
-def _with_devices(df: pd.DataFrame, names: Iterable[str]) -> pd.DataFrame:
-    """``df.attrs["device_names"]``: the devices the trials ran on (``analysis.cost`` states
-    them beside the times it computes)."""
-    df.attrs["device_names"] = sorted({str(n) for n in names if n and n == n})
-    return df
-
-
-def _ray_trial_frame(result_json: Path) -> pd.DataFrame:
-    rows = [json.loads(line) for line in result_json.read_text().splitlines() if line.strip()]
-    if not rows:
-        return pd.DataFrame()
-    cfg = rows[-1].get("config", {})
-    missing = [k for k in ("batch_size", "lr") if k not in cfg]
-    if missing:
-        raise ValueError(f"{result_json}: trial config lacks {missing}; not a critbatch trial")
-    errored = any((result_json.parent / n).exists() for n in ("error.txt", "error.pkl"))
-    status = final_status(rows[-1].get("status"), errored)
-    metrics = pd.DataFrame([{k: v for k, v in r.items() if not is_tune_key(k)} for r in rows])
-    metrics = metrics.rename(columns={"lr": STEP_LR}).drop(columns=["status"], errors="ignore")
-    if "step" not in metrics:
-        metrics["step"] = [r.get("training_iteration", i + 1) for i, r in enumerate(rows)]
-    strategy = cfg.get("strategy", "tuned")
-    return metrics.assign(
-        trial=str(rows[-1].get("trial_id", result_json.parent.name)),
-        batch_size=cfg["batch_size"],
-        lr=cfg["lr"],
-        strategy=strategy.get("name", "tuned") if isinstance(strategy, dict) else strategy,
-        seed=cfg.get("seed", 0),
-        status=status,
-        **({PHASE_COLUMN: cfg["phase"]} if "phase" in cfg else {}),  # optional column
-    )
-
-
-# ---------------------------------------------------------------- MLflow
-def find_parent_run(source: str, tracking_uri: str | None = None) -> Run:
-    """The sweep's parent run (tag ``critbatch.role=sweep``): ``source`` is its run id or the
-    experiment name (the latest sweep in it when there are several)."""
-    client = open_client(tracking_uri)
-    uri = resolve_tracking_uri(tracking_uri)
-    if RUN_ID.match(source):
-        try:
-            run = client.get_run(source)
-        except MlflowException:
-            run = None
-        if run is not None:
-            if run.data.tags.get(ROLE_TAG) == ROLE_TRIAL and PARENT_TAG in run.data.tags:
-                return client.get_run(run.data.tags[PARENT_TAG])
-            return run
-    experiment = client.get_experiment_by_name(source)
-    if experiment is None:
-        names = [e.name for e in client.search_experiments(max_results=20)]
-        raise SweepNotFoundError(
-            f"no MLflow experiment or run {source!r} at tracking URI {uri}. Experiments there: "
-            f"{names}. Pass the experiment name (the job's tracking.experiment) or the parent run "
-            "id, and the store that holds it (tracking_uri= / --tracking-uri / "
-            "$MLFLOW_TRACKING_URI), or the run folder."
-        )
-    parents = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`{ROLE_TAG}` = '{ROLE_SWEEP}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=50,
-    )
-    if not parents:
-        raise SweepNotFoundError(
-            f"experiment {source!r} at {uri} has no sweep run (tag {ROLE_TAG}=sweep): was it "
-            "written by critbatch? Pass a parent run id or a run folder instead."
-        )
-    if len(parents) > 1:
-        others = ", ".join(p.info.run_id for p in parents[1:])
-        warnings.warn(
-            f"experiment {source!r} holds {len(parents)} sweeps; loading the latest, "
-            f"{parents[0].info.run_id}. Pass a parent run id to pick another ({others}).",
-            stacklevel=2,
-        )
-    return parents[0]
-
-
-def find_sweeps(source: str, tracking_uri: str | None = None) -> list[Run]:
-    """The sweeps ``source`` names, for ``critbatch compare``: a parent (or trial) run id: that
-    sweep; an experiment name: every sweep in it, oldest first; else a sweep name (the job's
-    ``name``, the parent run's name), searched in every experiment, the latest if repeated."""
-    client = open_client(tracking_uri)
-    uri = resolve_tracking_uri(tracking_uri)
-    experiment = None if RUN_ID.match(source) else client.get_experiment_by_name(source)
-    if experiment is None:
-        sweep = _find_sweep_by_name(client, source)
-        return [sweep] if sweep else [find_parent_run(source, uri)]  # its error names the fixes
-    sweeps = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`{ROLE_TAG}` = 'sweep'",
-        order_by=["attributes.start_time ASC"],
-        max_results=1000,
-    )
-    if not sweeps:
-        find_parent_run(source, uri)  # raises: no sweep run in the experiment
-    return list(sweeps)
-
-
-def _find_sweep_by_name(client: MlflowClient, name: str) -> Run | None:
-    if RUN_ID.match(name) or "'" in name:
-        return None
-    ids = [e.experiment_id for e in client.search_experiments(max_results=1000)]
-    runs = client.search_runs(
-        ids,
-        filter_string=f"tags.`{ROLE_TAG}` = 'sweep' and attributes.run_name = '{name}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=10,
-    ) if ids else []  # fmt: skip
-    if len(runs) > 1:
-        warnings.warn(
-            f"{len(runs)} sweeps are named {name!r}; using the latest, {runs[0].info.run_id} "
-            "(pass a parent run id to pick another)",
-            stacklevel=3,
-        )
-    return runs[0] if runs else None
-
-
-def find_trial_runs(client: MlflowClient, parent: Run) -> list[Run]:
-    """The child (trial) runs of a sweep's parent run, every page of them."""
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = client.search_runs(
-            [parent.info.experiment_id],
-            filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
-            run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=1000,
-            page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def load_mlflow(
-    source: str, tracking_uri: str | None = None, *, fetch: Fetch = "auto", snapshot: bool = True
-) -> pd.DataFrame:
-    """The tidy frame of the sweep ``source`` (experiment name or parent run id) in MLflow."""
-    uri = resolve_tracking_uri(tracking_uri)
-    parent = find_parent_run(source, uri)
-    client = open_client(uri)
-    runs = find_trial_runs(client, parent)
-    if not runs:
-        raise SweepNotFoundError(
-            f"sweep run {parent.info.run_id} ({source!r} at {uri}) has no trial runs yet"
-        )
-    history = fetch_sweep_histories(client, parent, runs, fetch, snapshot=snapshot)
-    names = (r.data.params.get(DEVICE_NAME) for r in runs)
-    df = _with_devices(_tidy(_mlflow_frame(runs, history)), names)
-    df.attrs["sweep_name"] = parent.info.run_name or parent.info.run_id  # the job's name
-    target = _params_target(parent.data.params)
-    if target is not None:
-        df.attrs["target"] = target  # what `critbatch analyze` measures against by default
-    return df
-
-
-def fetch_sweep_histories(
-    client: MlflowClient,
-    parent: Run,
-    runs: Sequence[Run],
-    fetch: Fetch = "auto",
-    *,
-    snapshot: bool = True,
-) -> pd.DataFrame:
-    """:func:`fetch_histories` of a sweep's trial ``runs``, taking the points of every run that
-    is fresh in the parent's metrics snapshot (:func:`fresh_run_ids`) from it and fetching only
-    the others. Without a snapshot, or with ``snapshot=False``, every history is fetched."""
-    snap = read_metrics_snapshot(client, parent) if snapshot else None
-    if snap is None:
-        return fetch_histories(client, runs, fetch)
-    fresh = fresh_run_ids(runs, snap)
-    stale = [r for r in runs if r.info.run_id not in fresh and r.data.metrics]
-    parts = [snap[snap["run_id"].isin(fresh)]]
-    if stale:
-        parts.append(fetch_histories(client, stale, fetch))
-    return pd.concat(parts, ignore_index=True)
-
-
-def tracking_store(client: MlflowClient) -> Any:
-    """The store behind a client (SqlAlchemyStore, RestStore, ...), to pick the fastest fetch.
-
-    MLflow has no public accessor; this private attribute is pinned by
-    tests/test_ray_internals.py::test_mlflow_store_accessor against MLFLOW_VERSION."""
-    return client._tracking_client.store
-
-
-MLFLOW_VERSION = "3.17.2"  # the version tracking_store was checked against
-
-
-def fetch_histories(
-    client: MlflowClient, runs: Sequence[Run], fetch: Fetch = "auto"
-) -> pd.DataFrame:
-    """Every logged point of every metric of ``runs``: columns run_id, key, step, timestamp,
-    value (NaN where a NaN was logged, as ``get_metric_history`` returns it)."""
-    from mlflow.store.tracking.rest_store import RestStore
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    store = tracking_store(client)
-    if fetch == "auto":
-        fetch = (
-            "sql" if isinstance(store, SqlAlchemyStore)
-            else "rest-bulk" if isinstance(store, RestStore)
-            else "per-metric"
-        )  # fmt: skip
-    wanted = {r.info.run_id: sorted(r.data.metrics) for r in runs}
-    if fetch == "sql":
-        rows = _fetch_sql(store, list(wanted))
-    elif fetch == "rest-bulk":
-        rows = _fetch_rest_bulk(client, store, wanted)
-    elif fetch == "per-metric":
-        rows = _fetch_per_metric(client, wanted)
-    else:
-        raise ValueError(f"fetch={fetch!r}; use auto, sql, rest-bulk or per-metric")
-    return pd.DataFrame.from_records(rows, columns=HISTORY_COLUMNS)
-
-
-def _fetch_sql(store, run_ids: list[str]) -> list[tuple]:
-    from mlflow.store.tracking.dbmodels.models import SqlMetric
-    from sqlalchemy import select
-
-    m = SqlMetric
-    rows: list[tuple] = []
-    with store.ManagedSessionMaker() as session:
-        for i in range(0, len(run_ids), 500):  # stay far below any DB's bound-parameter limit
-            q = select(m.run_uuid, m.key, m.step, m.timestamp, m.value, m.is_nan).where(
-                m.run_uuid.in_(run_ids[i : i + 500])
-            )
-            rows += [
-                (r, k, s, t, math.nan if nan else v) for r, k, s, t, v, nan in session.execute(q)
-            ]
-    return rows
-
-
-def _fetch_rest_bulk(client: MlflowClient, store, wanted: dict[str, list[str]]) -> list[tuple]:
-    from mlflow.utils.rest_utils import http_request, verify_rest_response
-
-    creds = store.get_host_creds()
-
-    def one_request(run_ids: list[str], key: str) -> list[dict]:
-        params = {"run_id": run_ids, "metric_key": key, "max_results": BULK_MAX_POINTS}
-        resp = http_request(creds, BULK_ENDPOINT, "GET", params=params)
-        return verify_rest_response(resp, BULK_ENDPOINT).json().get("metrics", [])
-
-    def one_key(key: str, run_ids: list[str]) -> list[tuple]:
-        rows, pending = [], sorted(run_ids)
-        while pending:
-            chunk = pending[:BULK_MAX_RUNS]
-            got = one_request(chunk, key)
-            if len(got) < BULK_MAX_POINTS:
-                pending = pending[len(chunk) :]
-            else:  # cut off at the limit: the server sorts by run id, so runs before the last
-                last = got[-1]["run_id"]  # one are whole; fetch from the last one on again
-                got = [m for m in got if m["run_id"] != last]
-                pending = pending[chunk.index(last) :]
-                if not got:  # one run alone has more points than a bulk request returns
-                    rows += _fetch_per_metric(client, {last: [key]})
-                    pending = pending[1:]
-            rows += [(m["run_id"], key, m["step"], m["timestamp"], m["value"]) for m in got]
-        return rows
-
-    by_key: dict[str, list[str]] = {}
-    for run_id, keys in wanted.items():
-        for key in keys:
-            by_key.setdefault(key, []).append(run_id)
-    with ThreadPoolExecutor(4) as pool:  # the server overlaps SQL and JSON of 4 requests
-        parts = pool.map(lambda kv: one_key(*kv), by_key.items())
-        return [row for part in parts for row in part]
-
-
-def _fetch_per_metric(client: MlflowClient, wanted: dict[str, list[str]]) -> list[tuple]:
-    """The reference path: one ``get_metric_history`` per run and metric."""
-    return [
-        (run_id, m.key, m.step, m.timestamp, m.value)
-        for run_id, keys in wanted.items()
-        for key in keys
-        for m in client.get_metric_history(run_id, key)
-    ]
-
-
-# ---------------------------------------------------------------- metrics snapshot
-def read_metrics_snapshot(client: MlflowClient, parent: Run) -> pd.DataFrame | None:
-    """The parent run's metrics snapshot, or None when it has none (no tag) or it cannot be
-    read (a warning says why; loading then fetches every history)."""
-    tag = parent.data.tags.get(SNAPSHOT_TAG)
-    if not tag:
-        return None
-    try:
-        path = json.loads(tag)["path"]
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file
-        with tempfile.TemporaryDirectory(prefix="critbatch-snapshot-") as tmp:
-            local = client.download_artifacts(parent.info.run_id, path, tmp)
-            snap = pd.read_parquet(local, columns=HISTORY_COLUMNS)
-    except Exception as e:  # a missing or damaged artifact, an unreadable artifact store
-        warnings.warn(
-            f"sweep {parent.info.run_id}: metrics snapshot unreadable ({type(e).__name__}: "
-            f"{e}); fetching every history instead",
-            stacklevel=3,
-        )
-        return None
-    return snap
-
-
-def fresh_run_ids(runs: Sequence[Run], snapshot: pd.DataFrame) -> set[str]:
-    """Runs whose points in ``snapshot`` are all they have: for every metric of the run, its
-    latest point as the store returns it with the run (``search_runs``: step, timestamp,
-    value) is the snapshot's last point of that metric, and the snapshot has no metric the run
-    lacks. A run that logged anything since (a running or resumed sweep) fails the check; so
-    does a run the snapshot does not hold. Runs without metrics need no fetch and are left out.
-
-    Not caught: a point logged after the snapshot at a step below the metric's latest one.
-    critbatch does that only in ``reconcile`` (filling a gap left by a killed driver), which
-    runs before the snapshot of the same sweep end or ``critbatch sync`` is written."""
-    # The latest metric objects (with step and timestamp) ride on every Run from search_runs;
-    # RunData exposes only their values publicly.
-    latest = pd.DataFrame.from_records(
-        [(r.info.run_id, m.key, m.step, m.timestamp, m.value)
-         for r in runs for m in r.data._metric_objs],
-        columns=HISTORY_COLUMNS,
-    )  # fmt: skip
-    snap = snapshot[snapshot["run_id"].isin(set(latest["run_id"]))]
-    # MLflow's latest point is the greatest (step, timestamp, value).
-    last = snap.sort_values(["run_id", "key", "step", "timestamp", "value"], na_position="first")
-    last = last.drop_duplicates(["run_id", "key"], keep="last")
-    both = latest.merge(last, on=["run_id", "key"], how="outer", suffixes=("", "_snap"))
-    same = (
-        (both["step"] == both["step_snap"])
-        & (both["timestamp"] == both["timestamp_snap"])
-        & (
-            (both["value"] == both["value_snap"])
-            | (both["value"].isna() & both["value_snap"].isna())
-        )
-    )
-    return set(latest["run_id"]) - set(both.loc[~same, "run_id"])
-
-
-def _mlflow_frame(runs: Sequence[Run], history: pd.DataFrame) -> pd.DataFrame:
-    # A point logged twice at one step (a resumed trial) keeps its latest value.
-    history = history.sort_values(["run_id", "key", "step", "timestamp"], kind="stable")
-    history = history.drop_duplicates(["run_id", "key", "step"], keep="last")
-    wide = history.pivot(index=["run_id", "step"], columns="key", values="value")
-    wide = wide.rename(columns={"lr": STEP_LR}).reset_index()
-    wide.columns.name = None
-    meta = pd.DataFrame([_trial_meta(r) for r in runs])
-    return meta.merge(wide, on="run_id", how="left").drop(columns=["run_id"])
-
-
-def _trial_meta(run: Run) -> dict:
-    p, t = run.data.params, run.data.tags
-    missing = [k for k in ("batch_size", "lr") if k not in p]
-    if missing:
-        raise ValueError(
-            f"trial run {run.info.run_id} lacks params {missing}; not a critbatch trial"
-        )
-    live = run.info.status == "RUNNING"
-    status = t.get(STATUS_TAG) or (
-        "running" if live else final_status(None, errored=run.info.status == "FAILED")
-    )
-    return {
-        "run_id": run.info.run_id,
-        "trial": t.get(TRIAL_ID_TAG, run.info.run_id),
-        "batch_size": int(p["batch_size"]),
-        "lr": float(p["lr"]),
-        "strategy": p.get("strategy", "tuned"),
-        "seed": int(p.get("seed", 0)),
-        "status": status,
-        **{k: float(p[k]) for k in DEVICE_COUNTS if k in p},
-        **({PHASE_COLUMN: p["phase"]} if "phase" in p else {}),  # optional column
-    }
-
-
-def _tidy(df: pd.DataFrame) -> pd.DataFrame:
-    """Column order and dtypes of the tidy frame; rows sorted by batch size, trial, step."""
-    if "examples" not in df:
-        df["examples"] = df["step"] * df["batch_size"]
-    df = df.dropna(subset=["step"])
-    metrics = sorted(c for c in df.columns if c not in NON_METRIC_COLUMNS)
-    phase = [PHASE_COLUMN] if PHASE_COLUMN in df.columns else []
-    out = df[list(TRIAL_COLUMNS) + phase + metrics].copy()
-    if phase:
-        out[PHASE_COLUMN] = out[PHASE_COLUMN].fillna("search").astype(str)
-    out["examples"] = out["examples"].fillna(out["step"] * out["batch_size"])
-    types = {"trial": str, "batch_size": int, "lr": float, "strategy": str, "seed": int}
-    out = out.astype({**types, "step": int, "examples": int, "status": str})
-    out[metrics] = out[metrics].apply(pd.to_numeric, errors="coerce").astype(float)
-    out = out.sort_values(["batch_size", "trial", "step"], kind="stable")
-    return out.reset_index(drop=True)
-
-
-# ---------------------------------------------------------------- CSV and report artifacts
-def load_steps_csv(path: str | os.PathLike) -> pd.DataFrame:
-    """A ``batch_size,steps`` table measured anywhere (optional ``seed`` column)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no steps CSV at {path}")
-    try:  # str: errors quote the raw text
-        df = pd.read_csv(path, dtype=str, skipinitialspace=True)
-    except pd.errors.EmptyDataError:
-        raise ValueError(
-            f"{path}: the file is empty; a steps CSV has a header batch_size,steps"
-        ) from None
-    except (UnicodeDecodeError, pd.errors.ParserError) as e:
-        why = "not text (binary data)" if isinstance(e, UnicodeDecodeError) else "not a CSV table"
-        raise ValueError(
-            f"{path}: {why}; a steps CSV is text with a header batch_size,steps"
-        ) from None
-    except OSError as e:
-        raise ValueError(f"{path}: cannot be read ({e.strerror})") from None
-    df.columns = [str(c).strip() for c in df.columns]
-    missing = [c for c in ("batch_size", "steps") if c not in df.columns]
-    if missing:
-        raise ValueError(
-            f"{path}: missing column(s) {missing}; found {list(df.columns)}. A steps CSV has a "
-            "header `batch_size,steps` (and optionally `seed`), one row per measurement."
-        )
-    if df.empty:
-        raise ValueError(f"{path}: no rows under the header")
-    cols = ["batch_size", "steps"] + (["seed"] if "seed" in df.columns else [])
-    for col in cols:
-        values = pd.to_numeric(df[col], errors="coerce")
-        low = 0 if col == "seed" else 1
-        bad = df.index[values.isna() | (values < low) | (values != values.round())]
-        if len(bad):
-            row = int(bad[0])
-            kind = "a non-negative integer" if col == "seed" else "a positive integer"
-            raise ValueError(
-                f"{path}: row {row + 2}: {col}={df[col].iloc[row]} is not {kind}"
-            )  # row + 2: 1-based, after the header line
-        df[col] = values.astype(int)
-    return df[cols].reset_index(drop=True)

@@ -64,9 +64,9 @@ EVAL_EVERY = 100
 LR_RANGE = (1e-3, 2.0)  # as in nqm_reference.yaml; the optima run from 0.014 to 1.995
 # name -> (algorithm, cascade, pipeline lead)
 METHODS = {
-    "pipeline2": ("tpe", False, 2),
-    "pipeline4": ("tpe", False, 4),
-    "cascade": ("tpe", True, 0),
+    "pipeline2": ("line_search", False, 2),
+    "pipeline4": ("line_search", False, 4),
+    "cascade": ("line_search", True, 0),
     "random": ("random", False, 0),
     "grid": ("grid", False, 0),
 }

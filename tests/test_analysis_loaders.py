@@ -12,7 +12,7 @@ from conftest import MlflowServer
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from analysis import loaders
+import analysis.load_mlflow as mlflow_loader
 from analysis.loaders import (
     SweepNotFoundError,
     fetch_histories,
@@ -158,7 +158,7 @@ def test_server_bulk_fetch_equals_naive_loop(server, monkeypatch, limit):
     pd.testing.assert_frame_equal(fetched("rest-bulk"), naive, check_exact=True)
     # The server caps a bulk request's points; a smaller cap exercises the re-request path
     # (and, below one run's length, the per-run fallback) against the same real server.
-    monkeypatch.setattr(loaders, "BULK_MAX_POINTS", limit)
+    monkeypatch.setattr(mlflow_loader, "BULK_MAX_POINTS", limit)
     pd.testing.assert_frame_equal(fetched("rest-bulk"), naive, check_exact=True)
     sql = MlflowClient(f"sqlite:///{server.root / 'server.db'}")
     sql_runs = [sql.get_run(r.info.run_id) for r in runs]

@@ -208,6 +208,11 @@ CASES: list[Case] = [
     ("eval_every a float", "eval_every", job(eval_every=1.5)),
     ("strategy unknown", "strategy.name", job(strategy={"name": "fancy"})),
     ("lr_search.algorithm unknown", "lr_search.algorithm", job(lr_search={"algorithm": "bo"})),
+    (
+        "lr_search.algorithm old name tpe",
+        "lr_search.algorithm",
+        job(lr_search={"algorithm": "tpe"}),
+    ),
     ("micro_batch_size negative", "micro_batch_size", job(micro_batch_size=-1)),
     ("max_failures negative", "max_failures", job(max_failures=-1)),
     # workload options (each workload declares its own)

@@ -48,7 +48,13 @@ def with_(**changes):
         (with_(lr_search__min=1.0, lr_search__max=0.1), "lr_search", "swap them"),
         (with_(lr_search__min=-1.0), "lr_search", "positive finite"),
         (with_(lr_search__trials_per_batch_size=0), "lr_search.trials_per_batch_size", ">= 1"),
-        (with_(lr_search__algorithm="bayes"), "lr_search.algorithm", "tpe, random or grid"),
+        (with_(lr_search__algorithm="bayes"), "lr_search.algorithm", "line_search, random or grid"),
+        (
+            with_(lr_search__algorithm="tpe"),
+            "lr_search.algorithm",
+            "'tpe' was renamed 'line_search' (the project's bracketing line search); "
+            "write algorithm: line_search",
+        ),
         (with_(lr_search__log="yes"), "lr_search.log", "true or false"),
         (with_(workload="digits"), "workload", "did you mean 'digits_mlp'"),
         (with_(workload="resnet9000"), "workload", "critbatch workloads"),
@@ -115,6 +121,31 @@ def test_bad_field_names_field_and_fix(job, field, fix):
     msg = str(e.value)
     assert msg.startswith(field), msg
     assert fix in msg, msg
+
+
+def test_a_stored_sweep_from_before_the_rename_still_parses():
+    """resume and sync read the job from sweep.json, written when `tpe` was the name: it reads
+    as line_search there, while a job file with it is refused (test above)."""
+    from tune_jobs.job_file import parse_stored_job
+
+    old = with_(lr_search__algorithm="tpe")
+    assert parse_stored_job(old).lr_search.algorithm == "line_search"
+    assert old["lr_search"]["algorithm"] == "tpe"  # the stored mapping is left as it was
+    with pytest.raises(JobError, match="lr_search.algorithm: 'tpe' was renamed"):
+        parse_job(old)
+    with pytest.raises(JobError, match="lr_search.algorithm: unknown 'bo'"):
+        parse_stored_job(with_(lr_search__algorithm="bo"))
+
+
+def test_plan_names_the_lr_search_algorithm():
+    """The plan `run` and `check` print names the algorithm as the job file spells it."""
+    from tune_jobs.cli.run import plan_text
+
+    job = parse_job(GOOD)
+    assert job.lr_search.algorithm == "line_search"  # the default
+    assert "8 trials per batch size (line_search)" in plan_text(job)
+    grid = parse_job(with_(lr_search__algorithm="grid"))
+    assert "8 trials per batch size (grid)" in plan_text(grid)
 
 
 def test_gpus_from_batch_size_gives_large_batches_more_gpu():

@@ -156,7 +156,7 @@ def test_study_stops_once_its_line_search_converged():
 
 def test_a_converged_study_does_not_hold_back_the_rounds():
     s = LRSearch([16, 64], [0], 1e-3, 2.0, 12, seed=1, converge_tol=0.01)
-    s.done.add("bs16-seed0")  # as if bs16 converged after its first round
+    s.states["bs16-seed0"].converged = True  # as if bs16 converged after its first round
     for _ in range(3):
         p = s.ask()
         assert p not in (None, WAIT) and p.study == "bs64-seed0"

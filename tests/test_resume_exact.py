@@ -1,7 +1,7 @@
 """A driver killed with SIGKILL at three points, then `critbatch resume`: the same table as the
 sweep that was never killed, every trial exactly once in MLflow, no finished trial run again.
 
-Real stack: the `critbatch` CLI in its own process (its own local Ray), real Optuna (TPE line
+Real stack: the `critbatch` CLI in its own process (its own local Ray), real Optuna (the line
 search in synchronous rounds), ASHA early stopping on, MLflow on SQLite. Kill points, read off
 the journal of finished trials and Tune's trial folders: `early` (a first trial finished),
 `middle` (the second round under way, and the driver's MLflow writer blocked mid-request on
@@ -34,7 +34,7 @@ def _job(tmp_path: Path, name: str, confirm_seeds: int = 0) -> Path:
     data = synthetic_job_data(
         tmp_path, name, f"sqlite:///{tmp_path / 'mlflow.db'}",
         batch_sizes=[8, 32],
-        lr_search={"min": 0.01, "max": 2.0, "trials_per_batch_size": 3, "confirm_seeds": 0, "algorithm": "tpe", "seed": 3},
+        lr_search={"min": 0.01, "max": 2.0, "trials_per_batch_size": 3, "confirm_seeds": 0, "algorithm": "line_search", "seed": 3},
         target={"metric": "eval_loss", "value": 0.3, "direction": "min"},
         budget={"max_steps": 80},
         early_stopping={"enabled": True, "grace_steps": 20},

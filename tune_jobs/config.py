@@ -53,6 +53,12 @@ class StrategyConfig:
     steps-to-target under cosine depends on the budget; see docs/workloads.md)."""
 
 
+LINE_SEARCH = "line_search"
+"""The project's bracketing line search in log LR (Optuna TPE only as its fallback)."""
+LR_ALGORITHMS = (LINE_SEARCH, "random", "grid")
+"""The values of ``lr_search.algorithm``."""
+
+
 @dataclass(frozen=True)
 class LRSearchConfig:
     min: float = 1e-3
@@ -66,14 +72,15 @@ class LRSearchConfig:
     stop_when_converged is on."""
     seed: int = 0
     """Seed of the samplers (each study gets seed + its index)."""
-    algorithm: str = "tpe"
-    """`tpe` (a line search in log LR started from the neighbouring batch sizes' best LRs;
-    Optuna TPE where it has nothing to propose), `random`, or `grid` (log grid)."""
+    algorithm: str = LINE_SEARCH
+    """`line_search` (the project's bracketing line search in log LR, started from the
+    neighbouring batch sizes' best LRs; Optuna TPE where it has nothing to propose), `random`,
+    or `grid` (log grid). Formerly called `tpe`."""
     widen_on_edge: bool = True
     """Widen the range by 4x when a study's best LR sits at its edge (McCandlish, App. A)."""
     stop_when_converged: bool = True
-    """`tpe` only: a study stops before trials_per_batch_size once its best LR has a worse
-    trial on each side and the steps still to gain inside that bracket (estimated from a
+    """`line_search` only: a study stops before trials_per_batch_size once its best LR has a
+    worse trial on each side and the steps still to gain inside that bracket (estimated from a
     parabola in log LR) are below convergence_tolerance."""
     convergence_tolerance: float = 0.01
     """Relative steps-to-target still to gain below which a bracketed study stops (0.01: 1%)."""
@@ -88,14 +95,14 @@ class LRSearchConfig:
     docs/analysis.md). 0: no confirmation; the estimate then falls back to the search's fastest
     trials and the report says it is biased."""
     cascade: bool = False
-    """`tpe` only: run the studies one batch size at a time (per seed) from the largest down,
-    each started from its finished larger neighbours' best LRs, one trial in flight per
-    study. Far less compute (on the NQM the small, expensive batch sizes then need about 3
-    trials each), but one trial at a time per seed; false: all batch sizes advance together
-    in rounds."""
+    """`line_search` only: run the studies one batch size at a time (per seed) from the
+    largest down, each started from its finished larger neighbours' best LRs, one trial in
+    flight per study. Far less compute (on the NQM the small, expensive batch sizes then need
+    about 3 trials each), but one trial at a time per seed; false: all batch sizes advance
+    together in rounds."""
     pipeline: int = 0
-    """`tpe` only, not with cascade: every batch size in flight at once, one trial per
-    study, each study's k-th trial started once the next larger batch size's study has
+    """`line_search` only, not with cascade: every batch size in flight at once, one trial
+    per study, each study's k-th trial started once the next larger batch size's study has
     k + pipeline results (or finished), seeded from the larger ones' best LRs so far; the
     same trials whatever the completion order. 0: off (rounds). On the NQM it costs more
     compute than the cascade for no gain in wall time (BENCHMARKS.md); a middle ground for

@@ -25,7 +25,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from tune_jobs.lr_search import LRSearch, Proposal, _parse
+from tune_jobs.lr_search import LRSearch, Proposal
+from tune_jobs.lr_study import parse_study_name as _parse
 
 CONFIRM_SEED_BASE = 1_000_000  # confirmation seeds: base + 1000 * search seed + k
 EVALS_TO_TARGET = 50  # eval points before the expected crossing: resolution ~2% of S(B)

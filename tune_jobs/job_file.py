@@ -15,7 +15,15 @@ from typing import Any
 
 import yaml
 
-from tune_jobs.config import JobConfig, JobError, ResourcesConfig, build_config
+from tune_jobs.config import (
+    LINE_SEARCH,
+    LR_ALGORITHMS,
+    JobConfig,
+    JobError,
+    ResourcesConfig,
+    build_config,
+)
+from tune_jobs.preflight import SWEEP_FILE
 
 
 def check_values(job: JobConfig) -> None:
@@ -85,8 +93,15 @@ def check_values(job: JobConfig) -> None:
         raise JobError(f"lr_search: min ({r.min}) must be below max ({r.max}); swap them")
     if r.trials_per_batch_size < 1:
         raise JobError("lr_search.trials_per_batch_size: must be >= 1")
-    if r.algorithm not in ("tpe", "random", "grid"):
-        raise JobError(f"lr_search.algorithm: unknown {r.algorithm!r}; use tpe, random or grid")
+    if r.algorithm == "tpe":  # the old name
+        raise JobError(
+            "lr_search.algorithm: 'tpe' was renamed 'line_search' (the project's bracketing line "
+            "search); write algorithm: line_search"
+        )
+    if r.algorithm not in LR_ALGORITHMS:
+        raise JobError(
+            f"lr_search.algorithm: unknown {r.algorithm!r}; use line_search, random or grid"
+        )
     if not (0 < r.convergence_tolerance < 1):
         raise JobError(
             f"lr_search.convergence_tolerance: {r.convergence_tolerance}; use a fraction in (0, 1), e.g. 0.01"
@@ -308,6 +323,17 @@ def parse_job(data: Any, source: str = "job") -> JobConfig:
     job = build_config(JobConfig, data)
     check_values(job)
     return job
+
+
+def parse_stored_job(data: Any) -> JobConfig:
+    """A job as a run folder's ``sweep.json`` stores it (``resume``, ``sync``): valid when its
+    sweep started, maybe under an older critbatch, so a value renamed since is read under its
+    new name (``lr_search.algorithm: tpe`` as ``line_search``) instead of refused as it is in
+    a job file."""
+    search = data.get("lr_search") if isinstance(data, dict) else None
+    if isinstance(search, dict) and search.get("algorithm") == "tpe":
+        data = {**data, "lr_search": {**search, "algorithm": LINE_SEARCH}}
+    return parse_job(data, SWEEP_FILE)
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

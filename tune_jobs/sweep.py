@@ -7,13 +7,11 @@ Everything that can be wrong with the input is checked before anything is writte
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -30,7 +28,7 @@ from analysis.mlflow_layout import (
     VERSION_TAG_PREFIX,
 )
 from tune_jobs.config import JobConfig, JobError, ResourcesConfig
-from tune_jobs.job_file import parse_job
+from tune_jobs.job_file import parse_stored_job
 from tune_jobs.mlflow_view import experiment_tags
 from tune_jobs.preflight import (  # noqa: F401  (re-exported: tests and tools import them from here)
     AUTOSCALING_CONFIG,
@@ -43,6 +41,7 @@ from tune_jobs.preflight import (  # noqa: F401  (re-exported: tests and tools i
     init_ray,
     preflight,
 )
+from tune_jobs.sweep_params import child_params, git_commit, job_params, package_versions
 
 # Tune's CSV and TensorBoard loggers are not needed (MLflow and result.json are): set before
 # ray.tune is imported anywhere in this process.
@@ -71,46 +70,6 @@ class SweepResult:
 
 def run_dir_of(job: JobConfig) -> Path:
     return Path(job.storage).expanduser().resolve() / job.name
-
-
-# ---- provenance --------------------------------------------------------------------------------
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parents[1])  # fmt: skip
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
-def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": sys.version.split()[0]}
-    for p in ("critbatch", "torch", "torchvision", "ray", "optuna", "mlflow", "numpy"):
-        with contextlib.suppress(PackageNotFoundError):
-            out[p] = version(p)
-    return out
-
-
-def job_params(job: JobConfig) -> dict[str, str]:
-    """The job flattened into MLflow params (dotted keys shortened where conventional)."""
-    flat: dict[str, str] = {}
-
-    def walk(prefix: str, d: dict[str, Any]) -> None:
-        for k, v in d.items():
-            if isinstance(v, dict) and v:
-                walk(f"{prefix}{k}.", v)
-            else:
-                flat[f"{prefix}{k}"] = str(v)[:6000]
-
-    walk("", job.to_dict())
-    from analysis.tracking_uri import redact_uri
-
-    flat["tracking.uri"] = redact_uri(job.tracking.uri)  # a password never goes into MLflow
-    flat["target_metric"], flat["target_value"] = job.target.metric, str(job.target.value)
-    flat["target_direction"], flat["strategy"] = job.target.direction, job.strategy.name
-    return flat
 
 
 # ---- the sweep ----------------------------------------------------------------------------------
@@ -212,7 +171,7 @@ def resume_sweep(name_or_dir: str, storage: str = "critbatch_runs", *, address: 
     from tune_jobs.locks import claim_existing_sweep
 
     meta = json.loads((run_dir / SWEEP_FILE).read_text())
-    job = parse_job(meta["job"])
+    job = parse_stored_job(meta["job"])
     if not meta.get("journal"):
         raise JobError(
             f"sweep: {run_dir} was started by a critbatch without the journal of finished "
@@ -241,17 +200,6 @@ def trial_resources(resources: ResourcesConfig, config: dict[str, Any]) -> Any:
         else max([resources.gpus, *resources.gpus_from_batch_size.values()])
     )
     return PlacementGroupFactory([{"CPU": resources.cpus, **({"GPU": gpus} if gpus else {})}])
-
-
-def child_params(job: JobConfig) -> dict[str, str]:
-    """Params every child run carries besides its trial's own: the target, the LR strategy
-    (the seed paper's BLR/LSR/SRSR and their warm-up) and the optimizer, so runs compare in the MLflow UI
-    without opening the parent."""
-    strategy = {f"strategy.{k}": str(v) for k, v in dataclasses.asdict(job.strategy).items()}
-    strategy |= {f"optimizer.{k}": str(v) for k, v in dataclasses.asdict(job.optimizer).items()}
-    return {"eval_every": str(job.eval_every), "target_metric": job.target.metric,
-            "target_value": str(job.target.value), "target_direction": job.target.direction,
-            **strategy}  # fmt: skip
 
 
 def _attach_errors(run_dir: Path, trials: list[dict[str, Any]]) -> None:
@@ -454,7 +402,7 @@ def sync_sweep(run_dir: Path) -> dict[str, int]:
     from tune_jobs.tracking import Tracker, reconcile
 
     meta = json.loads((run_dir / SWEEP_FILE).read_text())
-    job = parse_job(meta["job"])
+    job = parse_stored_job(meta["job"])
     tracker = Tracker(meta["tracking_uri"], meta["experiment_id"], meta["parent_run_id"],
                       child_params(job))  # fmt: skip
     records = {r["trial_id"]: r for r in read_records(journal_path(run_dir))}

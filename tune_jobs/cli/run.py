@@ -283,13 +283,13 @@ def run_command(args) -> int:
 def resume_command(args) -> int:
     import json
 
-    from tune_jobs.job_file import parse_job
+    from tune_jobs.job_file import parse_stored_job
     from tune_jobs.sweep import resume_sweep
 
     result = resume_sweep(args.sweep, args.storage, address=args.address, num_cpus=args.num_cpus,
                           progress=not args.no_progress)  # fmt: skip
 
-    job = parse_job(json.loads((result.run_dir / "sweep.json").read_text())["job"])
+    job = parse_stored_job(json.loads((result.run_dir / "sweep.json").read_text())["job"])
     code = _report_sweep(result, job, False)
     return code or (0 if result.synced else 1)
 

@@ -1,0 +1,205 @@
+"""The proposal policy of the line search: which LR a study tries next, and when it has
+converged. The numbers come from :mod:`tune_jobs.lr_rules` (pure functions); this gathers
+what they need from the studies' states (:class:`~tune_jobs.lr_study.StudyState`).
+
+:class:`LinePolicy` is a base of :class:`tune_jobs.lr_search.LRSearch`, which holds the states
+and the settings read here; Optuna-free.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tune_jobs import lr_rules
+from tune_jobs.lr_rules import SEED_STEP
+from tune_jobs.lr_study import StudyState, parse_study_name, study_name
+
+
+class LinePolicy:
+    """The line search's proposals and stop rule, on the states of :class:`LRSearch`.
+
+    Reads ``states`` (in pipeline mode: as study ``name`` may see them, :meth:`LRSearch._view`)
+    and the search's settings; writes only ``range`` (:meth:`_maybe_widen`)."""
+
+    states: dict[str, StudyState]
+    batch_sizes: list[int]
+    lr_min: float
+    lr_max: float
+    log: bool
+    n_trials: int
+    cross_slack: float
+    converge_tol: float | None
+    cascade: bool
+    pipeline: int
+    reached_cut: float
+    visible: dict[str, int]
+
+    def finished(self, name: str) -> bool:
+        """Converged, or all its trials asked and told."""
+        st = self.states[name]
+        return st.converged or st.told >= self.n_trials
+
+    def _grid(self, n: int) -> list[float]:
+        if n == 1:
+            return [
+                math.sqrt(self.lr_min * self.lr_max)
+                if self.log
+                else (self.lr_min + self.lr_max) / 2
+            ]
+        if self.log:
+            lo, hi = math.log(self.lr_min), math.log(self.lr_max)
+            pts = [math.exp(lo + (hi - lo) * i / (n - 1)) for i in range(n)]
+            return [min(max(p, self.lr_min), self.lr_max) for p in pts]  # no ulp past the edges
+        return [self.lr_min + (self.lr_max - self.lr_min) * i / (n - 1) for i in range(n)]
+
+    def _next_lr(self, name: str, b: int, s: int) -> float | None:
+        """A line search in log LR on this study's own results, else its neighbours' best LR.
+
+        Steps-to-target is unimodal in log LR (too small: slow; too large: noise floor or
+        divergence), and the best LR moves smoothly with the batch size. So: with no reached
+        trial yet, start where the neighbours point (:meth:`_seed_lrs`); once the best reached
+        trial has a worse trial on each side, take the vertex of the parabola through it and
+        its neighbours (log steps against log LR; golden section, at most one step, when a
+        neighbour did not reach); if it is the largest or smallest LR tried, step out: by ``SEED_STEP`` from a
+        seed the neighbours predicted, 2x from one they did not, then twice the distance to
+        the next LR tried (an expanding search). ``None``: nothing to suggest (TPE proposes).
+        The numbers come from :mod:`tune_jobs.lr_rules` (:func:`~tune_jobs.lr_rules.step_out`,
+        :func:`~tune_jobs.lr_rules.bracket_lr`); this picks the points and the step.
+        """
+        results = self.states[name].results
+        pts = sorted((math.log(lr), v) for lr, v in results.items())
+        tried = [x for x, _ in pts]
+
+        # A reached trial slower than what smaller batch sizes show is achievable here (the
+        # slack-scaled cross bound) is no anchor for a line search: start from the neighbours.
+        cut = min(self.reached_cut, self._cross_bound(b, s, examples=False))
+        if not [v for _, v in pts if v <= cut]:
+            for lr in self._seed_lrs(b, s):
+                if lr_rules.fresh(math.log(lr), tried):
+                    return lr
+            chained = self.cascade or self.pipeline
+            if chained and b == self.batch_sizes[-1] and not self._neighbour_bests(b, s):
+                # The first study of a cascade, nothing known: start at the top of the range
+                # and halve until a trial reaches the target. The largest batch size has the
+                # largest best LR, and a too large LR fails fast (diverges, or stalls at its
+                # noise floor: early stopping) where a too small one runs for long.
+                return self.states[name].range[1] if not pts else math.exp(pts[0][0]) / 2
+            if not pts or min(v for _, v in pts) > self.reached_cut:
+                return None  # nothing reached here yet, the neighbours' LRs tried: TPE
+        i = min(range(len(pts)), key=lambda j: pts[j][1])
+        xb = pts[i][0]
+        step = math.log(SEED_STEP) if self._predicted(b, s) else math.log(2)
+        if i in (0, len(pts) - 1):
+            gap = None
+            if len(pts) > 1:
+                # Expand (twice the last step) only when the best is the newest trial and
+                # improved on its inner neighbour, the trial before it, which reached too: a
+                # slope to follow (a first reach below an unreached LR is no slope).
+                order = list(results)
+                j = 1 if i == 0 else len(pts) - 2
+                inner = pts[j][0]
+                newest = [math.log(lr) for lr in order[-2:]]
+                if newest == [inner, xb] and pts[j][1] <= self.reached_cut:
+                    gap = abs(xb - inner)
+            return lr_rules.step_out(xb, step, up=i == len(pts) - 1, slope_gap=gap)
+        return lr_rules.bracket_lr(pts[i - 1], pts[i], pts[i + 1], self.reached_cut, step, tried)
+
+    def _neighbour_bests(self, b: int, s: int) -> list[tuple[int, float]]:
+        """(batch size, best LR) of the other studies whose best trial reached the target."""
+        out = []
+        for bb in self.batch_sizes:
+            best = self.states[study_name(bb, s)].best
+            if bb != b and best is not None and best[0] <= self.reached_cut:
+                out.append((bb, best[1]))
+        return out
+
+    def _predicted(self, b: int, s: int) -> bool:
+        """Can the neighbours predict this batch size's best LR: has the nearest study with a
+        reached best finished (converged or out of trials)? Early in a sweep that runs all
+        batch sizes together the neighbours' bests can be far off."""
+        done = self._neighbour_bests(b, s)
+        if not done:
+            return False
+        nb, _ = lr_rules.nearest(done, b)
+        name = study_name(nb, s)
+        if self.pipeline:  # as of the view: converged, or out of trials
+            return self.states[name].converged or self.visible.get(name, 0) >= self.n_trials
+        return self.finished(name)
+
+    def _seed_lrs(self, b: int, s: int) -> list[float]:
+        """First LRs to try at batch size ``b``, best guess first, from the neighbours' best LRs.
+
+        The best LR grows with B between linear scaling and flat: McCandlish et al.'s
+        eps_max / (1 + B_noise / B), i.e. 1 / LR linear in 1 / B. Through the nearest two
+        reached neighbours (one on each side when there are), that line gives the first guess
+        (a power law through them if it cannot: falling LR), kept between the nearest one's
+        LR and its linearly scaled LR. Then that neighbour's LR scaled by the linear rule, the
+        square-root rule, and unscaled. Never at or above an LR that diverged at this or a
+        smaller batch size (the stability edge barely moves with B): the neighbour's own best
+        LR instead, which reaches the target at a larger batch size no later than there.
+        (:func:`tune_jobs.lr_rules.seed_lrs`; this gathers the neighbours and diverged LRs.)
+        """
+        bad = [
+            lr
+            for bb in self.batch_sizes
+            if bb <= b
+            for lr in self.states[study_name(bb, s)].diverged
+        ]
+        done = sorted(self._neighbour_bests(b, s))
+        return lr_rules.seed_lrs(done, b, diverged_below=min(bad, default=math.inf))
+
+    def converged(self, name: str) -> bool:
+        """Has this study's line search converged (``converge_tol``)? Its best reached trial
+        has a worse trial on each side (in LR), and the steps still to gain inside that
+        bracket are below ``converge_tol`` (relative): from the vertex of the parabola in
+        (log LR, log steps) through the three when both neighbours reached the target; when
+        one did not, from the reached side's curvature with the optimum put halfway towards
+        the other (the unreached side is steep: noise floor or divergence). A neighbour stopped
+        by a rule that does not show it worse (``censored_at`` unset: ASHA) blocks it. With an unreached
+        side the bracket must also span at most ``SEED_STEP`` squared in LR; with both
+        sides stopped by the steps bound (none diverged) that narrow bracket suffices.
+        The test on the bracket is :func:`tune_jobs.lr_rules.bracket_converged`."""
+        if self.converge_tol is None:
+            return False
+        b, s = parse_study_name(name)
+        st = self.states[name]
+        pts = sorted((math.log(lr), v) for lr, v in st.results.items())
+        if len(pts) < 3:
+            return False
+        i = min(range(len(pts)), key=lambda j: pts[j][1])
+        cut = min(self.reached_cut, self._cross_bound(b, s, examples=False))
+        if not 0 < i < len(pts) - 1 or pts[i][1] > cut:
+            return False
+        xl, xr = pts[i - 1][0], pts[i + 1][0]
+        if math.exp(xl) in st.unknown or math.exp(xr) in st.unknown:
+            return False  # stopped by a rule that does not say it was worse (ASHA)
+        return lr_rules.bracket_converged(
+            pts[i - 1],
+            pts[i],
+            pts[i + 1],
+            self.reached_cut,
+            self.converge_tol,
+            side_diverged=any(math.exp(x) in st.diverged for x in (xl, xr)),
+        )
+
+    def _maybe_widen(self, name: str) -> None:
+        st = self.states[name]
+        lo, hi = st.range
+        assert st.best is not None  # called after a result
+        _, lr = st.best
+        edge = 0.1 * math.log(hi / lo)  # within 10% (log) of an edge
+        if math.log(hi / lr) < edge:
+            st.range = (lo, hi * 4)
+        elif math.log(lr / lo) < edge:
+            st.range = (lo / 4, hi)
+
+    def _cross_bound(self, b: int, s: int, examples: bool = True) -> float:
+        """Steps this batch size needs at its best LR at most, from the other batch sizes'
+        best steps so far (:func:`tune_jobs.lr_rules.cross_bound`: a smaller batch size's
+        steps, a larger one's examples). Measured steps are noisy (a lucky trial, a quantised
+        accuracy target), so the bound gets slack; 1.0 suits exact problems (the NQM
+        benchmark). ``examples=False``: the smaller batch sizes' bound only (loose: in the
+        linear regime S(B) is about S(B/2) / 2, so a trial slower than it is far from the best
+        LR; the examples bound is tight there)."""
+        best = {bb: self.states[study_name(bb, s)].bound() for bb in self.batch_sizes}
+        return lr_rules.cross_bound(best, b, self.cross_slack, examples)
