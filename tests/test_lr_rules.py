@@ -179,3 +179,13 @@ def test_cross_bound_from_smaller_steps_and_larger_examples():
     assert cross_bound(best, 16, slack=1.5, examples=False) == pytest.approx(1.5 * 1000)
     assert cross_bound(best, 8, slack=1.0, examples=False) == math.inf  # nothing smaller
     assert cross_bound({8: math.inf}, 16, slack=1.0) == math.inf
+
+
+def test_bracket_converged_survives_two_lrs_one_float_step_apart():
+    """Two tried LRs one float step apart in log LR give the parabola a huge curvature and a
+    gain far beyond exp's range: not converged, not an OverflowError out of the search."""
+    x = 0.3
+    left, best, right = (x, 120.0), (math.nextafter(x, 1.0), 100.0), (x + 0.5, 130.0)
+    assert not bracket_converged(left, best, right, 1e4, tol=0.02, side_diverged=False)
+    near = (math.nextafter(x, 1.0), 101.0)
+    assert not bracket_converged(near, (x, 100.0), (x + 1e-9, 2e4), 1e4, 0.02, False)

@@ -144,7 +144,7 @@ def bracket_converged(
         gain = one_sided_gain((xn, fn), (xb, fb), xf)
     else:
         return not side_diverged
-    return math.expm1(gain) <= tol
+    return gain <= math.log1p(tol)  # expm1(gain) <= tol, without overflow for a huge gain
 
 
 # ---- cascade seeds and bounds from the other batch sizes -------------------------------------
