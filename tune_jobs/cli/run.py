@@ -82,7 +82,7 @@ def register(sub) -> None:
         "--trials-per-batch-size",
         type=int,
         default=None,
-        help="LR trials per batch size (default 6)",
+        help="LR trials per batch size (default 5)",
     )
     p.add_argument("--seed", type=int, default=None, help="seed of the LR search (default 0)")
     p.add_argument(
