@@ -131,10 +131,7 @@ class StopRule:
     ``critbatch analyze --ema BETA`` applies), so a single noisy eval that dips below the target
     does not stop the trial, and the run goes on a little past its raw crossing (the EMA lags).
     Points where the metric is missing or not finite are skipped, as analysis skips them.
-    ``reached_at``: where the smoothed metric met the target, interpolated linearly between
-    the eval point before and the one at which it did (as analysis interpolates crossings,
-    so ``analyze --ema`` finds the same step); a float. Quantised to eval points, trials at
-    nearby LRs tie and the search picks among them blindly.
+    ``reached_at``: the first step at which the smoothed metric met the target.
     """
 
     def __init__(self, target: Target):
@@ -146,8 +143,7 @@ class StopRule:
         self.target = target
         self.num = 0.0  # sum of beta^(t-i) x_i
         self.den = 0.0  # sum of beta^(t-i)
-        self.reached_at: float | None = None
-        self.last: tuple[int, float] | None = None  # (step, smoothed value) of the last eval
+        self.reached_at: int | None = None
 
     def update(self, x: float | None, step: int) -> float:
         """Fold in the metric of the eval point at ``step``; return the smoothed value."""
@@ -156,13 +152,7 @@ class StopRule:
             self.num, self.den = b * self.num + x, b * self.den + 1.0
         value = self.num / self.den if self.den else math.nan
         if self.reached_at is None and self.target.reached(value):
-            self.reached_at = float(step)
-            if self.last is not None and math.isfinite(self.last[1]) and value != self.last[1]:
-                s0, v0 = self.last
-                frac = min(max((self.target.value - v0) / (value - v0), 0.0), 1.0)
-                self.reached_at = s0 + frac * (step - s0)
-        if math.isfinite(value):
-            self.last = (step, value)
+            self.reached_at = step
         return value
 
     def status(self, step: int, config: TrialConfig, diverged: bool) -> Status:
@@ -177,13 +167,10 @@ class StopRule:
         return Status.RUNNING
 
     def state_dict(self) -> dict[str, Any]:
-        return {"num": self.num, "den": self.den, "reached_at": self.reached_at,
-                "last": self.last}  # fmt: skip
+        return {"num": self.num, "den": self.den, "reached_at": self.reached_at}
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
         self.num, self.den, self.reached_at = s["num"], s["den"], s.get("reached_at")
-        last = s.get("last")
-        self.last = (int(last[0]), float(last[1])) if last is not None else None
 
 
 @dataclass(frozen=True)
