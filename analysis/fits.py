@@ -341,6 +341,15 @@ def critical_batch_size(
     return CriticalBatchSize(fit, boot, overhead, b_ref, level, b_ci, cbs_ci)
 
 
+def log_spread(replicates: np.ndarray) -> np.ndarray:
+    """Each batch size's error in log steps: the sd over bootstrap replicates ([R, n]) of their
+    log (NaN where fewer than 2 replicates crossed). The errors the Birge scale and the
+    verdict's fit check both weigh residuals by."""
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanstd(np.log(np.where(replicates > 0, replicates, np.nan)), axis=0, ddof=1)
+
+
 def scatter_scale(batch_sizes, steps, replicates: np.ndarray, fit: StepsFit) -> float:
     """Birge ratio sqrt(chi^2 / dof) of the fit, with each point's error the bootstrap sd of its
     log steps over seeds; at least 1, and 1 when it cannot be computed (under 3 points, a point
@@ -355,9 +364,7 @@ def scatter_scale(batch_sizes, steps, replicates: np.ndarray, fit: StepsFit) -> 
     dof = log_s.size - 2
     if dof < 1 or replicates.shape[0] < 3:
         return 1.0
-    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        sd = np.nanstd(np.log(np.where(replicates > 0, replicates, np.nan)), axis=0, ddof=1)
+    sd = log_spread(replicates)
     if not (np.all(np.isfinite(sd)) and np.all(sd > 0)):
         return 1.0
     resid = log_s - np.log(fit.steps(np.asarray(batch_sizes, dtype=float)))

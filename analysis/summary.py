@@ -19,7 +19,12 @@ import numpy as np
 import pandas as pd
 
 from analysis.estimate import FASTEST, StepsEstimate, estimation_runs, mean_curve_steps
-from analysis.fits import CriticalBatchSize, critical_batch_size, critical_batch_size_from_steps
+from analysis.fits import (
+    CriticalBatchSize,
+    critical_batch_size,
+    critical_batch_size_from_steps,
+    log_spread,
+)
 from analysis.frame import PHASE_COLUMN, AnalysisError, validate_frame
 from analysis.lr_fit import LrFit, fit_best_lr
 from analysis.noise_scale import bsimple_at_target, bsimple_summary, has_noise_scale
@@ -280,10 +285,7 @@ def _verdict(cbs: CriticalBatchSize, est: StepsEstimate, table: pd.DataFrame, df
     reached = table.dropna(subset=["steps"])
     se = None
     if est.replicates is not None:
-        ok = est.table["steps"].notna().to_numpy()
-        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            se = np.nanstd(np.log(est.replicates[:, ok]), axis=0, ddof=1)
+        se = log_spread(est.replicates[:, est.table["steps"].notna().to_numpy()])
     largest = reached["batch_size"].max()
     spacing = (
         reached.loc[reached["batch_size"] == largest, "eval_every"]
