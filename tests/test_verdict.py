@@ -79,3 +79,30 @@ def test_mean_curve_crossing_averages_seeds_before_thresholding():
     # mean curve: 1.0, 0.6, 0.45, 0.3 -> crosses 0.5 at 20 + 10 * (0.1 / 0.15)
     assert est.table["steps"].iloc[0] == pytest.approx(20 + 10 * 0.1 / 0.15)
     assert est.replicates.shape == (50, 1)
+
+
+def test_the_table_gives_the_lr_the_confirmation_runs_trained():
+    """The LR beside a batch size's steps is the one its confirmation runs trained (the
+    search's choice), not the search trial that crossed first on the raw metric: steps and LR
+    come from the same runs."""
+    from analysis.summary import summarize
+
+    rows = []
+
+    def run(trial, b, lr, seed, phase, losses):
+        for k, v in enumerate(losses):
+            s = 10 * (k + 1)
+            rows.append({"trial": trial, "batch_size": b, "lr": lr, "strategy": "tuned",
+                         "seed": seed, "step": s, "examples": b * s, "status": "reached",
+                         "phase": phase, "eval_loss": v})  # fmt: skip
+
+    for b, n in ((8, 8), (32, 4), (128, 3)):
+        # a lucky trial at lr 0.9 dips below the target at once (raw), then levels off above it
+        run(f"lucky{b}", b, 0.9, 0, "search", [0.4] + [0.6] * n)
+        run(f"chosen{b}", b, 0.3, 0, "search", [1.0] * (n - 1) + [0.45])
+        for k in range(2):  # the search chose 0.3; its confirmation runs cross after n-1 evals
+            run(f"c{b}-{k}", b, 0.3, 1_000_000 + k, "confirm", [1.0] * (n - 1) + [0.4] * 3)
+    summary = summarize(pd.DataFrame(rows), Target("eval_loss", 0.5), n_boot=20)
+    table = summary.steps_table()
+    assert list(table["lr"]) == [0.3, 0.3, 0.3]
+    assert (table["lr_basis"] == "chosen by the search, trained by the confirmation runs").all()
