@@ -2,21 +2,29 @@
 
 Selection and estimation are kept apart (docs/analysis.md). The LR search selects an LR per
 (batch size, seed); a sweep then trains that LR again with fresh training seeds (rows with
-``phase == "confirm"``, :mod:`tune_jobs.confirm`). The steps to target of a batch size are the
-first crossing of the *mean* curve of those runs (their target metric averaged over seeds at
-each step, linearly interpolated between eval points): it estimates the first step at which
-the expected metric meets the target, which is what "steps to reach the target" means for a
-noisy training run. Two biases are avoided:
+``phase == "confirm"``, :mod:`tune_jobs.confirm`), and the LR 1.5x below it, with the same
+seeds. The steps to target of a batch size at an LR are where the *mean* curve of its runs
+(their target metric averaged over seeds at each step, linearly interpolated between eval
+points) crosses the target, read off its monotone fit (:func:`monotone_crossing`): it
+estimates the first step at which the expected metric meets the target, which is what "steps
+to reach the target" means for a noisy training run. Of the two LRs the faster counts.
+Three biases are avoided:
 
 - first passage: a single noisy curve dips below the target before its mean does, so one
-  run's first crossing is early; averaging the curves first shrinks the noise by sqrt(k);
+  run's first crossing is early; averaging the curves first shrinks the noise by sqrt(k), and
+  the monotone fit's crossing, unlike the first crossing, is not pulled early by what noise
+  remains (it matters where the curve approaches the target at a shallow angle);
 - the winner's curse: the fastest of several search trials is the luckiest, so the minimum
-  over an LR search is low; the confirmation runs were not selected on their outcome.
+  over an LR search is low; the confirmation runs were not selected on their outcome (the
+  faster of two 4-seed means is a far milder minimum, and the bootstrap repeats it);
+- a lucky LR: the search's choice errs towards too large an LR, whose expected curve may
+  level off at the target; the lower LR then gives the estimate.
 
-Interval: a stratified bootstrap over training seeds: within each batch size its confirmation
-runs are drawn with replacement, the mean curve's crossing recomputed, and the fit redone
-(the chosen LR is held fixed). A run that stopped (its stop rule, or the budget) keeps its
-last value for the steps after its end; a diverged one counts as never reaching the target.
+Interval: a stratified bootstrap over training seeds: within each batch size and LR its
+confirmation runs are drawn with replacement, the mean curves' crossings recomputed, the
+faster taken, and the fit redone. A run that stopped (its stop rule, or the budget) keeps its
+last value for the steps after its end; a diverged one counts as never reaching the target
+after it diverged.
 
 Without confirmation runs the estimator falls back: for strategies that search no LR (one
 run per seed at a computed LR) the same mean curve over seeds; for an LR search recorded
@@ -41,7 +49,6 @@ FASTEST = (
     "winner's curse and first passage; rerun with lr_search.confirm_seeds > 0)"
 )
 _HUGE = 1e300  # stands for a diverged run's metric (never meets a min target)
-WINDOW = 0.1  # half-width of the centred time average of the mean curve, relative to the step
 
 
 @dataclass
@@ -61,24 +68,44 @@ class StepsEstimate:
     ci_method: str
 
 
-def crossing_steps(
+def monotone_crossing(
     steps: np.ndarray, values: np.ndarray, threshold: float, direction: Direction = "min"
 ) -> np.ndarray:
-    """First interpolated crossing of each row of ``values`` ([R, T] over ``steps`` [T]); NaN
-    for rows that never reach ``threshold``. Row-wise :func:`analysis.steps.crossing_step`."""
+    """Where the monotone fit of each row of ``values`` ([R, T] over ``steps`` [T]) crosses
+    ``threshold``; NaN for rows it never reaches.
+
+    For a curve that should fall (``min``; rise for ``max``), its isotonic (monotone
+    least-squares) fit lies above the threshold up to the eval point k that maximises the
+    running sum of w_j (value_j - threshold), and at or below it after (the switching relation
+    of isotonic regression); w_j is the step interval point j stands for (trapezoid weights,
+    so uneven eval spacing is accounted for). The crossing is interpolated between point k,
+    above the threshold, and k + 1, below it. Unlike the first crossing of the curve itself, a
+    dip of the noise below the threshold before the crossing does not end the search unless
+    it outweighs what follows, so the estimate is not pulled early by first passage. A row is
+    cut at its first non-finite or huge value (a diverged run in the mean): it can only have
+    reached the threshold before that.
+    """
     v = np.atleast_2d(np.asarray(values, dtype=float))
     s = np.asarray(steps, dtype=float)
-    hit = v <= threshold if direction == "min" else v >= threshold
-    any_hit = hit.any(1)
-    i = np.argmax(hit, axis=1)
-    j = np.maximum(i - 1, 0)
-    rows = np.arange(v.shape[0])
-    v0, v1 = v[rows, j], v[rows, i]
+    n, t = v.shape
+    rows = np.arange(n)
+    excess = v - threshold if direction == "min" else threshold - v
+    bad = ~np.isfinite(v) | (np.abs(v) >= _HUGE * 1e-6)
+    end = np.where(bad.any(1), np.argmax(bad, 1), t)  # first index past the usable part
+    valid = np.arange(t)[None, :] < end[:, None]
+    gaps = np.diff(s)
+    w = 0.5 * (np.concatenate([gaps, [0.0]]) + np.concatenate([[0.0], gaps]))
+    w = np.where(w > 0, w, 1.0)  # a single eval point
+    run = np.cumsum(np.where(valid, w * excess, 0.0), 1)
+    # the empty prefix (index -1, sum 0) competes: the fit is below from the first point
+    k = np.argmax(np.concatenate([np.zeros((n, 1)), np.where(valid, run, -np.inf)], 1), 1) - 1
+    lo, hi = np.clip(k, 0, t - 1), np.clip(k + 1, 0, t - 1)
+    a, b = excess[rows, lo], excess[rows, hi]  # a > 0 >= b where the crossing is inside
     with np.errstate(divide="ignore", invalid="ignore"):
-        frac = (threshold - v0) / (v1 - v0)
-    frac = np.where(np.isfinite(frac), np.clip(frac, 0.0, 1.0), 1.0)
-    out = np.where(i == 0, s[0], s[j] + frac * (s[i] - s[j]))
-    return np.where(any_hit, out, np.nan)
+        frac = np.clip(np.where(a > b, a / (a - b), 1.0), 0.0, 1.0)
+    out = np.where(k < 0, s[0], s[lo] + frac * (s[hi] - s[lo]))
+    never = (k + 1 >= end) & (k >= 0)  # above the threshold up to where the usable part ends
+    return np.where(never | (end == 0), np.nan, out)
 
 
 def curve_matrix(runs: list[pd.DataFrame], direction: Direction) -> tuple[np.ndarray, np.ndarray]:
@@ -99,19 +126,6 @@ def curve_matrix(runs: list[pd.DataFrame], direction: Direction) -> tuple[np.nda
         if bool(r["diverged"].iloc[-1]):
             out[k, grid > s[-1]] = bad
     return grid, out
-
-
-def time_average(steps: np.ndarray, window: float = WINDOW) -> np.ndarray:
-    """[T, T] matrix A: (values @ A.T)[t] = mean of values at eval steps within
-    [t (1 - window), t (1 + window)], narrowed near the last step to stay centred. Centred, so a smooth curve is not shifted (no lag, unlike
-    an EMA; the bias is about (window t)^2 f''(t) / 6); the scatter of a noisy one is averaged
-    over the eval points in the window."""
-    s = np.asarray(steps, dtype=float)
-    # symmetric even at the end of the runs: a window cut to the left there would lift a falling
-    # curve, so it narrows instead (the last eval point is averaged with nothing after it)
-    half = np.minimum(window * s, s[-1] - s)
-    near = np.abs(s[None, :] - s[:, None]) <= half[:, None]
-    return near / near.sum(1, keepdims=True)
 
 
 def _runs(frame: pd.DataFrame) -> list[pd.DataFrame]:
@@ -135,26 +149,35 @@ def mean_curve_steps(
     seed: int = 0,
     method: str = MEAN_CURVE,
 ) -> StepsEstimate:
-    """The mean-curve estimate for the runs in ``df`` (one strategy): one row per batch size."""
+    """The mean-curve estimate for the runs in ``df`` (one strategy): one row per batch size.
+
+    The runs of a batch size are grouped by LR (confirmation runs train the chosen LR and the
+    next lower one, :data:`tune_jobs.config.CONFIRM_LR_FACTORS`); each group's mean curve is
+    crossed (:func:`monotone_crossing`) and the faster LR counts, in the estimate and in each
+    bootstrap replicate alike (so the interval includes that choice). ``lr``: the LR counted
+    (the largest confirmed where none crossed)."""
     frame = df.reset_index(drop=True).assign(_value=smooth_ema(df, target.metric, ema).to_numpy())
     rng = np.random.default_rng(seed)
     sizes = sorted(frame["batch_size"].unique())
     rows, reps = [], np.full((max(n_boot, 0), len(sizes)), np.nan)
     for c, b in enumerate(sizes):
-        runs = _runs(frame[frame["batch_size"] == b])
-        grid, m = curve_matrix(runs, target.direction)
-        m = m @ time_average(grid).T
-        steps = float(
-            crossing_steps(grid, m.mean(0, keepdims=True), target.value, target.direction)[0]
-        )
-        spacing = [np.median(np.diff(r["step"])) for r in runs if len(r) > 1]
-        rows.append(
-            {"batch_size": int(b), "steps": steps, "n_runs": len(runs),
-             "eval_every": float(np.median(spacing)) if spacing else float("nan")}
-        )  # fmt: skip
-        if n_boot > 0 and len(runs) > 1:
-            w = rng.multinomial(len(runs), np.full(len(runs), 1.0 / len(runs)), n_boot)
-            reps[:, c] = crossing_steps(grid, w @ m / len(runs), target.value, target.direction)
+        best: dict = {"steps": np.nan}
+        for lr, at_lr in frame[frame["batch_size"] == b].groupby("lr", sort=True):
+            runs = _runs(at_lr)
+            grid, m = curve_matrix(runs, target.direction)
+            steps = float(
+                monotone_crossing(grid, m.mean(0, keepdims=True), target.value, target.direction)[0]
+            )
+            spacing = [np.median(np.diff(r["step"])) for r in runs if len(r) > 1]
+            row = {"batch_size": int(b), "steps": steps, "n_runs": len(runs), "lr": float(lr),
+                   "eval_every": float(np.median(spacing)) if spacing else float("nan")}  # fmt: skip
+            if np.isnan(best["steps"]) or steps < best["steps"]:  # the faster LR (by LR order,
+                best = row  # the largest when none crossed)
+            if n_boot > 0 and len(runs) > 1:
+                w = rng.multinomial(len(runs), np.full(len(runs), 1.0 / len(runs)), n_boot)
+                got = monotone_crossing(grid, w @ m / len(runs), target.value, target.direction)
+                reps[:, c] = np.fmin(reps[:, c], got)
+        rows.append(best)
     table = pd.DataFrame(rows)
     multi = bool((table["n_runs"] > 1).all())
     ci = (

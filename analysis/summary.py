@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analysis.estimate import FASTEST, StepsEstimate, estimation_runs, mean_curve_steps
+from analysis.estimate import (
+    FASTEST,
+    MEAN_CURVE,
+    StepsEstimate,
+    estimation_runs,
+    mean_curve_steps,
+)
 from analysis.fits import (
     CriticalBatchSize,
     critical_batch_size,
@@ -146,26 +152,19 @@ def _search_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df[df[PHASE_COLUMN] != "confirm"]
 
 
-def _confirmed_lr(best: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
-    """Where confirmation runs were recorded, the LR of a batch size is the one they trained
-    (the search's choice under its stop rule), not the fastest search trial by this analysis's
-    reading of the curves: the table's LR and its steps then come from the same runs. Several
-    studies (search seeds) at one batch size: the geometric mean of their LRs."""
-    if PHASE_COLUMN not in df or best.empty:
-        return best
-    conf = df[df[PHASE_COLUMN] == "confirm"]
-    if conf.empty:
-        return best
-    lrs = conf.groupby(["strategy", "batch_size", "trial"])["lr"].first().reset_index()
-    chosen = lrs.groupby(["strategy", "batch_size"])["lr"].agg(
-        lambda v: float(np.exp(np.log(v.astype(float)).mean()))
-    )
+def _confirmed_lr(best: pd.DataFrame, estimates: dict[str, StepsEstimate]) -> pd.DataFrame:
+    """Where confirmation runs were recorded, the LR of a batch size is the one whose runs gave
+    its steps (the search's choice or the LR below it, :mod:`analysis.estimate`), not the
+    fastest search trial by this analysis's reading of the curves: the table's LR and its
+    steps then come from the same runs."""
     out = best.copy()
-    for i, row in out.iterrows():
-        key = (row["strategy"], row["batch_size"])
-        if key in chosen.index:
-            out.at[i, "lr"] = float(chosen[key])
-            out.at[i, "lr_basis"] = "chosen by the search, trained by the confirmation runs"
+    for name, est in estimates.items():
+        if est.method != MEAN_CURVE or "lr" not in est.table:
+            continue
+        for row in est.table.itertuples():
+            at = (out["strategy"] == name) & (out["batch_size"] == row.batch_size)
+            out.loc[at, "lr"] = float(row.lr)
+            out.loc[at, "lr_basis"] = "chosen by the search, trained by the confirmation runs"
     return out
 
 
@@ -196,7 +195,7 @@ def summarize(
     per_trial = steps_to_target(df, target, ema)
     phase = df.groupby("trial")[PHASE_COLUMN].first() if PHASE_COLUMN in df else None
     search = per_trial if phase is None else per_trial[per_trial["trial"].map(phase) != "confirm"]
-    best = _confirmed_lr(best_per_batch_size(search, direction=target.direction), df)
+    best = best_per_batch_size(search, direction=target.direction)
     primary = primary_strategy(per_trial["strategy"], strategy)
     notes: list[str] = []
     estimates: dict[str, StepsEstimate] = {}
@@ -218,6 +217,7 @@ def summarize(
             if name == primary:
                 raise AnalysisError(f"strategy {name!r}: {e}") from e
             notes.append(f"no fit for strategy {name!r}: {e}")
+    best = _confirmed_lr(best, estimates)
     if estimates[primary].method == FASTEST:
         notes.append(f"steps to target: {FASTEST}")
     missed = estimates[primary].table.query("steps != steps")["batch_size"].tolist()
@@ -231,7 +231,7 @@ def summarize(
 
     parts = []
     for name, est in estimates.items():
-        t = est.table.assign(strategy=name)
+        t = est.table.drop(columns="lr", errors="ignore").assign(strategy=name)  # LR: `best`
         if est.replicates is not None:
             with warnings.catch_warnings():  # a batch size no replicate crossed: NaN, said
                 warnings.simplefilter("ignore", RuntimeWarning)

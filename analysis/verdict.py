@@ -21,10 +21,10 @@ import pandas as pd
 MAX_CI_RATIO = 4.0  # CI upper / lower bound beyond which B_crit is not determined
 MAX_CHI2 = 4.0  # reduced chi-square of the fit (residuals over seed scatter) beyond: misfit
 # Eval interval over S_min beyond which steps are too coarse. The crossing is interpolated
-# linearly between the eval points of a curve averaged over seeds and over a centred +-10%
-# window (analysis.estimate.WINDOW); on a power-law curve f ~ t^-a an interval h moves the
-# interpolated crossing by about (1 + a) h^2 / (8 t), 0.3% of t at h = 0.1 t. So the interval
-# must be small against that window, not against the precision wanted: at most 10% of S_min.
+# linearly between two eval points of the seeds' mean curve (analysis.estimate); on a
+# power-law curve f ~ t^-a an interval h moves the interpolated crossing by about
+# (1 + a) h^2 / (8 t), 0.3% of t at h = 0.1 t, so the interval need not be small against the
+# precision wanted, only against the curvature: at most 10% of S_min.
 MAX_EVAL_FRACTION = 0.10
 MIN_EACH_SIDE = 2  # measured batch sizes needed below and above B_crit
 

@@ -143,14 +143,16 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
     return df
 
 
-def measure(name: str, repeats: int, confirm_seeds: int) -> list[dict]:
+def measure(
+    name: str, repeats: int, confirm_seeds: int, estimators=("before", "after")
+) -> list[dict]:
     problem = PROBLEMS[name]
     options, target, momentum, sizes = problem
     nqm = NQM(options["dim"], 1.0, options["noise_scale"], 1.0)
     truth = ground_truth(nqm, sizes, target, momentum)
     oracle = float(sum(truth["steps"]))
     out = []
-    for after in (False, True):
+    for after in [e == "after" for e in estimators]:
         for r in range(repeats):
             t0 = time.perf_counter()
             df, compute = run_sweep(problem, r, after, confirm_seeds)
@@ -187,13 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--problems", default=",".join(PROBLEMS))
     ap.add_argument("--confirm-seeds", type=int, default=LRSearchConfig().confirm_seeds)
+    ap.add_argument("--estimators", default="before,after", help="before, after or both")
     ap.add_argument("--smoke-test", action="store_true")
     args = ap.parse_args(argv)
     names = ["p1"] if args.smoke_test else args.problems.split(",")
     repeats = 2 if args.smoke_test else args.repeats
     results = []
     for name in names:
-        results += measure(name, repeats, args.confirm_seeds)
+        results += measure(name, repeats, args.confirm_seeds, args.estimators.split(","))
     with pd.option_context("display.width", 160, "display.float_format", "{:.3g}".format):
         print(table(results).to_string(index=False))
     return 0

@@ -169,8 +169,11 @@ def test_good_job_defaults_and_plan_size():
     job = parse_job(GOOD)
     assert job.experiment == "t" and job.tuned
     assert job.search_trials == 2 * 1 * job.lr_search.trials_per_batch_size
-    # plus the confirmation runs: 4 fresh seeds at each study's chosen LR by default
-    assert job.total_trials == job.search_trials + 2 * 1 * 4 and job.lr_search.confirm_seeds == 4
+    # plus the confirmation runs: 4 fresh seeds at each study's chosen LR and the LR below it
+    assert job.confirm_lr_factors == (1.0, 1 / 1.5)
+    assert (
+        job.total_trials == job.search_trials + 2 * 1 * 4 * 2 and job.lr_search.confirm_seeds == 4
+    )
     assert job.target.smoothing == 0.8  # the stop rule's EMA beta
     assert job.budget.max_steps == 1000
 

@@ -84,7 +84,8 @@ def test_replay_owes_the_confirmation_runs_that_had_not_finished(tmp_path: Path)
     whole = _run(searcher)
     confirm = [t for t in whole if t[4] == "confirm"]
     reached = [n for n in searcher.search.studies if n in searcher.search.stop_bound]
-    assert reached and len(confirm) == 2 * len(reached) == len(set(confirm))
+    # 2 seeds at each reached study's chosen LR and at the LR below it
+    assert reached and len(confirm) == 2 * 2 * len(reached) == len(set(confirm))
     for stop in range(1, len(whole)):
         d = tmp_path / f"k{stop}"
         d.mkdir()

@@ -163,13 +163,13 @@ def test_driver_killed_mid_confirmation_then_resume_gives_the_uninterrupted_tabl
     """The confirmation runs (fresh seeds at each study's chosen LR) resume like the search:
     killed while one of them trains, `critbatch resume` finishes the sweep with the table of
     the sweep that was never killed, each confirmation run once."""
-    total = TOTAL + 2 * 2  # 2 confirmation runs per batch size
+    total = TOTAL + 2 * 2 * 2  # 2 confirmation seeds x 2 LRs per batch size
     ref_dir = tmp_path / "ref"
     ref_dir.mkdir()
     out = _run(ref_dir, "run", str(_job(ref_dir, "conf", confirm_seeds=2)))
     assert out.returncode == 0, out.stderr[-3000:]
     reference = _table(ref_dir / "runs" / "conf")
-    assert sum(r["seed"] >= 1_000_000 for r in reference) == 4
+    assert sum(r["seed"] >= 1_000_000 for r in reference) == 8
 
     job = _job(tmp_path, "conf", confirm_seeds=2)
     run_dir = tmp_path / "runs" / "conf"

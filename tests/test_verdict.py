@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.estimate import crossing_steps, mean_curve_steps
+from analysis.estimate import mean_curve_steps, monotone_crossing
 from analysis.fits import fit_mccandlish
 from analysis.steps import Target
 from analysis.verdict import judge
@@ -60,11 +60,56 @@ def test_coarse_evaluation_asks_for_more_frequent_evals():
     assert any(a.startswith("eval_every 18 is 18% of S_min: evaluate more often") for a in v.advice)
 
 
-def test_crossing_steps_interpolates_per_row():
+def test_monotone_crossing_interpolates_per_row():
     steps = np.array([10.0, 20.0, 30.0])
     vals = np.array([[1.0, 0.6, 0.2], [1.0, 0.9, 0.8], [0.1, 0.1, 0.1]])
-    got = crossing_steps(steps, vals, 0.5)
+    got = monotone_crossing(steps, vals, 0.5)
     assert got[0] == pytest.approx(22.5) and np.isnan(got[1]) and got[2] == 10.0
+    # accuracy (rising): the same curves mirrored about the threshold
+    assert monotone_crossing(steps, 1.0 - vals, 0.5, "max")[0] == pytest.approx(22.5)
+
+
+def test_monotone_crossing_is_not_pulled_early_by_a_noise_dip():
+    """A curve that dips below the threshold once by noise, rises back above it, and only
+    later stays below: the first crossing is the dip (step ~19), the monotone fit's crossing
+    is where the curve goes below for good on balance (45)."""
+    steps = np.arange(10.0, 70.0, 10.0)
+    vals = np.array([[1.0, 0.45, 0.7, 0.6, 0.4, 0.3]])
+    assert monotone_crossing(steps, vals, 0.5)[0] == pytest.approx(45.0)
+    # a dip deeper and longer than what stays above afterwards does count
+    deep = np.array([[1.0, 0.1, 0.1, 0.55, 0.4, 0.3]])
+    assert monotone_crossing(steps, deep, 0.5)[0] == pytest.approx(10 + 10 * 0.5 / 0.9)
+
+
+def test_monotone_crossing_cuts_a_curve_at_divergence():
+    steps = np.array([10.0, 20.0, 30.0, 40.0])
+    crossed = np.array([[1.0, 0.4, 1e300, 1e300]])  # reached, then a run in the mean diverged
+    never = np.array([[1.0, 0.8, 1e300, 1e300]])
+    assert monotone_crossing(steps, crossed, 0.5)[0] == pytest.approx(10 + 10 * 0.5 / 0.6)
+    assert np.isnan(monotone_crossing(steps, never, 0.5)[0])
+
+
+def test_monotone_crossing_equals_the_isotonic_fit_crossing():
+    """The switching relation, checked against scikit-learn's isotonic regression on random
+    noisy falling curves with the same point weights (even steps: the ends weigh half): the
+    crossing lies between the fit's last point above the threshold and its first at or below."""
+    from sklearn.isotonic import isotonic_regression
+
+    rng = np.random.default_rng(0)
+    steps = np.arange(1.0, 81.0)
+    weights = np.r_[0.5, np.ones(78), 0.5]
+    for _ in range(200):
+        y = np.exp(-steps / 30) + rng.normal(0, 0.08, steps.size)
+        fit = isotonic_regression(y, sample_weight=weights, increasing=False)
+        below = np.flatnonzero(fit <= 0.4)
+        got = monotone_crossing(steps, y[None, :], 0.4)[0]
+        if below.size == 0:
+            assert np.isnan(got)
+            continue
+        if below[0] == 0:
+            assert got == steps[0]
+        else:
+            assert steps[below[0] - 1] <= got <= steps[below[0]]
 
 
 def test_mean_curve_crossing_averages_seeds_before_thresholding():
@@ -79,6 +124,28 @@ def test_mean_curve_crossing_averages_seeds_before_thresholding():
     # mean curve: 1.0, 0.6, 0.45, 0.3 -> crosses 0.5 at 20 + 10 * (0.1 / 0.15)
     assert est.table["steps"].iloc[0] == pytest.approx(20 + 10 * 0.1 / 0.15)
     assert est.replicates.shape == (50, 1)
+
+
+def test_the_faster_confirmed_lr_gives_the_steps_and_the_lr():
+    """Confirmation runs at the chosen LR (0.3, whose mean curve levels off above the target)
+    and at the LR below it (0.2, which crosses): the batch size's steps and LR are 0.2's, and
+    every bootstrap replicate takes the faster LR as well."""
+    rows = []
+    for lr, curve in ((0.3, (1.0, 0.7, 0.6, 0.55, 0.55)), (0.2, (1.0, 0.8, 0.6, 0.45, 0.4))):
+        for seed in (1, 2, 3):
+            noise = 0.01 * (seed - 2)
+            for s, v in zip((10, 20, 30, 40, 50), curve, strict=True):
+                rows.append({"trial": f"t{lr}-{seed}", "batch_size": 8, "lr": lr, "seed": seed,
+                             "strategy": "tuned", "step": s, "examples": 8 * s, "status": "reached",
+                             "phase": "confirm", "eval_loss": v + noise})  # fmt: skip
+    est = mean_curve_steps(pd.DataFrame(rows), Target("eval_loss", 0.5), n_boot=40)
+    assert est.table["lr"].iloc[0] == 0.2 and est.table["n_runs"].iloc[0] == 3
+    assert est.table["steps"].iloc[0] == pytest.approx(30 + 10 * 0.1 / 0.15)
+    assert np.isfinite(est.replicates).all()
+    # and when both cross, the faster wins: swap which LR levels off
+    swapped = pd.DataFrame(rows).assign(lr=lambda d: d["lr"].map({0.3: 0.2, 0.2: 0.3}))
+    est = mean_curve_steps(swapped, Target("eval_loss", 0.5), n_boot=0)
+    assert est.table["lr"].iloc[0] == 0.3
 
 
 def test_the_table_gives_the_lr_the_confirmation_runs_trained():

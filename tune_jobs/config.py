@@ -57,6 +57,14 @@ LINE_SEARCH = "line_search"
 """The project's bracketing line search in log LR (Optuna TPE only as its fallback)."""
 LR_ALGORITHMS = (LINE_SEARCH, "random", "grid")
 """The values of ``lr_search.algorithm``."""
+CONFIRM_LR_FACTORS = (1.0, 1 / 1.5)
+"""The LRs a study's confirmation runs train, as factors of the LR its search chose. Noisy
+selection errs high: an LR whose expected loss only just reaches the target, or levels off
+just above it, has the widest spread of trial outcomes, so its luckiest trial often wins the
+search (on the noisy-truth benchmark the chosen LR at the smallest batch sizes was 1.1-1.7x the
+optimum, where 1.5x the optimum never reaches the target in expectation). Steps against LR
+are a cliff above the optimum and a gentle slope below it, so the next lower LR is confirmed
+too and the faster of the two mean curves counts (docs/analysis.md)."""
 
 
 @dataclass(frozen=True)
@@ -89,11 +97,12 @@ class LRSearchConfig:
     its steps (its best metric at step t is worse than the fastest one's at (1 - lag_stop) t),
     checked from half the fastest trial's steps on; 0 turns it off. Needs early_stopping."""
     confirm_seeds: int = 4
-    """Confirmation runs per study once its LR search has finished: the chosen LR trained with
-    this many fresh training seeds. B_crit is estimated from them (the crossing of their mean
-    curve), not from the search's fastest trial, which is biased low (the winner's curse; see
-    docs/analysis.md). 0: no confirmation; the estimate then falls back to the search's fastest
-    trials and the report says it is biased."""
+    """Confirmation runs per study and confirmed LR once its LR search has finished: the chosen
+    LR, and the LR CONFIRM_LR_FACTORS below it, each trained with this many fresh training
+    seeds (the same seeds for both). B_crit is estimated from them (the crossing of their mean
+    curves, the faster LR's), not from the search's fastest trial, which is biased low (the
+    winner's curse; see docs/analysis.md). 0: no confirmation; the estimate then falls back to
+    the search's fastest trials and the report says it is biased."""
     cascade: bool = False
     """`line_search` only: run the studies one batch size at a time (per seed) from the
     largest down, each started from its finished larger neighbours' best LRs, one trial in
@@ -245,8 +254,18 @@ class JobConfig:
         return len(self.batch_sizes) * len(self.seeds) * self.trials_per_study
 
     @property
+    def confirm_lr_factors(self) -> tuple[float, ...]:
+        """The LRs a study's confirmation runs train, as factors of its chosen LR: the chosen
+        one and the next lower where an LR search chose (:data:`CONFIRM_LR_FACTORS`), the
+        computed LR alone where none did (nothing was selected)."""
+        return CONFIRM_LR_FACTORS if self.tuned else (1.0,)
+
+    @property
     def confirm_trials(self) -> int:
-        return len(self.batch_sizes) * len(self.seeds) * self.lr_search.confirm_seeds
+        return (
+            len(self.batch_sizes) * len(self.seeds) * self.lr_search.confirm_seeds
+            * len(self.confirm_lr_factors)
+        )  # fmt: skip
 
     @property
     def total_trials(self) -> int:

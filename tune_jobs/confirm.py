@@ -4,9 +4,12 @@ The LR search picks, per study (batch size, seed), the LR whose trial reached th
 the fewest steps. That fastest trial is a biased estimate of the steps the LR needs: among
 several noisy trials the minimum is low (the winner's curse), and a single noisy curve first
 dips below the target early (first passage). So once a study's search has finished, its
-chosen LR is trained again with ``lr_search.confirm_seeds`` fresh training seeds; analysis
-estimates the steps to target from these runs alone (the crossing of their mean curve,
-:mod:`analysis.estimate`), and resamples them for the interval.
+chosen LR is trained again with ``lr_search.confirm_seeds`` fresh training seeds, and so is
+the LR 1.5x below it (:data:`tune_jobs.config.CONFIRM_LR_FACTORS`: noisy selection errs
+towards too large an LR, whose expected loss may never reach the target); analysis estimates
+the steps to target from these runs alone (the crossing of each LR's mean curve, the faster
+LR's, :mod:`analysis.estimate`), and resamples them for the interval. Both LRs train the same
+seeds (common random numbers: their difference is less noisy than the seeds').
 
 Confirmation runs are never early-stopped, and do not stop at the target either: every run of
 a study trains to the same horizon, ``HORIZON`` times the search's best steps S (or the step
@@ -25,6 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from tune_jobs.config import CONFIRM_LR_FACTORS
 from tune_jobs.lr_search import LRSearch, Proposal
 from tune_jobs.lr_study import parse_study_name as _parse
 
@@ -49,24 +53,32 @@ def confirm_eval_every(best_steps: float, eval_every: int) -> int:
 class Confirmation:
     """Which confirmation runs to start, per study, once its LR search has finished.
 
-    A study whose search never reached the target gets none (its batch size has no estimate).
+    Run j of a study trains LR ``best_lr * lr_factors[j // n_seeds]`` with confirmation seed
+    ``j % n_seeds``. A study whose search never reached the target gets none (its batch size
+    has no estimate).
     """
 
     n_seeds: int
     eval_every: int
+    lr_factors: tuple[float, ...] = CONFIRM_LR_FACTORS
     asked: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def per_study(self) -> int:
+        return max(self.n_seeds, 0) * len(self.lr_factors)
 
     def ask(self, search: LRSearch) -> Proposal | None:
         """The next confirmation run of a finished study, or None (none due now)."""
         if self.n_seeds <= 0:
             return None
         for name in search.studies:
-            k = self.asked.get(name, 0)
-            if k >= self.n_seeds or not self._due(search, name):
+            j = self.asked.get(name, 0)
+            if j >= self.per_study or not self._due(search, name):
                 continue
-            self.asked[name] = k + 1
+            self.asked[name] = j + 1
             b, s = _parse(name)
-            return Proposal(name, b, confirm_seed(s, k), float(search.best_lr(name)), k)
+            lr = float(search.best_lr(name)) * self.lr_factors[j // self.n_seeds]
+            return Proposal(name, b, confirm_seed(s, j % self.n_seeds), lr, j)
         return None
 
     def pending(self, search: LRSearch) -> bool:
@@ -74,7 +86,8 @@ class Confirmation:
         if self.n_seeds <= 0:
             return False
         return any(
-            not search.finished(n) or (self._due(search, n) and self.asked.get(n, 0) < self.n_seeds)
+            not search.finished(n)
+            or (self._due(search, n) and self.asked.get(n, 0) < self.per_study)
             for n in search.studies
         )
 

@@ -73,7 +73,7 @@ class ProgressCallback(Callback):
 
             table = best_per_batch_size(pd.DataFrame(self.finished))
             best = {int(r.batch_size): (r.steps, r.lr) for r in table.itertuples() if r.n_reached}
-        per += self.job.lr_search.confirm_seeds * len(self.job.seeds)
+        per += self.job.confirm_trials // len(self.job.batch_sizes)
         parts = []
         for b in self.job.batch_sizes:
             best_s = f"{best[b][0]:.0f} steps @ lr {best[b][1]:.3g}" if b in best else "-"

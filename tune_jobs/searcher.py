@@ -68,7 +68,7 @@ class SweepSearcher(Searcher):
             lag=r.lag_stop, cascade=r.cascade, pipeline=r.pipeline,
         )  # fmt: skip
         self.proposals: dict[str, Proposal] = {}
-        self.confirm = Confirmation(r.confirm_seeds, job.eval_every)
+        self.confirm = Confirmation(r.confirm_seeds, job.eval_every, job.confirm_lr_factors)
         self.confirming: dict[str, Proposal] = {}  # trial id -> its confirmation run
         self.best_metric: dict[str, float] = {}
         self.censored: dict[str, float] = {}  # trial id -> steps bound it was stopped at
