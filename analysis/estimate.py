@@ -179,7 +179,7 @@ def mean_curve_steps(
                 reps[:, c] = np.fmin(reps[:, c], got)
         rows.append(best)
     table = pd.DataFrame(rows)
-    multi = bool((table["n_runs"] > 1).all())
+    multi = bool((table["n_runs"] > 1).all()) and n_boot > 0
     ci = (
         f"stratified bootstrap over training seeds: each batch size's runs resampled, "
         f"mean curve re-crossed, fit redone ({n_boot} replicates)"

@@ -158,6 +158,8 @@ def _confirmed_lr(best: pd.DataFrame, estimates: dict[str, StepsEstimate]) -> pd
     fastest search trial by this analysis's reading of the curves: the table's LR and its
     steps then come from the same runs."""
     out = best.copy()
+    if out.empty:
+        return out
     for name, est in estimates.items():
         if est.method != MEAN_CURVE or "lr" not in est.table:
             continue

@@ -173,3 +173,19 @@ def test_the_table_gives_the_lr_the_confirmation_runs_trained():
     table = summary.steps_table()
     assert list(table["lr"]) == [0.3, 0.3, 0.3]
     assert (table["lr_basis"] == "chosen by the search, trained by the confirmation runs").all()
+
+
+def test_summarize_without_a_bootstrap():
+    """n_boot=0 (a quick look): the estimate and the fit, no interval, no crash."""
+    from analysis.summary import summarize
+
+    rows = []
+    for b, n in ((8, 8), (32, 4), (128, 3), (512, 3)):
+        for k, phase in ((0, "search"), (1, "confirm"), (2, "confirm")):
+            for i, v in enumerate([1.0] * (n - 1) + [0.4] * 3):
+                rows.append({"trial": f"c{b}-{k}", "batch_size": b, "lr": 0.3, "seed": k,
+                             "strategy": "tuned", "step": 10 * (i + 1), "examples": b * 10 * (i + 1),
+                             "status": "reached", "phase": phase, "eval_loss": v})  # fmt: skip
+    summary = summarize(pd.DataFrame(rows), Target("eval_loss", 0.5), n_boot=0)
+    assert summary.estimates["tuned"].replicates is None
+    assert summary.table["steps"].notna().all() and np.isfinite(summary.cbs.b_crit)
