@@ -121,3 +121,35 @@ def test_cli_branch_points_nonnegative_and_increasing(branch_at, capsys):
 def test_cli_branch_flags_need_branch_at(capsys):
     assert main(["nqm", "--factors", "1,2", "--dim", "100"]) == 2
     assert "--factors: applies only with --branch-at" in capsys.readouterr().err
+
+
+def test_nqm_exact_branches_from_base_checkpoints_give_the_exact_answer():
+    """The trainable path the Ray runner takes: a base run of `nqm_exact` checkpoints its
+    moments at its `checkpoint_at` steps (the last one its final step); a branch handed such a
+    checkpoint goes on from it at its own batch size and LR to its max_steps."""
+    import dataclasses
+
+    from trainables.api import Target, TrialConfig
+    from trainables.workloads.nqm import train_exact
+
+    plan = BranchPlan(8, 0.05, (0, 100, 1000), (1, 2, 4, 8, 16, 32), 3200, 0.01).check()
+    exact = branched_losses(NQM(dim=1000), plan)
+    never = Target("eval_loss", -1e300, "min")  # a branch trains its whole window
+    base = TrialConfig("nqm_exact", 8, 0.05, max_steps=1000, eval_every=70, target=never,
+                       checkpoint_at=(100, 1000), options={"dim": 1000})  # fmt: skip
+    checkpoints = {}
+
+    def keep(metrics, checkpoint=None):
+        if checkpoint is not None:
+            checkpoints[metrics["step"]] = checkpoint
+
+    train_exact(base, keep)
+    assert sorted(checkpoints) == [100, 1000]  # 100 is no multiple of eval_every: added
+    for j, t in enumerate(plan.branch_at):
+        for i, k in enumerate(plan.factors):
+            cfg = dataclasses.replace(base, batch_size=plan.batch_size(k), lr=plan.lr(k),
+                                      max_steps=t + plan.steps(k), checkpoint_at=())  # fmt: skip
+            reports: list[dict] = []
+            train_exact(cfg, lambda m, c=None, out=reports: out.append(m), checkpoints.get(t))
+            assert reports[-1]["step"] == t + plan.steps(k)
+            assert reports[-1]["eval_loss"] == pytest.approx(exact["losses"][j][i], rel=1e-12)
