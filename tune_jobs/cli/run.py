@@ -273,6 +273,11 @@ def run_command(args) -> int:
     from tune_jobs.sweep import run_sweep
 
     job = _load(args)
+    if job.branch.enabled:
+        from tune_jobs.config import JobError
+
+        raise JobError(f"branch: {args.job} branches from a base run (branch.branch_at is set); "
+                       f"run it with `critbatch branch {args.job}`")  # fmt: skip
     print(plan_text(job), flush=True)
     result = run_sweep(job, address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress,
                        job_yaml=args.job.read_text())  # fmt: skip
