@@ -79,3 +79,47 @@ def test_run_refuses_a_branch_job_and_branch_a_sweep(tmp_path, capsys):
     assert main(["branch", str(sweep)]) == 2
     assert "branch.branch_at" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_check_prints_the_branch_plan_and_resume_refuses_a_branch_folder(tmp_path, capsys):
+    import json
+
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(branch_job() | {"storage": str(tmp_path / "runs")}))
+    assert main(["check", str(job)]) == 0
+    out = capsys.readouterr().out
+    assert "trials: 1 base + 18 branches" in out and "`critbatch branch` will start" in out
+    folder = tmp_path / "runs" / "nqm-branch"
+    folder.mkdir(parents=True)
+    (folder / "sweep.json").write_text(json.dumps({"branch": True, "job": {}}))
+    assert main(["resume", str(folder)]) == 2
+    assert "cannot be resumed" in capsys.readouterr().err
+
+
+def test_the_supervised_loop_branches_from_a_base_checkpoint():
+    """A branch at k = 1 from the base run's checkpoint at step 10 is the base run itself
+    (same examples, same state); at k = 2 it goes on from step 10 for window / 2 steps."""
+    import dataclasses
+
+    from trainables.api import TrialConfig
+    from trainables.registry import run_trial
+
+    base = TrialConfig("synthetic", 8, 0.1, seed=3, max_steps=20, eval_every=10,
+                       checkpoint_at=(10,))  # fmt: skip
+    reports, checkpoints = [], {}
+
+    def keep(m, c=None):
+        reports.append(m)
+        if c is not None:
+            checkpoints[m["step"]] = c
+
+    run_trial(base, keep)
+    assert sorted(checkpoints) == [10]
+    plain = dataclasses.replace(base, checkpoint_at=())
+    k1: list[dict] = []
+    run_trial(plain, lambda m, c=None: k1.append(m), checkpoints[10])
+    assert [r["step"] for r in k1] == [20] and k1[-1]["train_loss"] == reports[-1]["train_loss"]
+    k2: list[dict] = []
+    run_trial(dataclasses.replace(plain, batch_size=16, lr=0.2, max_steps=15),
+              lambda m, c=None: k2.append(m), checkpoints[10])  # fmt: skip
+    assert k2[-1]["step"] == 15 and k2[-1]["train_loss"] != k1[-1]["train_loss"]

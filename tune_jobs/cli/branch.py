@@ -32,6 +32,24 @@ def register(subparsers) -> None:
     p.set_defaults(func=branch_command)
 
 
+def branch_plan_text(job) -> str:
+    """What `critbatch branch` would run (`critbatch check` prints it)."""
+    plan = job.branch.plan()
+    n_base = len(job.seeds) if max(plan.branch_at) > 0 else 0
+    n = len(job.seeds) * len(plan.branch_at) * len(plan.factors)
+    return "\n".join([
+        f"branch {job.name!r}: workload {job.workload}, seeds {', '.join(map(str, job.seeds))}",
+        f"  base run: batch {plan.base_batch_size}, LR {plan.base_lr:g}, to step "
+        f"{max(plan.branch_at)}; branch points {', '.join(map(str, plan.branch_at))}",
+        f"  branches: factors {', '.join(map(str, plan.factors))} (batch sizes "
+        f"{', '.join(map(str, job.batch_sizes))}), window {plan.window_steps} / k steps, LR "
+        f"{plan.lr_rule}; pass: {job.target.metric} <= (1 + {plan.tolerance:g}) x the k=1 branch's",
+        f"  trials: {n_base} base + {n} branches; resources per trial: {job.resources.cpus:g} CPU, "
+        f"{job.resources.gpus:g} GPU",
+        f"  MLflow: {job.tracking.uri}, experiment {job.experiment!r}; run folder under {job.storage}",
+    ])  # fmt: skip
+
+
 def branch_command(args) -> int:
     from tune_jobs.branch import run_branch
     from tune_jobs.config import JobError
@@ -43,6 +61,8 @@ def branch_command(args) -> int:
                        "branch: {base_batch_size: 8, base_lr: 0.05, branch_at: [0, 100, 1000], "
                        "window_steps: 3200} (docs/branching.md)")  # fmt: skip
     plan = job.branch.plan()
+    if not args.json:
+        print(branch_plan_text(job), flush=True)
     result = run_branch(job, address=args.address, num_cpus=args.num_cpus,
                         job_yaml=args.job.read_text())  # fmt: skip
     out = result.to_json(plan)
