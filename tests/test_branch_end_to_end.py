@@ -54,3 +54,38 @@ def test_branch_on_nqm_exact_matches_the_exact_answer(ray_local, tmp_path, capsy
     assert sorted((m.step, m.value) for m in history) == [(0, 128), (1000, 64), (100000, 8)]
     stored = json.loads((Path(got["run_dir"]) / "branch.json").read_text())
     assert stored["local_cbs"] == got["local_cbs"] and len(stored["branches"]) == 18
+
+
+def test_branch_on_sampled_sgd_restores_the_base_run_exactly_per_seed(ray_local, tmp_path, capsys):
+    """`nqm_sgd`, two seeds: each k = 1 branch, restored on a Ray worker from its seed's base
+    checkpoint, is that seed's uninterrupted run (same draws, same loss); the local CBS gets a
+    seed interval around it."""
+    from trainables.api import Target, TrialConfig
+    from trainables.registry import run_trial
+
+    d = {"name": "sgd-branch", "workload": "nqm_sgd", "options": {"dim": 100}, "seeds": [0, 1],
+         "branch": {"base_batch_size": 4, "base_lr": 0.2, "branch_at": [0, 200],
+                    "factors": [1, 2, 4], "window_steps": 400, "tolerance": 0.05},
+         "target": {"metric": "eval_loss", "value": 0.01, "direction": "min"}, "eval_every": 100,
+         "storage": str(tmp_path / "runs"), "resources": {"cpus": 1},
+         "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}}  # fmt: skip
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(d))
+    assert main(["branch", str(job), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["seeds"] == [2, 2]
+    for cbs, lo, hi in zip(got["local_cbs"], got["ci_low"], got["ci_high"], strict=True):
+        assert lo is not None and lo <= cbs <= hi
+    branches = json.loads((Path(got["run_dir"]) / "branch.json").read_text())["branches"]
+    for seed in (0, 1):
+        for t in (0, 200):
+            (row,) = [
+                b for b in branches if (b["seed"], b["branch_at"], b["factor"]) == (seed, t, 1)
+            ]
+            cfg = TrialConfig("nqm_sgd", 4, 0.2, seed=seed, max_steps=t + 400, eval_every=100,
+                              target=Target("eval_loss", -1e300, "min"), options={"dim": 100})  # fmt: skip
+            reports: list[dict] = []
+            run_trial(cfg, lambda m, c=None, out=reports: out.append(m))
+            assert row["loss"] == pytest.approx(reports[-1]["eval_loss"], rel=1e-12)
+    losses = {(b["seed"], b["branch_at"]): b["loss"] for b in branches if b["factor"] == 1}
+    assert losses[(0, 200)] != losses[(1, 200)]  # the seeds differ

@@ -153,3 +153,20 @@ def test_nqm_exact_branches_from_base_checkpoints_give_the_exact_answer():
             train_exact(cfg, lambda m, c=None, out=reports: out.append(m), checkpoints.get(t))
             assert reports[-1]["step"] == t + plan.steps(k)
             assert reports[-1]["eval_loss"] == pytest.approx(exact["losses"][j][i], rel=1e-12)
+
+
+def test_branch_plan_rules():
+    plan = BranchPlan(16, 0.01, (0,), (1, 4, 9), 36, 0.05, "sqrt").check()
+    assert [plan.batch_size(k) for k in plan.factors] == [16, 64, 144]
+    assert [plan.steps(k) for k in plan.factors] == [36, 9, 4]  # the same 576 examples each
+    assert [plan.lr(k) for k in plan.factors] == pytest.approx([0.01, 0.02, 0.03])  # lr0 sqrt(k)
+    linear = BranchPlan(16, 0.01, (0,), (1, 4, 9), 36, 0.05, "linear")
+    assert linear.lr(9) == pytest.approx(0.09)
+    from trainables.branching import local_critical_batch_size, passes
+
+    assert passes(1.05, 1.0, 0.05) and not passes(1.0501, 1.0, 0.05)
+    assert not passes(math.nan, 1.0, 0.05) and not passes(math.inf, 1.0, 0.05)
+    assert local_critical_batch_size([8, 16, 32], [True, False, True]) == 32
+    assert local_critical_batch_size([8, 16], [False, False]) is None
+    with pytest.raises(ValueError, match="lr_rule must be linear"):
+        branched_losses(NQM(dim=10), plan)
