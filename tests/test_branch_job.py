@@ -78,6 +78,9 @@ def test_run_refuses_a_branch_job_and_branch_a_sweep(tmp_path, capsys):
     sweep.write_text(yaml.safe_dump(d))
     assert main(["branch", str(sweep)]) == 2
     assert "branch.branch_at" in capsys.readouterr().err
+    job.write_text(yaml.safe_dump(branch_job() | {"storage": "s3://bucket/runs"}))
+    assert main(["branch", str(job)]) == 2
+    assert "storage: 's3://bucket/runs'; critbatch branch needs a folder" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()  # nothing written
 
 

@@ -126,6 +126,10 @@ def run_branch(
 
     if not job.branch.enabled:
         raise JobError("branch.branch_at: this job does not branch; give branch_at, e.g. [0, 100]")
+    if "://" in job.storage:
+        raise JobError(f"storage: {job.storage!r}; critbatch branch needs a folder every worker "
+                       "can read (the branches load the base run's checkpoints from it): give "
+                       "a local or shared filesystem path")  # fmt: skip
     plan = job.branch.plan()
     t0 = time.time()
     run_dir = preflight(job, address=address, num_cpus=num_cpus)
