@@ -220,7 +220,8 @@ class JobConfig:
     workload: str
     """Workload from the registry (`critbatch workloads`)."""
     batch_sizes: list[int]
-    """Batch sizes to study (the scientific hyperparameter)."""
+    """Batch sizes to study (the scientific hyperparameter). A branch job may leave it out: its
+    batch sizes are branch.base_batch_size x branch.factors."""
     seeds: list[int] = field(default_factory=lambda: [0])
     """Training seeds; one study per (batch size, seed)."""
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
