@@ -11,6 +11,7 @@ from __future__ import annotations
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: nests a trial run under its sweep's run
 ROLE_TAG = "critbatch.role"  # ROLE_SWEEP on the parent run, ROLE_TRIAL on each child
 ROLE_SWEEP, ROLE_TRIAL = "sweep", "trial"
+ROLE_BRANCH = "branch"  # the parent run of `critbatch branch` (children: base run, branches)
 TRIAL_ID_TAG = "critbatch.trial_id"  # the Tune trial id: makes replay and resume idempotent
 STATUS_TAG = "critbatch.status"  # trainables.api.Status: the trial's final status
 ERROR_TAG = "critbatch.error"  # the tail of an errored trial's traceback
@@ -20,7 +21,8 @@ VERSION_TAG_PREFIX = "critbatch.version."  # + package name: versions of torch, 
 
 # ---- params of a trial run (with the job's own params: target_*, eval_every, ...)
 TRIAL_PARAMS = ("batch_size", "lr", "seed", "strategy", "workload", "study", "study_trial",
-                "max_steps", "phase")  # fmt: skip
+                "max_steps", "phase", "branch_at", "factor")  # fmt: skip
+# `branch_at`, `factor`: a branch of `critbatch branch` (tune_jobs/branch.py); absent elsewhere
 # `phase` of a trial: "search" (absent in sweeps before confirmation runs) or "confirm" (a run of
 # the chosen LR with a fresh seed, tune_jobs/confirm.py); read into the frame's `phase` column.
 # What a trial ran on (reported by tune_jobs.trainable): constant per trial, so params, not

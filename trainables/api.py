@@ -9,7 +9,10 @@ A trainable is ``train(config: TrialConfig, report: Report, state: dict | None) 
   (``eval_loss``, ``eval_accuracy``, ...). ``checkpoint`` is an optional picklable dict
   (torch tensors allowed) from which the trainable can resume; the runner stores it.
 - ``state`` is the last checkpoint dict handed to ``report``, when the runner restarts a
-  trial (lost worker, killed driver); ``None`` on a fresh start.
+  trial (lost worker, killed driver); ``None`` on a fresh start. For a branch
+  (:mod:`trainables.branching`) it is a checkpoint of the base run, taken at a step in its
+  ``checkpoint_at``: the trial goes on from that state at its own batch size and LR, to its
+  ``max_steps`` (counted from the base run's start).
 
 A trainable ends by itself when the target is reached, when the loss diverges, or when the
 step budget is spent. It says which in the last report's ``status`` (see :class:`Status`).
@@ -222,6 +225,7 @@ class TrialConfig:
     ema_beta: float = 0.9  # smoothing of train_loss_ema, per report
     divergence_factor: float = 10.0  # diverged when loss > factor * initial loss (or not finite)
     checkpoint_every: int = 0  # eval points between checkpoints; 0 = never
+    checkpoint_at: tuple[int, ...] = ()  # steps that also report with a checkpoint (branching)
     data_fraction: float = 1.0  # fraction of the training set used (seed paper: 1.0/0.5/0.25)
     data_root: str = ""  # where on-disk datasets live ("" = $CRITBATCH_DATA or ~/.critbatch/data)
     device: str = "auto"  # "auto" = cuda if available, else cpu
@@ -243,6 +247,8 @@ class TrialConfig:
         d["schedule"] = Schedule(**sched)
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
+        if "checkpoint_at" in d:
+            d["checkpoint_at"] = tuple(int(k) for k in d["checkpoint_at"])
         return TrialConfig(**d)
 
 

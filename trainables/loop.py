@@ -139,7 +139,8 @@ def train_supervised(
         if initial_loss is None:
             initial_loss = float(loss.detach())
 
-        if step % config.eval_every and step < config.max_steps:
+        branch_point = step in config.checkpoint_at  # a base run's branch point: report there
+        if step % config.eval_every and step < config.max_steps and not branch_point:
             continue
         train_loss = float(loss_sum) / n_in_window  # a host sync: the steps have finished
         train_time += time.perf_counter() - window_start
@@ -179,7 +180,7 @@ def train_supervised(
             metrics["steps_to_target"] = stop_rule.reached_at
         evals_done += 1
         checkpoint = None
-        if (
+        if (branch_point and status != Status.DIVERGED) or (
             status == Status.RUNNING
             and config.checkpoint_every
             and evals_done % config.checkpoint_every == 0

@@ -17,6 +17,8 @@ momentum): no sampling, no torch.
 
 :func:`exact_curve` gives the optimal LR and minimal steps per batch size; ``critbatch nqm``
 prints them with the fitted critical batch size (McCandlish et al.: S = S_min (1 + B_crit / B)).
+:func:`branched_losses` gives the exact local critical batch size along a base run, by the
+branching protocol of :mod:`trainables.branching` (``critbatch nqm --branch-at``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import optimize
+
+from trainables.branching import BranchPlan, local_critical_batch_size, passes
 
 REFERENCE_BATCH_SIZES = tuple(2**j for j in range(2, 22))
 K_MAX = 10**12  # step horizon of the exact searches: "never" for every practical setup
@@ -361,4 +365,61 @@ def exact_curve(
         "batch_sizes": [int(b) for b in batch_sizes],
         "best_lr": [lr for lr, _ in best],
         "steps": [k for _, k in best],
+    }
+
+
+def branched_losses(nqm: NQM, plan: BranchPlan) -> dict:
+    """The exact expected losses of the branching protocol on the NQM, plain SGD, ``linear`` rule.
+
+    The base run (B0, lr0 constant, from s0) has moments ``SGDPath.moments(t)`` at each branch
+    point t; the branch at factor k starts from them and its expected loss after
+    window_steps / k steps at batch k B0 and LR lr0 k is ``SGDPath(..., s_init=...).loss``.
+    A branch whose LR is at or past the stability edge (:meth:`NQM.max_stable_lr`) fails,
+    with loss inf (its expected loss grows without bound). Returns the branch points, the
+    base run's loss there, per point and factor the loss, whether it is stable and whether
+    it passes, and the local critical batch size per point (:mod:`trainables.branching`).
+    """
+    if plan.lr_rule != "linear":
+        raise ValueError("the exact NQM branches are plain SGD: lr_rule must be linear")
+    if plan.base_lr >= nqm.max_stable_lr():
+        raise ValueError(f"base LR {plan.base_lr} is at or past the stability edge 2 / h_max")
+    base = SGDPath(nqm, plan.base_batch_size, plan.base_lr)
+    base_loss, losses, stable, passed, cbs = [], [], [], [], []
+    sizes = [plan.batch_size(k) for k in plan.factors]
+    for t in plan.branch_at:
+        s_t = base.moments(float(t))
+        base_loss.append(0.5 * float(nqm.h @ s_t))
+        row, row_stable = [], []
+        for k in plan.factors:
+            lr = plan.lr(k)
+            ok = lr < nqm.max_stable_lr()
+            row_stable.append(ok)
+            path = SGDPath(nqm, plan.batch_size(k), lr, s_init=s_t)
+            row.append(path.loss(float(plan.steps(k))) if ok else math.inf)
+        ref = row[plan.factors.index(1)]
+        row_pass = [passes(x, ref, plan.tolerance) for x in row]
+        losses.append(row)
+        stable.append(row_stable)
+        passed.append(row_pass)
+        cbs.append(local_critical_batch_size(sizes, row_pass))
+    return {
+        "dim": nqm.dim,
+        "exponent": nqm.exponent,
+        "noise_scale": nqm.noise_scale,
+        "s0": nqm.s0,
+        "base_batch_size": plan.base_batch_size,
+        "base_lr": plan.base_lr,
+        "window_steps": plan.window_steps,
+        "tolerance": plan.tolerance,
+        "lr_rule": plan.lr_rule,
+        "branch_at": list(plan.branch_at),
+        "factors": list(plan.factors),
+        "batch_sizes": sizes,
+        "lrs": [plan.lr(k) for k in plan.factors],
+        "branch_steps": [plan.steps(k) for k in plan.factors],
+        "base_loss": base_loss,
+        "losses": losses,
+        "stable": stable,
+        "passes": passed,
+        "local_cbs": cbs,
     }

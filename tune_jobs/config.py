@@ -189,13 +189,48 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class BranchConfig:
+    base_batch_size: int = 0
+    """`critbatch branch`: B0, the batch size of the base run (and of the k = 1 branches)."""
+    base_lr: float = 0.0
+    """`critbatch branch`: lr0, the base run's constant learning rate."""
+    branch_at: list[int] = field(default_factory=list)
+    """`critbatch branch`: base-run steps to branch at, increasing (0: from the start). Empty:
+    the job does not branch."""
+    factors: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    """`critbatch branch`: batch-size multipliers k, increasing, 1 included; the job's
+    batch_sizes are base_batch_size x factors."""
+    window_steps: int = 0
+    """`critbatch branch`: steps of the k = 1 branch; the branch at k trains window_steps / k
+    steps at batch k x base_batch_size (the same examples), so divisible by every factor."""
+    tolerance: float = 0.01
+    """`critbatch branch`: a branch passes when its target.metric at the end of its window is
+    <= (1 + tolerance) x the k = 1 branch's; the local CBS is the largest passing batch size."""
+    lr_rule: str = "linear"
+    """`critbatch branch`: the branch's LR: `linear` (lr0 x k, for SGD) or `sqrt` (lr0 x sqrt(k),
+    for Adam)."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.branch_at)
+
+    def plan(self):
+        """The protocol's :class:`trainables.branching.BranchPlan` of this section."""
+        from trainables.branching import BranchPlan
+
+        return BranchPlan(self.base_batch_size, self.base_lr, tuple(self.branch_at),
+                          tuple(self.factors), self.window_steps, self.tolerance, self.lr_rule)  # fmt: skip
+
+
+@dataclass(frozen=True)
 class JobConfig:
     name: str
     """Sweep name: the run folder and (by default) the MLflow experiment."""
     workload: str
     """Workload from the registry (`critbatch workloads`)."""
     batch_sizes: list[int]
-    """Batch sizes to study (the scientific hyperparameter)."""
+    """Batch sizes to study (the scientific hyperparameter). A branch job may leave it out: its
+    batch sizes are branch.base_batch_size x branch.factors."""
     seeds: list[int] = field(default_factory=lambda: [0])
     """Training seeds; one study per (batch size, seed)."""
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
@@ -230,6 +265,8 @@ class JobConfig:
     two half-batch gradients per step (metrics `noise_scale_bsimple`, `noise_scale_gsq`,
     `noise_scale_trsigma`); the report shows it beside B_crit. Supervised workloads and
     `nqm_sgd` only."""
+    branch: BranchConfig = field(default_factory=BranchConfig)
+    """The local critical batch size along training (`critbatch branch`; docs/branching.md)."""
     micro_batch_size: int = 0
     """Gradient accumulation: a batch larger than this runs as near-equal parts of at most this
     many examples whose gradients add up to the full-batch mean gradient, so batch sizes beyond

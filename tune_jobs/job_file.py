@@ -18,6 +18,7 @@ import yaml
 from tune_jobs.config import (
     LINE_SEARCH,
     LR_ALGORITHMS,
+    BranchConfig,
     JobConfig,
     JobError,
     ResourcesConfig,
@@ -161,6 +162,11 @@ def check_values(job: JobConfig) -> None:
         )
     _check_noise_scale(job, known[job.workload])
     _check_micro_batch(job, known[job.workload])
+    if job.branch.enabled and job.target.direction != "min":
+        raise JobError(
+            f"target.metric: critbatch branch compares a loss at the end of each branch, not "
+            f"{t.metric} ({t.direction}); set target.metric to a loss, e.g. train_loss_ema"
+        )
     from analysis.tracking_uri import TrackingUriError, check_uri_form
 
     try:
@@ -320,8 +326,37 @@ def parse_job(data: Any, source: str = "job") -> JobConfig:
         raise JobError(
             f"{source}: a job file is a YAML mapping of fields (name, workload, batch_sizes, ...)"
         )
-    job = build_config(JobConfig, data)
+    branch = data.get("branch")
+    fill = isinstance(branch, dict) and "batch_sizes" not in data
+    job = build_config(JobConfig, {**data, "batch_sizes": []} if fill else data)
+    if not job.branch.enabled and job.branch != BranchConfig():
+        raise JobError("branch.branch_at: the branch section needs the base-run steps to branch "
+                       "at, e.g. branch_at: [0, 100, 1000]; or remove the section")  # fmt: skip
+    if job.branch.enabled:
+        job = _branch_batch_sizes(job, fill)
     check_values(job)
+    return job
+
+
+def _branch_batch_sizes(job: JobConfig, fill: bool) -> JobConfig:
+    """A branch job's batch sizes are branch.base_batch_size x branch.factors (filled in when
+    the job file gives none); the protocol's fields are checked by its one definition."""
+    import dataclasses
+
+    from trainables.api import InputError
+
+    try:
+        plan = job.branch.plan().check(lambda f: f"branch.{f}")
+    except InputError as e:
+        raise JobError(str(e)) from None
+    sizes = [plan.batch_size(k) for k in plan.factors]
+    if fill:
+        return dataclasses.replace(job, batch_sizes=sizes)
+    if list(job.batch_sizes) != sizes:
+        raise JobError(
+            f"batch_sizes: {job.batch_sizes}; a branch job's batch sizes are "
+            f"branch.base_batch_size x branch.factors = {sizes}: remove batch_sizes"
+        )
     return job
 
 

@@ -80,7 +80,9 @@ def _train_sizes(job: JobConfig) -> dict[int, int | None]:
     return dict.fromkeys(job.batch_sizes, n)
 
 
-def _start_tracking(job: JobConfig, run_dir: Path, job_yaml: str) -> tuple[str, str]:
+def _start_tracking(
+    job: JobConfig, run_dir: Path, job_yaml: str, role: str = ROLE_SWEEP
+) -> tuple[str, str]:
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -95,7 +97,7 @@ def _start_tracking(job: JobConfig, run_dir: Path, job_yaml: str) -> tuple[str, 
         if exp.tags.get(k) != v:
             client.set_experiment_tag(exp_id, k, v)
     tags = {
-        ROLE_TAG: ROLE_SWEEP,
+        ROLE_TAG: role,
         RUN_DIR_TAG: str(run_dir),
         GIT_COMMIT_TAG: git_commit(),
     }
@@ -171,6 +173,9 @@ def resume_sweep(name_or_dir: str, storage: str = "critbatch_runs", *, address: 
     from tune_jobs.locks import claim_existing_sweep
 
     meta = json.loads((run_dir / SWEEP_FILE).read_text())
+    if meta.get("branch"):
+        raise JobError(f"sweep: {run_dir} holds a `critbatch branch` run, which cannot be "
+                       "resumed; run the job again with `critbatch branch` under a new name")  # fmt: skip
     job = parse_stored_job(meta["job"])
     if not meta.get("journal"):
         raise JobError(

@@ -45,7 +45,10 @@ def job_params(job: JobConfig) -> dict[str, str]:
             else:
                 flat[f"{prefix}{k}"] = str(v)[:6000]
 
-    walk("", job.to_dict())
+    d = job.to_dict()
+    if not job.branch.enabled:  # a sweep's parent run does not list the unused branch fields
+        d.pop("branch")
+    walk("", d)
     from analysis.tracking_uri import redact_uri
 
     flat["tracking.uri"] = redact_uri(job.tracking.uri)  # a password never goes into MLflow

@@ -63,8 +63,12 @@ def metric_points(result: dict[str, Any]) -> list[Metric]:
 
 
 def child_run_name(config: dict[str, Any]) -> str:
-    """``bs=64 lr=0.12 seed=0``: what tells trials apart in the MLflow runs table."""
-    return f"bs={config['batch_size']} lr={float(config['lr']):.3g} seed={config.get('seed', 0)}"
+    """``bs=64 lr=0.12 seed=0``: what tells trials apart in the MLflow runs table (a branch of
+    `critbatch branch` starts ``t=100 k=4``, its base run ``base``)."""
+    name = f"bs={config['batch_size']} lr={float(config['lr']):.3g} seed={config.get('seed', 0)}"
+    if "factor" in config:
+        return f"t={config['branch_at']} k={config['factor']} {name}"
+    return f"base {name}" if "checkpoint_at" in config else name
 
 
 def device_params(result: dict[str, Any]) -> dict[str, str]:

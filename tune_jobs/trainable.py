@@ -46,9 +46,11 @@ def run_tune_trial(
             "lr": float(config["lr"]),
             "seed": int(config["seed"]),
             # confirmation runs evaluate more densely, to their own horizon (tune_jobs.confirm)
-            "max_steps": int(config.get("max_steps", max_steps[bs])),
+            "max_steps": int(config["max_steps"] if "max_steps" in config else max_steps[bs]),
             "eval_every": int(config.get("eval_every", base["eval_every"])),
             "run_to_max_steps": bool(config.get("run_to_max_steps", False)),
+            # branching (tune_jobs.branch): a base run's branch points
+            "checkpoint_at": tuple(config.get("checkpoint_at", ())),
         }
     )
     state = None
@@ -56,6 +58,8 @@ def run_tune_trial(
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state = torch.load(os.path.join(d, "state.pt"), weights_only=False)
+    elif config.get("branch_from"):  # a branch starts from the base run's checkpoint folder
+        state = torch.load(os.path.join(config["branch_from"], "state.pt"), weights_only=False)
 
     # Tune's own `node_ip` cannot tell apart nodes that share a host (or NAT); the Ray node id
     # can: recorded in result.json (a string, so not an MLflow metric).

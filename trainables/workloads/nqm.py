@@ -108,18 +108,25 @@ def train_exact(config: TrialConfig, report: Report, state: dict | None = None) 
     limit = config.divergence_factor * loss0
     target = config.target.value
 
-    # Warm-up: the LR changes every step, so follow the 3-state recurrence step by step.
+    # Start: s0, or the moments a checkpoint holds (a base run's branch point): a branch goes on
+    # from them at its own batch size and LR. Checkpoints without moments are recomputed from
+    # the start (reports up to their step are skipped).
+    done = int(state["step"]) if state else 0
     x = np.zeros((3, nqm.dim))
     x[0] = nqm.s0
-    warm_losses = [loss0]
+    start = 0
+    if state is not None and "x" in state:
+        x, start = np.array(state["x"], dtype=np.float64), done
+    # Warm-up: the LR changes every step, so follow the 3-state recurrence step by step.
+    warm_x = {start: x}
     end, status = None, Status.RUNNING
-    for k in range(warm):
+    for k in range(start, warm):
         lr = schedules.lr_at(k, config.lr, config.schedule, steps_per_epoch)
         m, n = momentum_matrix(nqm, B, lr, beta)
         with np.errstate(over="ignore", invalid="ignore"):
             x = (m * x[None]).sum(1) + n
+        warm_x[k + 1] = x
         loss = 0.5 * float(nqm.h @ x[0])
-        warm_losses.append(loss)
         if not math.isfinite(loss) or loss > limit:
             end, status = k + 1, Status.DIVERGED
         elif loss < target:
@@ -127,28 +134,39 @@ def train_exact(config: TrialConfig, report: Report, state: dict | None = None) 
         if end is not None:
             break
 
+    origin = max(warm, start)  # the closed form's step 0
     path: SGDPath | MomentumPath
     if beta == 0.0:
         path = SGDPath(nqm, B, config.lr, s_init=x[0])
     else:
         path = MomentumPath(nqm, B, config.lr, beta, x_init=x)
     if end is None:
-        horizon = config.max_steps - warm
+        horizon = max(config.max_steps - origin, 0)
         k_t = path.first_step(below=target, k_max=horizon)
         k_d = path.first_step(above=limit, k_max=horizon)
         end, status = config.max_steps, Status.NOT_REACHED
         if k_d is not None and (k_t is None or k_d <= k_t):
-            end, status = warm + k_d, Status.DIVERGED
+            end, status = origin + k_d, Status.DIVERGED
         elif k_t is not None:
-            end, status = warm + k_t, Status.REACHED
+            end, status = origin + k_t, Status.REACHED
+
+    def moments_at(k: int) -> np.ndarray:
+        """The 3-state moments (E theta^2, E v^2, E theta v) at step k (for a checkpoint)."""
+        if k <= origin:
+            return warm_x[k]
+        if isinstance(path, MomentumPath):
+            return path.jump(path.x_init, k - origin)
+        out = np.zeros((3, nqm.dim))
+        out[0] = path.moments(float(k - origin))  # plain SGD: v is the last gradient, no memory
+        return out
 
     def losses_at(ks: list[int]) -> list[float]:
-        late = [k - warm for k in ks if k > warm]
+        late = [k - origin for k in ks if k > origin]
         tail = [float(v) for v in path.losses(late)] if late else []
-        return [float(warm_losses[k]) for k in ks if k <= warm] + tail
+        return [0.5 * float(nqm.h @ warm_x[k][0]) for k in ks if k <= origin] + tail
 
-    done = int(state["step"]) if state else 0
-    ks = _eval_points(config, end, done) + [end]
+    branch_points = {k for k in config.checkpoint_at if done < k <= end}
+    ks = sorted(set(_eval_points(config, end, done)) | branch_points | {end})
     ema = state["ema"] if state else None
     for i, (k, loss) in enumerate(zip(ks, losses_at(ks), strict=True)):
         ema = loss if ema is None else config.ema_beta * ema + (1 - config.ema_beta) * loss
@@ -167,7 +185,9 @@ def train_exact(config: TrialConfig, report: Report, state: dict | None = None) 
         if last and status == Status.REACHED:
             metrics["steps_to_target"] = k
         ckpt = None
-        if not last and config.checkpoint_every and (i + 1) % config.checkpoint_every == 0:
+        if k in branch_points and not (last and status == Status.DIVERGED):
+            ckpt = {"step": k, "ema": ema, "x": moments_at(k)}
+        elif not last and config.checkpoint_every and (i + 1) % config.checkpoint_every == 0:
             ckpt = {"step": k, "ema": ema}  # the path is recomputed in milliseconds
         report(metrics, ckpt)
 
@@ -227,7 +247,8 @@ def train_sgd(config: TrialConfig, report: Report, state: dict | None = None) ->
         v = beta * v + g if beta else g
         theta = theta - lr * v
         step += 1
-        if step % config.eval_every and step < config.max_steps:
+        branch_point = step in config.checkpoint_at  # a base run's branch point: report there
+        if step % config.eval_every and step < config.max_steps and not branch_point:
             continue
         loss = 0.5 * float(h @ theta.square())
         ema = loss if ema is None else config.ema_beta * ema + (1 - config.ema_beta) * loss
@@ -252,7 +273,7 @@ def train_sgd(config: TrialConfig, report: Report, state: dict | None = None) ->
         metrics["status"] = str(status)
         evals += 1
         ckpt = None
-        if (
+        if (branch_point and status != Status.DIVERGED) or (
             status == Status.RUNNING
             and config.checkpoint_every
             and evals % config.checkpoint_every == 0

@@ -189,6 +189,12 @@ def check_command(args) -> int:
 
     job = _load(args)
     preflight(job, address=args.address, num_cpus=args.num_cpus)
+    if job.branch.enabled:
+        from tune_jobs.cli.branch import branch_plan_text
+
+        print(branch_plan_text(job))
+        print("ok: the job is valid and `critbatch branch` will start (nothing launched)")
+        return 0
     print(plan_text(job))
     probe = check_user_code(job)  # a JobError (InputError) is the CLI's exit 2
     if probe and probe["contract"] == "build":
@@ -273,6 +279,11 @@ def run_command(args) -> int:
     from tune_jobs.sweep import run_sweep
 
     job = _load(args)
+    if job.branch.enabled:
+        from tune_jobs.config import JobError
+
+        raise JobError(f"branch: {args.job} branches from a base run (branch.branch_at is set); "
+                       f"run it with `critbatch branch {args.job}`")  # fmt: skip
     print(plan_text(job), flush=True)
     result = run_sweep(job, address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress,
                        job_yaml=args.job.read_text())  # fmt: skip
