@@ -26,28 +26,19 @@ import dataclasses
 import functools
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from analysis.branch import batch_size_schedule, local_cbs, steps_saved
 from analysis.mlflow_layout import ROLE_BRANCH
 from trainables.branching import BranchPlan
 from tune_jobs.config import JobConfig, JobError
-from tune_jobs.sweep import (
-    SWEEP_FILE,
-    _start_tracking,
-    check_resources,
-    init_ray,
-    preflight,
-    trial_resources,
-)
-from tune_jobs.sweep_params import child_params, git_commit
+from tune_jobs.sweep import started_sweep, trial_resources
+from tune_jobs.sweep_params import child_params
 
 NEVER = -1e300  # the branches' target value: no loss reaches it, so each trains its whole window
 BRANCH_FILE = "branch.json"
@@ -122,8 +113,6 @@ def run_branch(
 ) -> BranchResult:
     """Run a validated branch job to the end (module docstring); raises :class:`JobError` on
     bad input before anything is written."""
-    from tune_jobs.locks import claim_new_sweep
-
     if not job.branch.enabled:
         raise JobError("branch.branch_at: this job does not branch; give branch_at, e.g. [0, 100]")
     if "://" in job.storage:
@@ -132,27 +121,9 @@ def run_branch(
                        "a local or shared filesystem path")  # fmt: skip
     plan = job.branch.plan()
     t0 = time.time()
-    run_dir = preflight(job, address=address, num_cpus=num_cpus)
-    claim = claim_new_sweep(run_dir, job.name, SWEEP_FILE)
-    try:
-        resources = init_ray(address, num_cpus)
-        check_resources(job, resources)
-        job_yaml = job_yaml or yaml.safe_dump(job.to_dict(), sort_keys=False)
-        exp_id, parent = _start_tracking(job, run_dir, job_yaml, role=ROLE_BRANCH)
-    except BaseException:
-        if claim.created_dir:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        claim.release()
-        raise
-    try:
-        (run_dir / "job.yaml").write_text(job_yaml)
-        meta = {"job": job.to_dict(), "tracking_uri": job.tracking.uri, "experiment_id": exp_id,
-                "parent_run_id": parent, "git_commit": git_commit(), "created": time.time(),
-                "branch": True}  # fmt: skip
-        (run_dir / SWEEP_FILE).write_text(json.dumps(meta, indent=2))
+    with started_sweep(job, address=address, num_cpus=num_cpus, job_yaml=job_yaml,
+                       role=ROLE_BRANCH, meta={"branch": True}) as (run_dir, meta):  # fmt: skip
         return _run(job, plan, run_dir, meta, n_boot, t0)
-    finally:
-        claim.release()
 
 
 def _run(job: JobConfig, plan: BranchPlan, run_dir: Path, meta: dict, n_boot: int, t0: float):

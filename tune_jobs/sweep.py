@@ -7,6 +7,7 @@ Everything that can be wrong with the input is checked before anything is writte
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -14,6 +15,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,6 +128,27 @@ def run_sweep(
 ) -> SweepResult:
     """Run a validated job to completion. Raises :class:`JobError` on bad input, before
     anything is written."""
+    with started_sweep(job, address=address, num_cpus=num_cpus, job_yaml=job_yaml,
+                       meta={"journal": True}) as (run_dir, meta):  # fmt: skip
+        return _fit(job, run_dir, meta, restore=False, progress=progress)
+
+
+@contextlib.contextmanager
+def started_sweep(
+    job: JobConfig,
+    *,
+    address: str | None,
+    num_cpus: int | None,
+    job_yaml: str | None,
+    role: str = ROLE_SWEEP,
+    meta: dict[str, Any] | None = None,
+) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """The start every new sweep (``run``, ``branch``) shares: checks (:func:`preflight`, the
+    user's code), the run folder claimed (a second live sweep of that name is refused), Ray
+    up, the MLflow parent run with role ``role``, then ``job.yaml`` and ``sweep.json`` (with
+    ``meta`` added) written. Yields (run folder, its sweep.json contents); the claim is
+    released on exit. Anything failing before the sweep started leaves nothing half-written:
+    a folder this call created is removed."""
     from tune_jobs.locks import claim_new_sweep
 
     run_dir = preflight(job, address=address, num_cpus=num_cpus)
@@ -135,7 +158,7 @@ def run_sweep(
         resources = init_ray(address, num_cpus)
         check_resources(job, resources)
         job_yaml = job_yaml or yaml.safe_dump(job.to_dict(), sort_keys=False)
-        exp_id, parent = _start_tracking(job, run_dir, job_yaml)
+        exp_id, parent = _start_tracking(job, run_dir, job_yaml, role=role)
     except BaseException:
         if claim.created_dir:  # nothing half-written: the sweep never started
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -143,13 +166,13 @@ def run_sweep(
         raise
     try:
         (run_dir / "job.yaml").write_text(job_yaml)
-        meta = {"job": job.to_dict(), "tracking_uri": job.tracking.uri, "experiment_id": exp_id,
+        info = {"job": job.to_dict(), "tracking_uri": job.tracking.uri, "experiment_id": exp_id,
                 "parent_run_id": parent, "git_commit": git_commit(), "created": time.time(),
-                "journal": True}  # fmt: skip
+                **(meta or {})}  # fmt: skip
         tmp = run_dir / (SWEEP_FILE + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2))
+        tmp.write_text(json.dumps(info, indent=2))
         tmp.replace(run_dir / SWEEP_FILE)
-        return _fit(job, run_dir, meta, restore=False, progress=progress)
+        yield run_dir, info
     finally:
         claim.release()
 
