@@ -188,7 +188,7 @@ def _tune(job: JobConfig, run_dir: Path, base: dict, writer, tracker, name: str,
     from tune_jobs.trainable import run_tune_trial
 
     trainable = tune.with_resources(
-        tune.with_parameters(run_tune_trial, base=base, max_steps={}, cpus=job.resources.cpus),
+        tune.with_parameters(run_tune_trial, base=base, cpus=job.resources.cpus),
         functools.partial(trial_resources, job.resources)
         if job.resources.gpus_from_batch_size
         else {"cpu": job.resources.cpus, "gpu": job.resources.gpus},

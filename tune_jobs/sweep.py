@@ -261,9 +261,7 @@ def _fit(
         job.trial_config(job.batch_sizes[0], 1.0, job.seeds[0], train_sizes[job.batch_sizes[0]])
     )
     trainable = tune.with_resources(
-        tune.with_parameters(
-            run_tune_trial, base=base, max_steps=max_steps, cpus=job.resources.cpus
-        ),
+        tune.with_parameters(run_tune_trial, base=base, cpus=job.resources.cpus),
         functools.partial(trial_resources, job.resources)
         if job.resources.gpus_from_batch_size
         else {"cpu": job.resources.cpus, "gpu": job.resources.gpus},

@@ -29,30 +29,22 @@ def cpu_name() -> str:
     return "CPU: " + (platform.processor() or platform.machine() or "unknown")
 
 
-def run_tune_trial(
-    config: dict[str, Any], base: dict[str, Any], max_steps: dict[int, int], cpus: float
-) -> None:
+# What a trial's Tune config sets of its TrialConfig; the rest is the job's (``base``). The
+# searcher (tune_jobs.searcher.SweepSearcher.suggest) and the branch runner (tune_jobs.branch)
+# give every trial all of batch_size, lr, seed and max_steps; confirmation runs also their
+# eval interval and run_to_max_steps, a branch base run its checkpoint_at.
+TRIAL_KEYS = ("batch_size", "lr", "seed", "max_steps", "eval_every", "run_to_max_steps",
+              "checkpoint_at")  # fmt: skip
+
+
+def run_tune_trial(config: dict[str, Any], base: dict[str, Any], cpus: float) -> None:
     import torch
 
     from trainables.api import TrialConfig
     from trainables.registry import run_trial
 
     torch.set_num_threads(max(1, int(cpus)))  # one thread per CPU asked: no oversubscription
-    bs = int(config["batch_size"])
-    cfg = TrialConfig.from_dict(
-        {
-            **base,
-            "batch_size": bs,
-            "lr": float(config["lr"]),
-            "seed": int(config["seed"]),
-            # confirmation runs evaluate more densely, to their own horizon (tune_jobs.confirm)
-            "max_steps": int(config["max_steps"] if "max_steps" in config else max_steps[bs]),
-            "eval_every": int(config.get("eval_every", base["eval_every"])),
-            "run_to_max_steps": bool(config.get("run_to_max_steps", False)),
-            # branching (tune_jobs.branch): a base run's branch points
-            "checkpoint_at": tuple(config.get("checkpoint_at", ())),
-        }
-    )
+    cfg = TrialConfig.from_dict({**base, **{k: config[k] for k in TRIAL_KEYS if k in config}})
     state = None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
