@@ -284,6 +284,12 @@ def run_command(args) -> int:
 
         raise JobError(f"branch: {args.job} branches from a base run (branch.branch_at is set); "
                        f"run it with `critbatch branch {args.job}`")  # fmt: skip
+    if job.batch_size_schedule:
+        from tune_jobs.config import JobError
+
+        raise JobError(f"batch_size_schedule: {args.job} trains with a batch-size schedule; run "
+                       f"it with `critbatch train {args.job}`, or remove the schedule to sweep "
+                       "batch sizes")  # fmt: skip
     print(plan_text(job), flush=True)
     result = run_sweep(job, address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress,
                        job_yaml=args.job.read_text())  # fmt: skip
