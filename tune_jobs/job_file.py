@@ -363,6 +363,25 @@ def checked_schedule(pairs: Any, name: str) -> tuple[tuple[int, int], ...]:
         raise JobError(str(e)) from None
 
 
+def load_schedule_file(path: Any, flag: str = "--batch-size-schedule") -> list[list[int]]:
+    """A batch-size schedule from a YAML (or JSON) file: the ``schedule.yaml`` that `critbatch
+    branch` writes (a mapping with ``batch_size_schedule:``) or a bare list of pairs; checked,
+    with :class:`JobError` naming the flag, the file and the fix."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise JobError(f"{flag} {p}: cannot read it ({e}); give a YAML file such as a "
+                       "`critbatch branch` run folder's schedule.yaml") from None  # fmt: skip
+    if isinstance(data, dict):
+        if "batch_size_schedule" not in data:
+            raise JobError(f"{flag} {p}: no batch_size_schedule key; write batch_size_schedule: "
+                           "[[0, 32], [20000, 64]] (or a bare list of pairs)")  # fmt: skip
+        data = data["batch_size_schedule"]
+    pairs = checked_schedule(data, f"{flag} {p}: batch_size_schedule")
+    return [list(x) for x in pairs]
+
+
 def _branch_batch_sizes(job: JobConfig, fill: bool) -> JobConfig:
     """A branch job's batch sizes are branch.base_batch_size x branch.factors (filled in when
     the job file gives none); the protocol's fields are checked by its one definition."""
