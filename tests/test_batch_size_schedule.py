@@ -130,3 +130,22 @@ def test_the_job_field():
         parse_job(nqm)
     with pytest.raises(InputError, match="batch_size_schedule: nqm_sgd trains with its own loop"):
         run_trial(TrialConfig("nqm_sgd", 8, 0.01, batch_size_schedule=((0, 8),)), print)
+
+
+def test_dataset_batches_switch_size_like_tensor_batches():
+    """Both batch paths draw the same examples across a batch-size switch (one index stream)."""
+    import torch
+
+    from trainables.batches import DatasetBatches, TensorBatches
+
+    x = torch.arange(50).float().unsqueeze(1)
+    t = TensorBatches((x,), 4, seed=5)
+    d = DatasetBatches(torch.utils.data.TensorDataset(x), 4, 5, torch.device("cpu"), 0)
+    got_t, got_d = [], []
+    for i in range(30):
+        if i == 7:
+            t.set_batch_size(9)
+            d.set_batch_size(9)
+        got_t.append(next(t)[0].flatten().tolist())
+        got_d.append(next(d)[0].flatten().tolist())
+    assert got_t == got_d and [len(b) for b in got_t] == [4] * 7 + [9] * 23

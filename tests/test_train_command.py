@@ -78,6 +78,9 @@ def test_bad_input_is_refused_before_anything_runs(tmp_path, capsys):
     assert main(["run", str(job)]) == 2
     err = capsys.readouterr().err
     assert "batch_size_schedule: " in err and f"critbatch train {job}" in err
+    assert main(["check", str(job)]) == 0
+    out = capsys.readouterr().out
+    assert "batch size 16 from 0, 32 from 160 examples" in out and "`critbatch train` will" in out
     plain = job_file(tmp_path, batch_size_schedule=[], batch_sizes=[16])
     assert main(["train", str(plain), "--lr", "0.1"]) == 2
     assert "batch_size_schedule: the job has none" in capsys.readouterr().err

@@ -195,6 +195,12 @@ def check_command(args) -> int:
         print(branch_plan_text(job))
         print("ok: the job is valid and `critbatch branch` will start (nothing launched)")
         return 0
+    if job.batch_size_schedule:
+        steps = ", ".join(f"{b} from {e}" for e, b in job.batch_size_schedule)
+        print(f"train {job.name!r}: workload {job.workload}, batch size {steps} examples; "
+              f"seeds {', '.join(map(str, job.seeds))}")  # fmt: skip
+        print("ok: the job is valid and `critbatch train` will start (nothing launched)")
+        return 0
     print(plan_text(job))
     probe = check_user_code(job)  # a JobError (InputError) is the CLI's exit 2
     if probe and probe["contract"] == "build":
