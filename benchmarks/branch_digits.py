@@ -92,7 +92,7 @@ def main() -> int:
                                              args.num_cpus)  # fmt: skip
     res = json.loads(out)
     print(f"1. critbatch branch {args.job.name}: {branch_wall:.0f} s wall; B0 {b0}, lr0 {lr0}, "
-          f"{rule}, tolerance {b['tolerance']}, {job['target']['metric']}, seeds {res['seeds']}")  # fmt: skip
+          f"{rule}, tolerance {b['tolerance']}, {job['target']['metric']}, seeds per point {res['seeds']}")  # fmt: skip
     print(f"{'branch_at':>10} {'examples':>9} {'k=1 loss':>9}  loss / k=1 loss per batch size "
           f"({', '.join(map(str, res['batch_sizes']))}; ! fails)   local CBS [interval]")  # fmt: skip
     for j, t in enumerate(res["branch_at"]):

@@ -15,7 +15,9 @@ pass or fail next to it, so a failing factor below the local CBS shows.
 This module is the one definition of the protocol's parameters, their checks, the branch's
 batch size, steps and LR, and the pass rule; the exact NQM answer
 (:func:`trainables.nqm_truth.branched_losses`), the analysis (:mod:`analysis.branch`) and the
-runs on Ray Tune all use it.
+runs on Ray Tune all use it. It also defines the batch-size schedule that follows from it
+(:func:`check_batch_size_schedule`, :func:`batch_size_at`) and the LR rule a schedule trains
+with (:func:`scaled_lr`), which the supervised loop applies.
 """
 
 from __future__ import annotations
