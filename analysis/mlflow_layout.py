@@ -12,6 +12,7 @@ PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: nests a trial run under its s
 ROLE_TAG = "critbatch.role"  # ROLE_SWEEP on the parent run, ROLE_TRIAL on each child
 ROLE_SWEEP, ROLE_TRIAL = "sweep", "trial"
 ROLE_BRANCH = "branch"  # the parent run of `critbatch branch` (children: base run, branches)
+ROLE_TRAIN = "train"  # the parent run of `critbatch train` (children: one run per seed)
 TRIAL_ID_TAG = "critbatch.trial_id"  # the Tune trial id: makes replay and resume idempotent
 STATUS_TAG = "critbatch.status"  # trainables.api.Status: the trial's final status
 ERROR_TAG = "critbatch.error"  # the tail of an errored trial's traceback

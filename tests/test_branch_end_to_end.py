@@ -54,6 +54,9 @@ def test_branch_on_nqm_exact_matches_the_exact_answer(ray_local, tmp_path, capsy
     assert sorted((m.step, m.value) for m in history) == [(0, 128), (1000, 64), (100000, 8)]
     stored = json.loads((Path(got["run_dir"]) / "branch.json").read_text())
     assert stored["local_cbs"] == got["local_cbs"] and len(stored["branches"]) == 18
+    from tune_jobs.job_file import load_schedule_file  # what `critbatch train` reads
+
+    assert load_schedule_file(Path(got["run_dir"]) / "schedule.yaml") == got["schedule"]
 
 
 def test_branch_on_sampled_sgd_restores_the_base_run_exactly_per_seed(ray_local, tmp_path, capsys):

@@ -64,7 +64,8 @@ def final_status(last_status: str | None, errored: bool = False) -> str:
 
 
 # Keys every report carries. Units: step = optimizer steps taken so far; examples = step *
-# batch_size; epoch = examples / training-set size (float); lr = learning rate used for the
+# batch_size (with a batch-size schedule: the sum over steps of each step's batch size, and
+# the report also carries that step's `batch_size`); epoch = examples / training-set size (float); lr = learning rate used for the
 # last step; wall_time = seconds since the trial started (excluding restore time). Optional:
 # train_time = seconds spent in optimizer steps only (eval excluded), for time and cost.
 REQUIRED_METRICS = (
@@ -158,14 +159,18 @@ class StopRule:
             self.reached_at = step
         return value
 
-    def status(self, step: int, config: TrialConfig, diverged: bool) -> Status:
+    def status(
+        self, step: int, config: TrialConfig, diverged: bool, examples_spent: bool = False
+    ) -> Status:
         """The trial's status after the eval point at ``step``. With ``run_to_max_steps`` (a
-        confirmation run) the trial goes on to ``max_steps`` past the target."""
+        confirmation run) the trial goes on to ``max_steps`` past the target;
+        ``examples_spent``: the trial's ``max_examples`` budget is spent (ends it like
+        ``max_steps``)."""
         if diverged:
             return Status.DIVERGED
         if self.reached_at is not None and not config.run_to_max_steps:
             return Status.REACHED
-        if step >= config.max_steps:
+        if step >= config.max_steps or examples_spent:
             return Status.NOT_REACHED if self.reached_at is None else Status.REACHED
         return Status.RUNNING
 
@@ -233,6 +238,14 @@ class TrialConfig:
     micro_batch_size: int = 0  # > 0: run larger batches as parts of at most this many examples
     run_to_max_steps: bool = False  # train past the target to max_steps (confirmation runs)
     options: dict[str, Any] = field(default_factory=dict)  # workload-specific knobs
+    # A batch-size schedule (trainables.branching.check_batch_size_schedule): (examples,
+    # batch_size) pairs; before each step the batch size is that of the last pair whose
+    # threshold the examples seen have reached. Empty: batch_size throughout. With one,
+    # batch_size must be its first batch size B0, lr the LR at B0, and the LR at batch B is
+    # scaled by lr_rule (lr * B / B0, linear; lr * sqrt(B / B0), sqrt). Supervised loop only.
+    batch_size_schedule: tuple[tuple[int, int], ...] = ()
+    lr_rule: str = "linear"  # linear | sqrt: the LR of a batch-size schedule's later phases
+    max_examples: int = 0  # > 0: the trial also ends once it has seen this many examples
     code_dir: str = ""  # user workloads ("module:function"): folder first on the import path
 
     def to_dict(self) -> dict[str, Any]:
@@ -247,6 +260,8 @@ class TrialConfig:
         d["schedule"] = Schedule(**sched)
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
+        if "batch_size_schedule" in d:
+            d["batch_size_schedule"] = tuple((int(e), int(b)) for e, b in d["batch_size_schedule"])
         if "checkpoint_at" in d:
             d["checkpoint_at"] = tuple(int(k) for k in d["checkpoint_at"])
         return TrialConfig(**d)

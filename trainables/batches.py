@@ -85,6 +85,11 @@ class TensorBatches:
     def __iter__(self):
         return self
 
+    def set_batch_size(self, batch_size: int) -> None:
+        """Draw batches of ``batch_size`` from here on (a batch-size schedule), the stream
+        going on where it is."""
+        self.batch_size = self.stream.batch_size = batch_size
+
     def state_dict(self) -> dict[str, Any]:
         return {**self.stream.state_dict(), "aug_gen": self.aug_gen.get_state()}
 
@@ -161,6 +166,11 @@ class DatasetBatches:
 
     def __iter__(self):
         return self
+
+    def set_batch_size(self, batch_size: int) -> None:
+        """Batches of ``batch_size`` from here on; the readers restart from the position."""
+        self.batch_size = self.consumed.batch_size = batch_size
+        self._it = None
 
     def state_dict(self) -> dict[str, Any]:
         return self.consumed.state_dict()

@@ -15,7 +15,9 @@ pass or fail next to it, so a failing factor below the local CBS shows.
 This module is the one definition of the protocol's parameters, their checks, the branch's
 batch size, steps and LR, and the pass rule; the exact NQM answer
 (:func:`trainables.nqm_truth.branched_losses`), the analysis (:mod:`analysis.branch`) and the
-runs on Ray Tune all use it.
+runs on Ray Tune all use it. It also defines the batch-size schedule that follows from it
+(:func:`check_batch_size_schedule`, :func:`batch_size_at`) and the LR rule a schedule trains
+with (:func:`scaled_lr`), which the supervised loop applies.
 """
 
 from __future__ import annotations
@@ -86,7 +88,58 @@ class BranchPlan:
         return self.window_steps // factor
 
     def lr(self, factor: int) -> float:
-        return self.base_lr * (factor if self.lr_rule == "linear" else math.sqrt(factor))
+        return scaled_lr(self.base_lr, factor, self.lr_rule)
+
+
+def scaled_lr(lr0: float, ratio: float, rule: str) -> float:
+    """The LR at ``ratio`` x the base batch size: lr0 * ratio (``linear``) or lr0 * sqrt(ratio)
+    (``sqrt``). The branches' rule, and a batch-size schedule's (:func:`batch_size_at`)."""
+    if rule not in LR_RULES:
+        raise ValueError(f"lr_rule {rule!r}: use linear or sqrt")
+    return lr0 * (ratio if rule == "linear" else math.sqrt(ratio))
+
+
+def check_batch_size_schedule(
+    pairs, name: str = "batch_size_schedule"
+) -> tuple[tuple[int, int], ...]:
+    """A batch-size schedule, checked: ``(examples, batch_size)`` pairs, each batch size used
+    once the examples seen reach its threshold; thresholds start at 0 and increase, every value
+    a positive integer (thresholds >= 0). :func:`analysis.branch.batch_size_schedule` makes one
+    from branch results. Raises :class:`InputError` naming ``name`` and the fix."""
+    example = "e.g. [[0, 32], [20000, 64], [60000, 128]]"
+    if isinstance(pairs, str | bytes) or not hasattr(pairs, "__len__") or len(pairs) == 0:
+        raise InputError(f"{name}: {pairs!r}; give a non-empty list of [examples, batch_size] "
+                         f"pairs, {example}")  # fmt: skip
+    out = []
+    for i, p in enumerate(pairs):
+        ok = (not isinstance(p, str | bytes) and hasattr(p, "__len__") and len(p) == 2
+              and all(isinstance(x, int) and not isinstance(x, bool) for x in p))  # fmt: skip
+        if not ok:
+            raise InputError(f"{name}[{i}]: {p!r}; each entry is a pair of integers "
+                             f"[examples, batch_size], {example}")  # fmt: skip
+        e, b = int(p[0]), int(p[1])
+        if b < 1:
+            raise InputError(f"{name}[{i}]: batch size {b}; give a positive integer")
+        if i == 0 and e != 0:
+            raise InputError(f"{name}[0]: starts at {e} examples; the first pair starts at 0 "
+                             f"(the batch size to begin with), {example}")  # fmt: skip
+        if out and e <= out[-1][0]:
+            raise InputError(f"{name}[{i}]: {e} examples after {out[-1][0]}; give the "
+                             f"thresholds in increasing order without repeats, {example}")  # fmt: skip
+        out.append((e, b))
+    return tuple(out)
+
+
+def batch_size_at(schedule: Sequence[tuple[int, int]], examples: int) -> int:
+    """The batch size of a (checked) schedule once ``examples`` examples have been seen: that
+    of the last pair whose threshold is <= ``examples``."""
+    b = schedule[0][1]
+    for e, size in schedule:
+        if examples >= e:
+            b = size
+        else:
+            break
+    return b
 
 
 def passes(loss: float, reference_loss: float, tolerance: float) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from trainables import schedules
-from trainables.api import Report, Status, StopRule, TrialConfig
+from trainables.api import InputError, Report, Status, StopRule, TrialConfig
 from trainables.batches import DatasetBatches, TensorBatches, as_batches
 from trainables.microbatch import backward_mean
 from trainables.optimizers import make_optimizer
@@ -83,6 +83,20 @@ def train_supervised(
     else:
         batches = as_batches(task.batches, config.batch_size, config.seed, device)
     task.batches = batches
+    schedule = config.batch_size_schedule
+    if schedule:
+        from trainables.branching import check_batch_size_schedule
+
+        schedule = check_batch_size_schedule(schedule)
+        if config.batch_size != schedule[0][1]:
+            raise ValueError(f"batch_size {config.batch_size} must be the batch-size schedule's "
+                             f"first, {schedule[0][1]} (the LR is given at it)")  # fmt: skip
+        if not hasattr(batches, "set_batch_size"):
+            raise InputError(
+                f"batch_size_schedule: {workload.name}'s batches "
+                f"({type(batches).__name__}) cannot change their batch size; give Task.batches "
+                "as tensors, a Dataset, or an iterator with set_batch_size(b)"
+            )
     model = task.model.to(device)
     opt = make_optimizer(model.parameters(), config)
     steps_per_epoch = task.train_size / config.batch_size
@@ -94,6 +108,7 @@ def train_supervised(
 
     # train_time: seconds spent in optimizer steps only (eval excluded), for time-to-target.
     step, ema, initial_loss, wall, train_time = 0, None, None, 0.0, 0.0
+    examples, examples_to_target = 0, None  # examples seen: the sum of each step's batch size
     stop_rule = StopRule(config.target)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -106,6 +121,12 @@ def train_supervised(
             state["wall"],
         )
         train_time = state.get("train_time", 0.0)  # absent in checkpoints of older versions
+        # A schedule's position is the examples seen. Without a schedule, examples stay step x
+        # batch_size, as a branch's always were (its own batch size from the base run's start).
+        examples = (
+            state["examples"] if schedule and "examples" in state else step * config.batch_size
+        )
+        examples_to_target = state.get("examples_to_target")
         torch.set_rng_state(state["rng"])  # dropout and other in-model randomness resume exactly
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -120,8 +141,21 @@ def train_supervised(
     loss_sum = torch.zeros((), device=device)
     n_in_window = 0
     evals_done = 0
-    while step < config.max_steps:
+    batch_size = config.batch_size
+
+    def budget_spent() -> bool:
+        return bool(config.max_examples) and examples >= config.max_examples
+
+    while step < config.max_steps and not budget_spent():
         lr = schedules.lr_at(step, config.lr, config.schedule, steps_per_epoch, config.max_steps)
+        if schedule:
+            from trainables.branching import batch_size_at, scaled_lr
+
+            b = batch_size_at(schedule, examples)
+            if b != batch_size:
+                task.batches.set_batch_size(b)
+                batch_size = b
+            lr = scaled_lr(lr, batch_size / config.batch_size, config.lr_rule)
         for g in opt.param_groups:
             g["lr"] = lr
         batch = next(task.batches)
@@ -134,13 +168,15 @@ def train_supervised(
             torch.nn.utils.clip_grad_norm_(model.parameters(), task.clip_grad_norm)
         opt.step()
         step += 1
+        examples += batch_size
         loss_sum += loss.detach()
         n_in_window += 1
         if initial_loss is None:
             initial_loss = float(loss.detach())
 
         branch_point = step in config.checkpoint_at  # a base run's branch point: report there
-        if step % config.eval_every and step < config.max_steps and not branch_point:
+        if (step % config.eval_every and step < config.max_steps and not branch_point
+                and not budget_spent()):  # fmt: skip
             continue
         train_loss = float(loss_sum) / n_in_window  # a host sync: the steps have finished
         train_time += time.perf_counter() - window_start
@@ -163,21 +199,27 @@ def train_supervised(
             diverged = any(not math.isfinite(v) for v in metrics.values())
         metrics.update(
             step=step,
-            examples=step * config.batch_size,
-            epoch=step / steps_per_epoch,
+            examples=examples,
+            epoch=examples / task.train_size,
             lr=lr,
             train_loss=train_loss,
             train_loss_ema=ema,
             wall_time=time.perf_counter() - t0,
             train_time=train_time,
         )
+        if schedule:
+            metrics["batch_size"] = batch_size  # that of the last step
         if noise is not None:
             metrics.update(noise.metrics())
         stop_rule.update(None if diverged else metrics.get(config.target.metric), step)
-        status = stop_rule.status(step, config, diverged)
+        if stop_rule.reached_at == step and examples_to_target is None:
+            examples_to_target = examples
+        status = stop_rule.status(step, config, diverged, budget_spent())
         metrics["status"] = str(status)
         if status == Status.REACHED:
             metrics["steps_to_target"] = stop_rule.reached_at
+            if schedule:
+                metrics["examples_to_target"] = examples_to_target
         evals_done += 1
         checkpoint = None
         if (branch_point and status != Status.DIVERGED) or (
@@ -196,6 +238,8 @@ def train_supervised(
                     "initial_loss": initial_loss,
                     "wall": metrics["wall_time"],
                     "train_time": train_time,
+                    "examples": examples,  # the batch-size schedule's position
+                    "examples_to_target": examples_to_target,
                     "rng": torch.get_rng_state(),
                     "stop_rule": stop_rule.state_dict(),
                 }

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 
-from trainables.api import Report, TrialConfig
+from trainables.api import InputError, Report, TrialConfig
 from trainables.workload import Workload
 
 _REGISTRY: dict[str, Workload] = {}
@@ -76,4 +76,11 @@ def workloads() -> dict[str, Workload]:
 
 def run_trial(config: TrialConfig, report: Report, state: dict | None = None) -> None:
     """Run one trial of ``config.workload``: the single entry point runners call."""
-    get_workload(config.workload, config.code_dir).run(config, report, state)
+    workload = get_workload(config.workload, config.code_dir)
+    if config.batch_size_schedule and workload.build is None:
+        raise InputError(
+            f"batch_size_schedule: {workload.name} trains with its own loop, which keeps one "
+            "batch size; a schedule needs a workload on the shared supervised loop (with "
+            "`build`), e.g. digits_mlp"
+        )
+    workload.run(config, report, state)

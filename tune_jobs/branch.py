@@ -42,6 +42,20 @@ from tune_jobs.sweep_params import child_params
 
 NEVER = -1e300  # the branches' target value: no loss reaches it, so each trains its whole window
 BRANCH_FILE = "branch.json"
+SCHEDULE_FILE = "schedule.yaml"  # the schedule, for `critbatch train --batch-size-schedule`
+
+
+def write_schedule(path: Path, job: JobConfig, plan: BranchPlan, schedule) -> None:
+    """The batch-size schedule as YAML that `critbatch train --batch-size-schedule` (and a job's
+    ``batch_size_schedule:``) reads, with where it came from in comments."""
+    pairs = ", ".join(f"[{e}, {b}]" for e, b in schedule)
+    path.write_text(
+        f"# critbatch branch {job.name}: the batch size follows the local critical batch size\n"
+        f"# (B0 {plan.base_batch_size}, lr0 {plan.base_lr:g}, lr_rule {plan.lr_rule}, "
+        f"tolerance {plan.tolerance:g}, {job.target.metric}).\n"
+        "# [examples, batch_size]: from that many examples seen on, train at that batch size.\n"
+        f"batch_size_schedule: [{pairs}]\n"
+    )
 
 
 @dataclass
@@ -140,7 +154,7 @@ def _run(job: JobConfig, plan: BranchPlan, run_dir: Path, meta: dict, n_boot: in
     config = job.trial_config(plan.base_batch_size, plan.base_lr, job.seeds[0], train_size)
     target = dataclasses.replace(job.target, value=NEVER)  # a branch trains its whole window
     base = dataclasses.asdict(dataclasses.replace(config, target=target))
-    tune_run = functools.partial(_tune, job, run_dir, base, writer, tracker)
+    tune_run = functools.partial(tune_trials, job, run_dir, base, writer, tracker)
 
     checkpoints: dict[tuple[int, int], str] = {}
     points = [t for t in plan.branch_at if t > 0]
@@ -171,11 +185,12 @@ def _run(job: JobConfig, plan: BranchPlan, run_dir: Path, meta: dict, n_boot: in
                           time.time() - t0, synced)  # fmt: skip
     out = result.to_json(plan) | {"branches": branches.to_dict("records")}
     (run_dir / BRANCH_FILE).write_text(json.dumps(out, indent=1, default=str))
+    write_schedule(run_dir / SCHEDULE_FILE, job, plan, schedule)
     result.synced = synced and _finish_parent(tracker, result, out)
     return result
 
 
-def _tune(job: JobConfig, run_dir: Path, base: dict, writer, tracker, name: str,
+def tune_trials(job: JobConfig, run_dir: Path, base: dict, writer, tracker, name: str,
           configs: list[dict[str, Any]]) -> list:  # fmt: skip
     """Run ``configs`` as Tune trials (as many at once as the resources allow) in
     ``run_dir/name``, tracked like a sweep's trials; their results in order."""

@@ -267,6 +267,12 @@ class JobConfig:
     `nqm_sgd` only."""
     branch: BranchConfig = field(default_factory=BranchConfig)
     """The local critical batch size along training (`critbatch branch`; docs/branching.md)."""
+    batch_size_schedule: list[list[int]] = field(default_factory=list)
+    """`critbatch train`: a batch-size schedule, [examples, batch_size] pairs, e.g.
+    [[0, 32], [20000, 64], [60000, 128]]: once the examples seen reach a threshold, train at its
+    batch size (thresholds increasing from 0); the LR follows branch.lr_rule relative to the
+    first batch size (docs/branching.md). `critbatch branch` writes one (schedule.yaml). Empty:
+    none. A job with one may leave batch_sizes out."""
     micro_batch_size: int = 0
     """Gradient accumulation: a batch larger than this runs as near-equal parts of at most this
     many examples whose gradients add up to the full-batch mean gradient, so batch sizes beyond

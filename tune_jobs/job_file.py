@@ -162,6 +162,11 @@ def check_values(job: JobConfig) -> None:
         )
     _check_noise_scale(job, known[job.workload])
     _check_micro_batch(job, known[job.workload])
+    if job.batch_size_schedule and known[job.workload].build is None:
+        raise JobError(
+            f"batch_size_schedule: {job.workload} trains with its own loop, which keeps one batch "
+            "size; a schedule needs a workload on the shared supervised loop, e.g. digits_mlp"
+        )
     if job.branch.enabled and job.target.direction != "min":
         raise JobError(
             f"target.metric: critbatch branch compares a loss at the end of each branch, not "
@@ -327,15 +332,54 @@ def parse_job(data: Any, source: str = "job") -> JobConfig:
             f"{source}: a job file is a YAML mapping of fields (name, workload, batch_sizes, ...)"
         )
     branch = data.get("branch")
-    fill = isinstance(branch, dict) and "batch_sizes" not in data
+    fill = (isinstance(branch, dict) or bool(data.get("batch_size_schedule"))) and (
+        "batch_sizes" not in data
+    )
     job = build_config(JobConfig, {**data, "batch_sizes": []} if fill else data)
     if not job.branch.enabled and job.branch != BranchConfig():
         raise JobError("branch.branch_at: the branch section needs the base-run steps to branch "
                        "at, e.g. branch_at: [0, 100, 1000]; or remove the section")  # fmt: skip
+    if job.batch_size_schedule:
+        schedule = checked_schedule(job.batch_size_schedule, "batch_size_schedule")
+        if fill and not job.branch.enabled:
+            import dataclasses
+
+            job = dataclasses.replace(job, batch_sizes=sorted({b for _, b in schedule}))
     if job.branch.enabled:
         job = _branch_batch_sizes(job, fill)
     check_values(job)
     return job
+
+
+def checked_schedule(pairs: Any, name: str) -> tuple[tuple[int, int], ...]:
+    """A batch-size schedule checked by its one definition
+    (:func:`trainables.branching.check_batch_size_schedule`); :class:`JobError` naming ``name``."""
+    from trainables.api import InputError
+    from trainables.branching import check_batch_size_schedule
+
+    try:
+        return check_batch_size_schedule(pairs, name)
+    except InputError as e:
+        raise JobError(str(e)) from None
+
+
+def load_schedule_file(path: Any, flag: str = "--batch-size-schedule") -> list[list[int]]:
+    """A batch-size schedule from a YAML (or JSON) file: the ``schedule.yaml`` that `critbatch
+    branch` writes (a mapping with ``batch_size_schedule:``) or a bare list of pairs; checked,
+    with :class:`JobError` naming the flag, the file and the fix."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise JobError(f"{flag} {p}: cannot read it ({e}); give a YAML file such as a "
+                       "`critbatch branch` run folder's schedule.yaml") from None  # fmt: skip
+    if isinstance(data, dict):
+        if "batch_size_schedule" not in data:
+            raise JobError(f"{flag} {p}: no batch_size_schedule key; write batch_size_schedule: "
+                           "[[0, 32], [20000, 64]] (or a bare list of pairs)")  # fmt: skip
+        data = data["batch_size_schedule"]
+    pairs = checked_schedule(data, f"{flag} {p}: batch_size_schedule")
+    return [list(x) for x in pairs]
 
 
 def _branch_batch_sizes(job: JobConfig, fill: bool) -> JobConfig:

@@ -196,9 +196,11 @@ def resume_sweep(name_or_dir: str, storage: str = "critbatch_runs", *, address: 
     from tune_jobs.locks import claim_existing_sweep
 
     meta = json.loads((run_dir / SWEEP_FILE).read_text())
-    if meta.get("branch"):
-        raise JobError(f"sweep: {run_dir} holds a `critbatch branch` run, which cannot be "
-                       "resumed; run the job again with `critbatch branch` under a new name")  # fmt: skip
+    for kind in ("branch", "train"):
+        if meta.get(kind):
+            raise JobError(f"sweep: {run_dir} holds a `critbatch {kind}` run, which cannot be "
+                           f"resumed; run the job again with `critbatch {kind}` under a new "
+                           "name")  # fmt: skip
     job = parse_stored_job(meta["job"])
     if not meta.get("journal"):
         raise JobError(

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "tune_jobs.cli.compare",  # compare (sweeps side by side, time and cost)
     "tune_jobs.cli.nqm",  # nqm (exact ground truth of the noisy quadratic model)
     "tune_jobs.cli.branch",  # branch (the local critical batch size along training)
+    "tune_jobs.cli.train",  # train (one run per seed with a batch-size schedule)
     "tune_jobs.cli.data",  # data list, data download
 )
 

@@ -51,7 +51,7 @@ def branch_plan_text(job) -> str:
 
 
 def branch_command(args) -> int:
-    from tune_jobs.branch import run_branch
+    from tune_jobs.branch import SCHEDULE_FILE, run_branch
     from tune_jobs.config import JobError
     from tune_jobs.job_file import load_job, parse_overrides
 
@@ -90,6 +90,8 @@ def branch_command(args) -> int:
     print(f"steps to {(max(plan.branch_at) + plan.window_steps) * plan.base_batch_size} examples: "
           f"{s['steps_schedule']} with the schedule, {s['steps_constant']} at B0 "
           f"({s['saved_fraction']:.1%} saved)")  # fmt: skip
+    print(f"schedule written to {result.run_dir / SCHEDULE_FILE}; train it with `critbatch "
+          f"train {args.job} --batch-size-schedule {result.run_dir / SCHEDULE_FILE}`")  # fmt: skip
     print(f"run folder {result.run_dir}; MLflow parent run {result.parent_run_id}"
           + ("" if result.synced else " (not fully written; the run folder has everything)"))  # fmt: skip
     return 0 if result.synced else 1

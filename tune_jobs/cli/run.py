@@ -195,6 +195,12 @@ def check_command(args) -> int:
         print(branch_plan_text(job))
         print("ok: the job is valid and `critbatch branch` will start (nothing launched)")
         return 0
+    if job.batch_size_schedule:
+        steps = ", ".join(f"{b} from {e}" for e, b in job.batch_size_schedule)
+        print(f"train {job.name!r}: workload {job.workload}, batch size {steps} examples; "
+              f"seeds {', '.join(map(str, job.seeds))}")  # fmt: skip
+        print("ok: the job is valid and `critbatch train` will start (nothing launched)")
+        return 0
     print(plan_text(job))
     probe = check_user_code(job)  # a JobError (InputError) is the CLI's exit 2
     if probe and probe["contract"] == "build":
@@ -284,6 +290,12 @@ def run_command(args) -> int:
 
         raise JobError(f"branch: {args.job} branches from a base run (branch.branch_at is set); "
                        f"run it with `critbatch branch {args.job}`")  # fmt: skip
+    if job.batch_size_schedule:
+        from tune_jobs.config import JobError
+
+        raise JobError(f"batch_size_schedule: {args.job} trains with a batch-size schedule; run "
+                       f"it with `critbatch train {args.job}`, or remove the schedule to sweep "
+                       "batch sizes")  # fmt: skip
     print(plan_text(job), flush=True)
     result = run_sweep(job, address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress,
                        job_yaml=args.job.read_text())  # fmt: skip
