@@ -23,20 +23,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from analysis.mlflow_layout import ROLE_TRAIN
 from trainables.branching import LR_RULES, scaled_lr
 from tune_jobs.config import JobConfig, JobError
 from tune_jobs.job_file import checked_schedule
-from tune_jobs.sweep import SWEEP_FILE, _start_tracking, check_resources, init_ray, preflight
-from tune_jobs.sweep_params import child_params, git_commit
+from tune_jobs.sweep import started_sweep
+from tune_jobs.sweep_params import child_params
 
 TRAIN_FILE = "train.json"
 FINAL_KEYS = ("step", "examples", "batch_size", "lr", "train_loss", "train_loss_ema", "status",
@@ -102,8 +99,6 @@ def run_train(
 ) -> TrainResult:
     """Train ``job`` with its ``batch_size_schedule``, one run per seed (module docstring);
     raises :class:`JobError` on bad input before anything is written."""
-    from tune_jobs.locks import claim_new_sweep
-
     if not job.batch_size_schedule:
         raise JobError("batch_size_schedule: the job has none; add batch_size_schedule: "
                        "[[0, 32], [20000, 64]] or pass --batch-size-schedule FILE")  # fmt: skip
@@ -117,26 +112,9 @@ def run_train(
             f"max_examples: {budget}; give a number of examples >= 0 (0: the step budget)"
         )
     t0 = time.time()
-    run_dir = preflight(job, address=address, num_cpus=num_cpus)
-    claim = claim_new_sweep(run_dir, job.name, SWEEP_FILE)
-    job_yaml = yaml.safe_dump(job.to_dict(), sort_keys=False)
-    try:
-        check_resources(job, init_ray(address, num_cpus))
-        exp_id, parent = _start_tracking(job, run_dir, job_yaml, role=ROLE_TRAIN)
-    except BaseException:
-        if claim.created_dir:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        claim.release()
-        raise
-    try:
-        (run_dir / "job.yaml").write_text(job_yaml)
-        meta = {"job": job.to_dict(), "tracking_uri": job.tracking.uri, "experiment_id": exp_id,
-                "parent_run_id": parent, "git_commit": git_commit(), "created": time.time(),
-                "train": True}  # fmt: skip
-        (run_dir / SWEEP_FILE).write_text(json.dumps(meta, indent=2))
+    with started_sweep(job, address=address, num_cpus=num_cpus, job_yaml=None,
+                       role=ROLE_TRAIN, meta={"train": True}) as (run_dir, meta):  # fmt: skip
         return _run(job, run_dir, meta, lr, rule, budget, t0)
-    finally:
-        claim.release()
 
 
 def _run(job: JobConfig, run_dir: Path, meta: dict, lr: float, rule: str, budget: int,
