@@ -28,6 +28,16 @@ COMMAND_MODULES = (
 )
 
 
+def add_ray_args(p: argparse.ArgumentParser) -> None:
+    """--address and --num-cpus: where the Ray work of `run`, `branch` and `train` goes."""
+    p.add_argument(
+        "--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)"
+    )
+    p.add_argument(
+        "--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="critbatch",

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from trainables.api import InputError
+from tune_jobs.cli import add_ray_args
 
 JOBS_DIR = Path(__file__).resolve().parents[1] / "jobs"  # tune_jobs/jobs/
 
@@ -29,12 +30,7 @@ def register(sub) -> None:
                        "(local unless --address/RAY_ADDRESS), one Optuna study per batch size, every trial an "
                        "MLflow child run of the sweep's parent run.", epilog=_job_reference())  # fmt: skip
     _job_args(p)
-    p.add_argument(
-        "--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)"
-    )
-    p.add_argument(
-        "--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)"
-    )
+    add_ray_args(p)
     p.add_argument("--no-progress", action="store_true", help="do not print progress while running")
     p.add_argument("--analyze", action="store_true", help="write the analysis report when done")
     p.set_defaults(func=run_command)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tune_jobs.cli import add_ray_args
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -34,12 +36,7 @@ def register(subparsers) -> None:
                    "window, max(branch_at) + window_steps times B0; else 0: the step budget)")  # fmt: skip
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a field, e.g. --set name=digits-schedule (YAML value)")  # fmt: skip
-    p.add_argument(
-        "--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)"
-    )
-    p.add_argument(
-        "--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)"
-    )
+    add_ray_args(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=train_command)
 
