@@ -79,6 +79,14 @@ def test_branch_on_sampled_sgd_restores_the_base_run_exactly_per_seed(ray_local,
     assert got["seeds"] == [2, 2]
     for cbs, lo, hi in zip(got["local_cbs"], got["ci_low"], got["ci_high"], strict=True):
         assert lo is not None and lo <= cbs <= hi
+    # the exact answer of the same problem (the expected loss, `critbatch nqm --branch-at`) lies
+    # within the seed interval at every branch point
+    assert main(["nqm", "--dim", "100", "--branch-at", "0,200", "--base-batch-size", "4",
+                 "--base-lr", "0.2", "--factors", "1,2,4", "--window-steps", "400",
+                 "--tolerance", "0.05", "--json"]) == 0  # fmt: skip
+    exact = json.loads(capsys.readouterr().out)["local_cbs"]
+    for e, lo, hi in zip(exact, got["ci_low"], got["ci_high"], strict=True):
+        assert lo <= e <= hi, (exact, got["ci_low"], got["ci_high"])
     branches = json.loads((Path(got["run_dir"]) / "branch.json").read_text())["branches"]
     for seed in (0, 1):
         for t in (0, 200):
