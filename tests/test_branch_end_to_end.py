@@ -35,6 +35,14 @@ def test_branch_on_nqm_exact_matches_the_exact_answer(ray_local, tmp_path, capsy
     got = json.loads(capsys.readouterr().out)
 
     assert got["branch_at"] == exact["branch_at"] == [0, 1000, 100000]
+    b0 = got["base_batch_size"]
+    assert got["examples_at"] == [t * b0 for t in got["branch_at"]]  # the CBS against examples
+    # the table `critbatch branch` prints without --json, from the same result
+    from tune_jobs.cli.branch import branch_result_text
+    from tune_jobs.job_file import load_job
+
+    text = branch_result_text(load_job(job), got)
+    assert f"{100000:>10} {100000 * b0:>10}" in text and "schedule (batch size from" in text
     assert got["local_cbs"] == exact["local_cbs"] == [128, 64, 8]
     assert got["passes"] == exact["passes"]
     for g, e in zip(got["losses"], exact["losses"], strict=True):

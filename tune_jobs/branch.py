@@ -76,6 +76,7 @@ class BranchResult:
             "base_batch_size": plan.base_batch_size, "base_lr": plan.base_lr,
             "window_steps": plan.window_steps, "tolerance": plan.tolerance,
             "lr_rule": plan.lr_rule, "branch_at": self.cbs["branch_at"].tolist(),
+            "examples_at": [int(t) * plan.base_batch_size for t in self.cbs["branch_at"]],
             "factors": list(plan.factors), "batch_sizes": sizes,
             "lrs": [plan.lr(k) for k in plan.factors],
             "branch_steps": [plan.steps(k) for k in plan.factors],

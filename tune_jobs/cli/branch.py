@@ -66,12 +66,31 @@ def branch_command(args) -> int:
     if args.json:
         print(json.dumps(out, indent=2))
         return 0 if result.synced else 1
-    print(f"{job.name}: base B0={plan.base_batch_size} lr0={plan.base_lr:g}; branches k x B0 "
-          f"for {plan.window_steps} / k steps, LR {plan.lr_rule}; pass: {job.target.metric} <= "
-          f"(1 + {plan.tolerance:g}) x the k=1 branch's; seeds {list(job.seeds)}")  # fmt: skip
-    print("columns k>1: mean loss / k=1 mean loss; ! fails")
+    print(branch_result_text(job, out))
+    print(f"schedule written to {result.run_dir / SCHEDULE_FILE}; train it with `critbatch "
+          f"train {args.job} --batch-size-schedule {result.run_dir / SCHEDULE_FILE}`")  # fmt: skip
+    print(f"run folder {result.run_dir}; MLflow parent run {result.parent_run_id}"
+          + ("" if result.synced else " (not fully written; the run folder has everything)"))  # fmt: skip
+    return 0 if result.synced else 1
+
+
+def branch_result_text(job, out: dict) -> str:
+    """The table `critbatch branch` prints from its JSON result ``out``: per branch point, the
+    examples seen, the k = 1 loss, every branch's loss against it, the local CBS and its
+    interval; then the schedule and the steps it saves."""
+    plan = job.branch.plan()
+    lines: list[str] = []
+    lines.append(
+        f"{job.name}: base B0={plan.base_batch_size} lr0={plan.base_lr:g}; branches k x B0 "
+        f"for {plan.window_steps} / k steps, LR {plan.lr_rule}; pass: {job.target.metric} <= "
+        f"(1 + {plan.tolerance:g}) x the k=1 branch's; seeds {list(job.seeds)}"
+    )
+    lines.append("columns k>1: mean loss / k=1 mean loss; ! fails")
     head = "".join(f"{'k=' + str(k):>10}" for k in plan.factors[1:])
-    print(f"{'branch_at':>10} {'k=1 loss':>11}{head} {'local_cbs':>10} {'interval':>13}")
+    lines.append(
+        f"{'branch_at':>10} {'examples':>10} {'k=1 loss':>11}{head} {'local_cbs':>10} "
+        f"{'interval':>13}"
+    )
     for j, t in enumerate(out["branch_at"]):
         row, ok = out["losses"][j], out["passes"][j]
         ref = row[0]
@@ -80,15 +99,16 @@ def branch_command(args) -> int:
         )
         cbs, lo, hi = out["local_cbs"][j], out["ci_low"][j], out["ci_high"][j]
         ci = f"[{lo}, {hi}]" if lo is not None and hi is not None else "-"
-        print(f"{t:>10} {ref:>11.5g}{cells} {cbs if cbs else '-':>10} {ci:>13}")
+        lines.append(
+            f"{t:>10} {out['examples_at'][j]:>10} {ref:>11.5g}{cells} {cbs if cbs else '-':>10} "
+            f"{ci:>13}"
+        )
     steps = ", ".join(f"{b} from {e} examples" for e, b in out["schedule"])
     s = out["steps_saved"]
-    print(f"schedule (batch size from examples on): {steps}")
-    print(f"steps to {(max(plan.branch_at) + plan.window_steps) * plan.base_batch_size} examples: "
-          f"{s['steps_schedule']} with the schedule, {s['steps_constant']} at B0 "
-          f"({s['saved_fraction']:.1%} saved)")  # fmt: skip
-    print(f"schedule written to {result.run_dir / SCHEDULE_FILE}; train it with `critbatch "
-          f"train {args.job} --batch-size-schedule {result.run_dir / SCHEDULE_FILE}`")  # fmt: skip
-    print(f"run folder {result.run_dir}; MLflow parent run {result.parent_run_id}"
-          + ("" if result.synced else " (not fully written; the run folder has everything)"))  # fmt: skip
-    return 0 if result.synced else 1
+    lines.append(f"schedule (batch size from examples on): {steps}")
+    lines.append(
+        f"steps to {(max(plan.branch_at) + plan.window_steps) * plan.base_batch_size} examples: "
+        f"{s['steps_schedule']} with the schedule, {s['steps_constant']} at B0 "
+        f"({s['saved_fraction']:.1%} saved)"
+    )
+    return "\n".join(lines)
