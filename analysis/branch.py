@@ -186,3 +186,43 @@ def steps_saved(
         "steps_saved": constant - steps,
         "saved_fraction": (constant - steps) / constant,
     }
+
+
+def sweep_at_losses(
+    df: pd.DataFrame, metric: str, losses: list[float], n_boot: int = 200
+) -> pd.DataFrame:
+    """A full sweep's B_crit (95% CI) and B_simple at each loss in ``losses``: the comparison
+    Merrill et al. draw between the local CBS at a point of training and the critical batch
+    size of reaching that point's loss from scratch (the sweep's steps to target at each
+    batch size, :func:`analysis.summary.summarize`, with the loss as a ``min`` target on
+    ``metric``). ``df``: the sweep's tidy frame. One row per loss: ``loss``, ``b_crit``,
+    ``ci_low``, ``ci_high``, ``b_simple`` (NaN where not logged), ``note`` (why there is no
+    B_crit, e.g. fewer than three batch sizes reach that loss)."""
+    from analysis.steps import Target
+    from analysis.summary import summarize
+
+    if metric not in df.columns:
+        raise AnalysisError(
+            f"the sweep has no {metric!r} metric (it has the branches' compared loss); compare "
+            "with a sweep that logs it"
+        )
+    rows = []
+    for loss in losses:
+        row = {"loss": float(loss), "b_crit": math.nan, "ci_low": math.nan,
+               "ci_high": math.nan, "b_simple": math.nan, "note": ""}  # fmt: skip
+        if not math.isfinite(loss):
+            row["note"] = "no finite k = 1 loss"
+            rows.append(row)
+            continue
+        try:
+            s = summarize(df, Target(metric, float(loss), "min"), n_boot=n_boot)
+        except AnalysisError as e:
+            row["note"] = str(e)
+            rows.append(row)
+            continue
+        lo, hi = s.cbs.b_crit_ci
+        b = s.bsimple.get(s.strategy) or {}
+        row.update(b_crit=float(s.cbs.b_crit), ci_low=float(lo), ci_high=float(hi),
+                   b_simple=float(b.get("median", math.nan)))  # fmt: skip
+        rows.append(row)
+    return pd.DataFrame(rows)

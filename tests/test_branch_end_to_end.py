@@ -108,3 +108,47 @@ def test_branch_on_sampled_sgd_restores_the_base_run_exactly_per_seed(ray_local,
             assert row["loss"] == pytest.approx(reports[-1]["eval_loss"], rel=1e-12)
     losses = {(b["seed"], b["branch_at"]): b["loss"] for b in branches if b["factor"] == 1}
     assert losses[(0, 200)] != losses[(1, 200)]  # the seeds differ
+
+
+def test_branch_beside_a_full_sweep_of_the_same_problem(ray_local, tmp_path, capsys):
+    """`--sweep`: the local CBS per branch point beside the full sweep's B_crit at that point's
+    k = 1 loss (Merrill et al.'s comparison). The sweep's trials stop at its own target (0.3),
+    so it answers at the losses above it (0.44, 0.35) and says why not at the one below (0.012).
+    A sweep that cannot be found is refused before anything runs."""
+    from tune_jobs.sweep import run_sweep
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    full = {"name": "nqm-full", "workload": "nqm_exact", "batch_sizes": [8, 32, 128, 512],
+            "options": {"dim": 1000, "exponent": 1.0, "noise_scale": 1.0, "s0": 1.0},
+            "lr_search": {"algorithm": "grid", "min": 0.2, "max": 2.0, "trials_per_batch_size": 5,
+                          "confirm_seeds": 0, "seed": 0},
+            "target": {"metric": "eval_loss", "value": 0.3, "direction": "min"},
+            "budget": {"max_steps": 2000}, "eval_every": 5, "resources": {"cpus": 1},
+            "storage": str(tmp_path / "runs"), "tracking": {"uri": uri, "experiment": "full"}}  # fmt: skip
+    from tune_jobs.job_file import parse_job
+
+    run_sweep(parse_job(full), progress=False)
+    d = yaml.safe_load(JOB.read_text())
+    d.update(storage=str(tmp_path / "runs"), tracking={"uri": uri, "experiment": "branch-e2e"})
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(d))
+
+    assert main(["branch", str(job), "--sweep", "no-such-sweep"]) == 2
+    assert "no-such-sweep" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "nqm-branch").exists()  # refused before anything ran
+
+    assert main(["branch", str(job), "--sweep", "full", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    rows = got["sweep"]["at_k1_loss"]
+    assert [round(r["loss"], 3) for r in rows] == [0.44, 0.346, 0.012]
+    for r in rows[:2]:
+        assert r["ci_low"] <= r["b_crit"] <= r["ci_high"] and r["note"] == ""
+    assert rows[2]["b_crit"] != rows[2]["b_crit"] and "reach" in rows[2]["note"]
+    # the B_crit of reaching a lower loss from scratch is larger (the sweep's steps grow
+    # faster at small batch sizes as the target falls)
+    assert rows[1]["b_crit"] > rows[0]["b_crit"]
+    from tune_jobs.cli.branch import branch_result_text
+    from tune_jobs.job_file import load_job
+
+    text = branch_result_text(load_job(job), got)
+    assert "full sweep full at the k=1 loss of branch point 0 (0.4397): B_crit" in text

@@ -25,6 +25,12 @@ def register(subparsers) -> None:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a field, e.g. --set branch.tolerance=0.02 (YAML value)")  # fmt: skip
     add_ray_args(p)
+    p.add_argument("--sweep", metavar="SOURCE",
+                   help="a full critbatch sweep of the same workload (its experiment, parent run id or run "
+                   "folder): print its B_crit and B_simple at each branch point's k=1 loss beside "
+                   "the local CBS")  # fmt: skip
+    p.add_argument("--tracking-uri", default=None,
+                   help="where --sweep is (default: the job's tracking.uri)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=branch_command)
 
@@ -58,11 +64,24 @@ def branch_command(args) -> int:
                        "branch: {base_batch_size: 8, base_lr: 0.05, branch_at: [0, 100, 1000], "
                        "window_steps: 3200} (docs/branching.md)")  # fmt: skip
     plan = job.branch.plan()
+    sweep = None
+    if args.sweep:  # loaded before anything launches: a bad source is an error, not a lost run
+        from analysis.loaders import load
+
+        sweep = load(args.sweep, args.tracking_uri or job.tracking.uri)
+        if job.target.metric not in sweep.columns:
+            raise JobError(f"--sweep {args.sweep}: the sweep has no {job.target.metric!r} metric "
+                           "(the loss the branches compare); give a sweep of the same workload")  # fmt: skip
     if not args.json:
         print(branch_plan_text(job), flush=True)
     result = run_branch(job, address=args.address, num_cpus=args.num_cpus,
                         job_yaml=args.job.read_text())  # fmt: skip
     out = result.to_json(plan)
+    if sweep is not None:
+        from analysis.branch import sweep_at_losses
+
+        at = sweep_at_losses(sweep, job.target.metric, [row[0] for row in out["losses"]])
+        out["sweep"] = {"source": args.sweep, "at_k1_loss": at.to_dict("records")}
     if args.json:
         print(json.dumps(out, indent=2))
         return 0 if result.synced else 1
@@ -102,6 +121,16 @@ def branch_result_text(job, out: dict) -> str:
         lines.append(
             f"{t:>10} {out['examples_at'][j]:>10} {ref:>11.5g}{cells} {cbs if cbs else '-':>10} "
             f"{ci:>13}"
+        )
+    for j, r in enumerate(out.get("sweep", {}).get("at_k1_loss", [])):
+        if r["b_crit"] == r["b_crit"]:
+            bs = f", B_simple {r['b_simple']:.3g}" if r["b_simple"] == r["b_simple"] else ""
+            got = f"B_crit {r['b_crit']:.3g} (95% CI {r['ci_low']:.3g}-{r['ci_high']:.3g}){bs}"
+        else:
+            got = f"no B_crit: {r['note']}"
+        lines.append(
+            f"full sweep {out['sweep']['source']} at the k=1 loss of branch point "
+            f"{out['branch_at'][j]} ({r['loss']:.4g}): {got}"
         )
     steps = ", ".join(f"{b} from {e} examples" for e, b in out["schedule"])
     s = out["steps_saved"]
