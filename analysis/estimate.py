@@ -129,6 +129,9 @@ def curve_matrix(runs: list[pd.DataFrame], direction: Direction) -> tuple[np.nda
 
 
 def _runs(frame: pd.DataFrame) -> list[pd.DataFrame]:
+    """A batch size's runs in training-seed order (then trial id): the bootstrap's draws then
+    depend on the runs, not on the (random) Tune trial ids a sweep happened to give them."""
+    by = ["seed", "trial"] if "seed" in frame else ["trial"]
     return [
         pd.DataFrame(
             {
@@ -137,7 +140,7 @@ def _runs(frame: pd.DataFrame) -> list[pd.DataFrame]:
                 "diverged": (g["status"] == "diverged").to_numpy(),
             }
         )  # fmt: skip
-        for _, g in frame.sort_values(["trial", "step"]).groupby("trial", sort=True)
+        for _, g in frame.sort_values([*by, "step"]).groupby(by, sort=True)
     ]
 
 

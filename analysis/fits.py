@@ -222,7 +222,11 @@ def bootstrap_fit(
     if n_boot < 1:
         raise AnalysisError(f"--bootstrap must be >= 1, got {n_boot}")
     rng = np.random.default_rng(seed)
-    df = per_trial.assign(seed=per_trial.get("seed", 0))
+    # trials in an order of their values, not of their (random) trial ids: the same trials
+    # give the same replicates whichever sweep ran them
+    df = per_trial.assign(seed=per_trial.get("seed", 0)).sort_values(
+        ["batch_size", "seed", "steps"], kind="stable", na_position="last"
+    )
     keys = df[["batch_size", "seed"]].to_numpy(float)
     studies, inverse = np.unique(keys, axis=0, return_inverse=True)
     inverse = inverse.ravel()

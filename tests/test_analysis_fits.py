@@ -163,3 +163,17 @@ def test_scatter_beyond_the_seeds_widens_the_interval_by_the_birge_ratio(monkeyp
     assert "Birge ratio" in got.boot.method and 3 < np.median(scales) < 8
     # measured: 36/40 scaled (nominal 95%), 8/40 seeds only
     assert covered["scaled"] >= 32 and covered["seeds only"] <= 16, covered
+
+
+def test_bootstrap_does_not_depend_on_the_order_of_the_trials():
+    """Two sweeps with the same trials under other (random) trial ids list them in another
+    order: the bootstrap interval must be the same."""
+    from analysis.fits import bootstrap_fit
+
+    rng = np.random.default_rng(1)
+    rows = [{"batch_size": b, "seed": s, "steps": 100 * (1 + 64 / b) * rng.uniform(0.8, 1.3)}
+            for b in (8, 16, 32, 64, 128, 256) for s in (0, 1) for _ in range(4)]  # fmt: skip
+    df = pd.DataFrame(rows)
+    a = bootstrap_fit(df, n_boot=200, seed=3)
+    b = bootstrap_fit(df.sample(frac=1.0, random_state=7), n_boot=200, seed=3)
+    assert np.array_equal(a.b_crit, b.b_crit, equal_nan=True)

@@ -47,15 +47,11 @@ def _timed(key: str) -> bool:
 
 
 def _without_trial_ids(d):
-    """A summary without what depends on the two sweeps' (random) Tune trial ids: the ids, and
-    how many bootstrap resamples failed (the bootstrap resamples trials in trial-id order);
-    and without the wall-clock figures (see _timed)."""
+    """A summary without the two sweeps' (random) Tune trial ids, and without the wall-clock
+    figures (see _timed). The bootstrap draws trials in an order of their values, not of
+    their ids, so its intervals (and its failed resamples) must match."""
     if isinstance(d, dict):
-        return {
-            k: _without_trial_ids(v)
-            for k, v in d.items()
-            if k not in ("trial", "n_boot_failed") and not _timed(k)
-        }
+        return {k: _without_trial_ids(v) for k, v in d.items() if k != "trial" and not _timed(k)}
     if isinstance(d, list):
         return [_without_trial_ids(v) for v in d]
     return d
