@@ -24,12 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
@@ -38,21 +35,14 @@ REPO = Path(__file__).resolve().parents[1]
 JOBS = REPO / "tune_jobs" / "jobs"
 sys.path.insert(0, str(REPO))
 
+from fresh_cli import run_fresh  # noqa: E402
+
 from trainables.branching import scaled_lr  # noqa: E402
 
 
 def critbatch(args: list[str], name: str, cpus: int | None) -> tuple[str, float, Path]:
     """Run a critbatch command in a fresh folder; its stdout, wall seconds and run folder root."""
-    d = Path(tempfile.mkdtemp(prefix=f"cb17{name[:6]}-", dir="/tmp"))  # short: Ray's sockets
-    env = dict(os.environ, HOME=str(d), RAY_TMPDIR=str(d))
-    env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "tune_jobs.cli", *args, "--set", f"name={name}",
-           "--set", f"tracking.uri=sqlite:///{d}/mlflow.db", "--set", f"storage={d}/runs"]  # fmt: skip
-    if cpus:
-        cmd += ["--num-cpus", str(cpus)]
-    t = time.perf_counter()
-    p = subprocess.run(cmd, cwd=d, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t
+    p, wall, d = run_fresh(args, name, f"cb17{name[:6]}-", cpus)
     if p.returncode:
         sys.stderr.write(p.stdout[-3000:] + p.stderr[-3000:])
         raise SystemExit(f"{' '.join(args[:2])} failed (exit {p.returncode})")

@@ -23,11 +23,11 @@ import argparse
 import os
 import re
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from fresh_cli import run_fresh
 
 REPO = Path(__file__).resolve().parents[1]
 HEADLINE = re.compile(r"B_crit = (\S+) \(95% CI (\S+)-(\S+)\)")
@@ -35,17 +35,8 @@ REGIMES = re.compile(r"\((\d+) linear, (\d+) diminishing returns, (\d+) stagnati
 
 
 def run_one(job: Path, seed: int, cpus: int | None) -> dict:
-    d = tempfile.mkdtemp(prefix=f"cbqs{seed}-", dir="/tmp")  # short: Ray's socket paths
-    env = dict(os.environ, HOME=d, RAY_TMPDIR=d)
-    env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "tune_jobs.cli", "run", str(job), "--no-progress",
-           "--set", f"seeds=[{seed}]", "--set", f"name=quickstart-seed{seed}",
-           "--set", f"tracking.uri=sqlite:///{d}/mlflow.db", "--set", f"storage={d}/runs"]  # fmt: skip
-    if cpus:
-        cmd += ["--num-cpus", str(cpus)]
-    t = time.perf_counter()
-    p = subprocess.run(cmd, cwd=d, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t
+    args = ["run", str(job), "--no-progress", "--set", f"seeds=[{seed}]"]
+    p, wall, _ = run_fresh(args, f"quickstart-seed{seed}", f"cbqs{seed}-", cpus)
     out = p.stdout
     m, r = HEADLINE.search(out), REGIMES.search(out)
     verdict = next((ln for ln in out.splitlines() if ln.startswith("Verdict:")), "Verdict: none")
