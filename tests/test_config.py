@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from tune_jobs.cli import main
-from tune_jobs.config import JobError, field_docs
+from tune_jobs.config import JobError
+from tune_jobs.config_build import field_docs
 from tune_jobs.job_file import load_job, parse_job
 
 REPO_JOBS = Path(__file__).resolve().parents[1] / "tune_jobs" / "jobs"

@@ -22,8 +22,8 @@ from tune_jobs.config import (
     JobConfig,
     JobError,
     ResourcesConfig,
-    build_config,
 )
+from tune_jobs.config_build import build_config
 from tune_jobs.preflight import SWEEP_FILE
 
 

@@ -15,7 +15,7 @@ JOBS_DIR = Path(__file__).resolve().parents[1] / "jobs"  # tune_jobs/jobs/
 
 
 def _job_reference() -> str:
-    from tune_jobs.config import field_docs
+    from tune_jobs.config_build import field_docs
 
     lines = ["job file fields (YAML; nested fields as mappings):"]
     for name, tp, doc in field_docs():
