@@ -28,9 +28,21 @@ def _type_name(tp: Any) -> str:
         }.get(tp.__name__, tp.__name__)
     origin = typing.get_origin(tp)
     if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0]).removeprefix('an ').removeprefix('a ')}s"
+        return f"a list of {_plural(typing.get_args(tp)[0])}"
     if origin is dict:
         return "a mapping"
+    return str(tp)
+
+
+def _plural(tp: Any) -> str:
+    """``integers``, ``lists of integers``: the items of a list type, for an error message."""
+    if typing.get_origin(tp) is list:
+        return f"lists of {_plural(typing.get_args(tp)[0])}"
+    if typing.get_origin(tp) is dict:
+        return "mappings"
+    if isinstance(tp, type):
+        names = {"int": "integers", "float": "numbers", "str": "strings", "bool": "true/false values"}
+        return names.get(tp.__name__, f"{tp.__name__} values")
     return str(tp)
 
 
