@@ -3,7 +3,10 @@
 it replaced (the callback buffered points and sent them with ``log_batch`` from inside
 Tune's event loop every 2 s and at each trial's end), side by side in one run.
 
-Both arms run the same real Tune experiment on one local Ray: ``--trials`` function trials,
+Four arms (``MODES``): Tune alone without MLflow (the ceiling), the synchronous flush, the
+writer as first built (each request sent as soon as something was queued) and the writer
+gathering ``LINGER_S`` between requests. Every arm runs the same real Tune experiment on one
+local Ray: ``--trials`` function trials,
 ``--concurrency`` at a time, each reporting ``--reports`` times as fast as it can (4 metrics
 per report, like a fast trial evaluating every few steps), with Tune's JSON logger and an
 MLflow child run per trial in a fresh SQLite store. Measured per arm: reports/s over the whole
@@ -40,8 +43,12 @@ def fast_trial(config):
 
 from ray.tune import Callback  # noqa: E402
 
+from tune_jobs.mlflow_writer import LINGER_S  # noqa: E402
 from tune_jobs.tracking import MlflowCallback, metric_points  # noqa: E402
 
+# Arms: Tune alone (no MLflow: the ceiling), the synchronous flush, the writer sending what
+# it has as soon as it has it (as first built), the writer gathering LINGER_S between requests.
+MODES = ("tune", "sync", "writer-nolinger", "writer")
 SPENT = {"s": 0.0}  # seconds the MLflow callback spent in on_trial_result (Tune's loop)
 
 
@@ -107,12 +114,13 @@ def arm(mode: str, trials: int, reports: int, concurrency: int) -> dict:
     parent = client.create_run(exp).info.run_id
     tracker = Tracker(uri, exp, parent, {"target_metric": "eval_loss"})
     tracker.fresh = True
-    writer = None
-    if mode == "writer":
-        writer = MlflowWriter(tracker, tmp / "spill.jsonl")
-        cb = TimedWriterCallback(writer, tracker, {})
-    else:
-        cb = SyncFlushCallback(tracker)
+    writer, callbacks = None, []
+    if mode.startswith("writer"):
+        linger = 0.0 if mode == "writer-nolinger" else LINGER_S
+        writer = MlflowWriter(tracker, tmp / "spill.jsonl", linger_s=linger)
+        callbacks = [TimedWriterCallback(writer, tracker, {})]
+    elif mode == "sync":
+        callbacks = [SyncFlushCallback(tracker)]
     SPENT["s"] = 0.0
     warnings = WarningCounter()
     logging.getLogger("ray.tune.utils.util").addHandler(warnings)
@@ -121,11 +129,12 @@ def arm(mode: str, trials: int, reports: int, concurrency: int) -> dict:
         fast_trial,
         param_space={
             "lr": tune.grid_search([0.1 * (i + 1) for i in range(trials)]),
+            "batch_size": 64,
             "reports": reports,
         },
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
         run_config=tune.RunConfig(
-            storage_path=str(tmp / "runs"), verbose=0, callbacks=[JsonLoggerCallback(), cb]
+            storage_path=str(tmp / "runs"), verbose=0, callbacks=[JsonLoggerCallback(), *callbacks]
         ),  # fmt: skip
     ).fit()
     fit_s = time.perf_counter() - t
@@ -136,6 +145,8 @@ def arm(mode: str, trials: int, reports: int, concurrency: int) -> dict:
     runs = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=1000)
     points = sum(len(client.get_metric_history(r.info.run_id, "train_loss")) for r in runs)
     n = trials * reports
+    if mode == "tune":  # no MLflow in this arm
+        points = n
     return {"mode": mode, "reports": n, "fit_s": fit_s, "wall_s": wall, "reports_per_s": n / wall,
             "loop_ms_per_report": 1000 * SPENT["s"] / n, "tune_warnings": warnings.count,
             "mlflow_points": points, "complete": points == n}  # fmt: skip
@@ -158,10 +169,13 @@ def loop_only(mode: str, trials: int, reports: int) -> dict:
     parent = client.create_run(exp).info.run_id
     tracker = Tracker(uri, exp, parent, {"target_metric": "eval_loss"})
     tracker.fresh = True
-    writer = MlflowWriter(tracker, tmp / "spill.jsonl") if mode == "writer" else None
+    writer = None
+    if mode.startswith("writer"):
+        linger = 0.0 if mode == "writer-nolinger" else LINGER_S
+        writer = MlflowWriter(tracker, tmp / "spill.jsonl", linger_s=linger)
     cb = TimedWriterCallback(writer, tracker, {}) if writer else SyncFlushCallback(tracker)
     SPENT["s"] = 0.0
-    ts = [SimpleNamespace(trial_id=f"t{i}", config={"lr": 0.1}, last_result={}, error_file=None)
+    ts = [SimpleNamespace(trial_id=f"t{i}", config={"lr": 0.1, "batch_size": 64}, last_result={}, error_file=None)
           for i in range(trials)]  # fmt: skip
     t = time.perf_counter()
     for tr in ts:
@@ -195,7 +209,9 @@ def main() -> None:
     ap.add_argument("--no-ray", action="store_true", help="drive the callbacks directly")
     args = ap.parse_args()
     if args.no_ray:
-        rows = [loop_only(m, args.trials, args.reports) for m in ("sync", "writer")]
+        rows = [
+            loop_only(m, args.trials, args.reports) for m in ("sync", "writer-nolinger", "writer")
+        ]
         print(f"# {platform.node()} {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}; "
               f"no Ray; {args.trials} trials x {args.reports} reports, interleaved")  # fmt: skip
         print(
@@ -212,7 +228,7 @@ def main() -> None:
 
     init_ray(None, args.num_cpus)  # retries a slow start on a loaded host
     arm("writer", 2, 20, args.concurrency)  # warm-up: worker start, imports
-    rows = [arm(m, args.trials, args.reports, args.concurrency) for m in ("sync", "writer")]
+    rows = [arm(m, args.trials, args.reports, args.concurrency) for m in MODES]
     ray.shutdown()
     print(f"# {platform.node()} {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}; "
           f"{args.trials} trials x {args.reports} reports, {args.concurrency} at a time")  # fmt: skip
@@ -223,7 +239,9 @@ def main() -> None:
     for r in rows:
         print(f"| {r['mode']} | {r['reports']} | {r['wall_s']:.1f} | {r['reports_per_s']:.0f} | "
               f"{r['loop_ms_per_report']:.3f} | {r['tune_warnings']} | {r['complete']} |")  # fmt: skip
-    print(f"writer / sync reports/s: {rows[1]['reports_per_s'] / rows[0]['reports_per_s']:.2f}x")
+    by = {r["mode"]: r["reports_per_s"] for r in rows}
+    print(f"writer / sync reports/s: {by['writer'] / by['sync']:.2f}x; "
+          f"writer / Tune alone: {by['writer'] / by['tune']:.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -123,7 +123,9 @@ def test_the_job_field():
         parse_job(quickstart(batch_size_schedule=[[0, 32], [0, 64]]))
     with pytest.raises(JobError, match=r"batch_size_schedule\[0\]: expected a list of integers"):
         parse_job(quickstart(batch_size_schedule=[32]))
-    with pytest.raises(JobError, match=r"batch_size_schedule: expected a list of lists of integers"):
+    with pytest.raises(
+        JobError, match=r"batch_size_schedule: expected a list of lists of integers"
+    ):
         parse_job(quickstart(batch_size_schedule=32))
     nqm = yaml.safe_load((JOBS / "nqm_branch.yaml").read_text()) | {
         "batch_size_schedule": [[0, 8], [800, 16]]

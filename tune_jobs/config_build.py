@@ -41,7 +41,12 @@ def _plural(tp: Any) -> str:
     if typing.get_origin(tp) is dict:
         return "mappings"
     if isinstance(tp, type):
-        names = {"int": "integers", "float": "numbers", "str": "strings", "bool": "true/false values"}
+        names = {
+            "int": "integers",
+            "float": "numbers",
+            "str": "strings",
+            "bool": "true/false values",
+        }
         return names.get(tp.__name__, f"{tp.__name__} values")
     return str(tp)
 
