@@ -41,6 +41,8 @@ Run: ``.venv/bin/python benchmarks/search_efficiency.py [--budgets 4,8,12,16,32]
 from __future__ import annotations
 
 import argparse
+import contextlib
+import heapq
 import math
 import sys
 import time
@@ -62,66 +64,63 @@ TARGET = 0.01
 MAX_STEPS = 10**7  # per trial, as in tune_jobs/jobs/nqm_reference.yaml
 EVAL_EVERY = 100
 LR_RANGE = (1e-3, 2.0)  # as in nqm_reference.yaml; the optima run from 0.014 to 1.995
-# name -> (algorithm, cascade, pipeline lead)
+# name -> (algorithm, cascade, pipeline lead, parallel)
 METHODS = {
-    "pipeline2": ("line_search", False, 2),
-    "pipeline4": ("line_search", False, 4),
-    "cascade": ("line_search", True, 0),
-    "random": ("random", False, 0),
-    "grid": ("grid", False, 0),
+    "parallel": ("line_search", False, 0, True),
+    "pipeline2": ("line_search", False, 2, False),
+    "pipeline4": ("line_search", False, 4, False),
+    "cascade": ("line_search", True, 0, False),
+    "random": ("random", False, 0, False),
+    "grid": ("grid", False, 0, False),
 }
 JOB = Path(__file__).resolve().parents[1] / "tune_jobs" / "jobs" / "nqm_reference.yaml"
+
+
+def trial_reports(p: Proposal, options: dict) -> list[dict]:
+    """Every report of one nqm_exact trial run to its end: the target, divergence,
+    ``MAX_STEPS``, or a plateau above the target (loss down by < 1% since half its current
+    step, from step 1000 on: stuck at its noise floor, it will not reach), whichever comes
+    first. A trial's reports do not depend on when it runs, so the event simulation
+    (:func:`run_search`) replays them in simulated time and applies the stops that depend on
+    the search's state (steps bound, lag, obsolete) as the reports arrive."""
+    out: list[dict] = []
+
+    def report(m: dict, checkpoint: dict | None = None) -> None:
+        m = dict(m)
+        half = [r["eval_loss"] for r in out if r["step"] <= m["step"] / 2]
+        m["plateau"] = (
+            m["status"] == Status.RUNNING
+            and m["step"] >= 1000
+            and bool(half)
+            and m["eval_loss"] > 0.99 * half[-1]
+        )
+        out.append(m)
+        if m["plateau"]:
+            raise _Stop
+
+    cfg = TrialConfig(workload="nqm_exact", batch_size=p.batch_size, lr=p.lr, max_steps=MAX_STEPS,
+                      eval_every=EVAL_EVERY, target=Target("eval_loss", TARGET), options=options)  # fmt: skip
+    with contextlib.suppress(_Stop):
+        train_exact(cfg, report)
+    return out
 
 
 class _Stop(Exception):
     pass
 
 
-def run_trial(search: LRSearch, p: Proposal, options: dict) -> Outcome:
-    """One nqm_exact trial, stopped at the first report at or past the search's steps bound,
-    at a plateau, or once it is behind its study's fastest trial (``LRSearch.behind``)."""
-    batch_size, lr, bound = p.batch_size, p.lr, search.steps_bound(p.study)
-    seen = {"step": 0, "best": math.inf, "status": "", "steps": None, "censored": None}
-    curve: list[tuple[float, float]] = []
-
-    def report(m: dict, checkpoint: dict | None = None) -> None:
-        seen["step"], seen["status"] = m["step"], m["status"]
-        seen["best"] = min(seen["best"], m["eval_loss"])
-        curve.append((m["step"], m["eval_loss"]))
-        if m["status"] == Status.REACHED:
-            seen["steps"] = m["steps_to_target"]
-        elif m["status"] == Status.RUNNING and m["step"] >= bound:
-            seen["censored"] = bound  # as the Tune scheduler marks it: needed more steps
-            raise _Stop
-        elif m["status"] == Status.RUNNING and (
-            plateau(m) or search.behind(p.study, m["step"], seen["best"])
-        ):
-            seen["censored"] = m["step"]  # will not reach, or slower than the fastest
-            raise _Stop
-
-    history: list[tuple[int, float]] = []
-
-    def plateau(m: dict) -> bool:
-        """Loss down by < 1% since half the current step: stuck above the target (noise floor)."""
-        history.append((m["step"], m["eval_loss"]))
-        half = [loss for step, loss in history if step <= m["step"] / 2]
-        return m["step"] >= 1000 and bool(half) and m["eval_loss"] > 0.99 * half[-1]
-
-    cfg = TrialConfig(workload="nqm_exact", batch_size=batch_size, lr=lr, max_steps=MAX_STEPS,
-                      eval_every=EVAL_EVERY, target=Target("eval_loss", TARGET), options=options)  # fmt: skip
-    try:
-        train_exact(cfg, report)
-    except _Stop:
-        seen["status"] = "stopped_early"
-    best = seen["best"] if math.isfinite(seen["best"]) else None
-    steps_run = int(seen["steps"] or seen["step"])
-    return Outcome(
-        str(seen["status"]), seen["steps"], best, steps_run, seen["censored"], tuple(curve)
-    )
-
-
 def run_search(method: str, budget: int, seed: int, sizes: list[int], options: dict) -> dict:
-    algorithm, cascade, pipeline = METHODS[method]
+    """One search, event-driven in simulated time (one step = one time unit at every batch
+    size), with a worker for every trial in flight: the searches that chain or pace their
+    studies (cascade, pipeline, parallel) run what ``LRSearch.ask`` gives until it says
+    WAIT; the others (random, grid) one trial in flight per study. Reports arrive in time
+    order (ties: the trial started first); at each report a trial stops, as the Tune
+    scheduler would stop it, once it reached the target or diverged, once it has run as many
+    steps as the search's ``steps_bound`` for its batch size (censored there), at a plateau,
+    once it lags its study's fastest trial (``LRSearch.behind``), or (parallel) once it is
+    ``LRSearch.obsolete`` (withdrawn: no result). Every step run counts as compute, stopped
+    and withdrawn trials' included."""
+    algorithm, cascade, pipeline, parallel = METHODS[method]
     lr = load_job(JOB).lr_search  # the reference job's convergence stop and lag rule
     search = LRSearch(
         sizes,
@@ -136,42 +135,72 @@ def run_search(method: str, budget: int, seed: int, sizes: list[int], options: d
         lag=lr.lag_stop,
         cascade=cascade,
         pipeline=pipeline,
+        parallel=parallel,
     )
+    paced = cascade or pipeline or parallel
     best: dict[int, float] = {}
-    compute = 0
-    ends: dict[str, list[float]] = {n: [] for n in search.studies}  # study -> trials' end times
-    finished_at: dict[str, int] = {}  # study -> trials it had when it finished
-    while (p := search.ask()) is not None:
-        assert p != WAIT  # one trial at a time: every proposal is told before the next ask
-        start = _start_time(search, p, ends, finished_at, cascade, pipeline)
-        out = run_trial(search, p, options)
+    compute, wall, started, withdrawn, withdrawn_steps = 0, 0.0, 0, 0, 0
+    queue: list[tuple[float, int, int]] = []  # (time, trial index, report index)
+    trials: list[dict] = []
+    busy: set[str] = set()
+
+    def launch(now: float) -> None:
+        nonlocal started
+        props = []
+        if paced:
+            while (p := search.ask()) not in (None, WAIT):
+                props.append(p)
+        else:
+            for name, st in search.states.items():
+                if name not in busy and st.asked < budget and not st.converged:
+                    props.append(search.ask_study(name))
+        for p in props:
+            busy.add(p.study)
+            reports = trial_reports(p, options)
+            trials.append({"p": p, "start": now, "reports": reports, "best": math.inf})
+            started += 1
+            heapq.heappush(queue, (now + reports[0]["step"], len(trials) - 1, 0))
+
+    launch(0.0)
+    while queue:
+        now, i, k = heapq.heappop(queue)
+        t = trials[i]
+        p, m = t["p"], t["reports"][k]
+        t["best"] = min(t["best"], m["eval_loss"])
+        curve = tuple((r["step"], r["eval_loss"]) for r in t["reports"][: k + 1])
+        step, status, censored = m["step"], m["status"], None
+        if status == Status.RUNNING:
+            bound = search.steps_bound(p.study)
+            if step >= bound:
+                censored = bound  # as the Tune scheduler marks it: needed more steps
+            elif m["plateau"] or search.behind(p.study, step, t["best"]):
+                censored = step  # will not reach, or slower than the fastest
+            elif search.obsolete(p):
+                compute += int(step)
+                wall = max(wall, now)
+                withdrawn += 1
+                withdrawn_steps += int(step)
+                busy.discard(p.study)
+                search.withdraw(p)
+                launch(now)
+                continue
+            elif k + 1 < len(t["reports"]):
+                heapq.heappush(queue, (t["start"] + t["reports"][k + 1]["step"], i, k + 1))
+                continue
+            status = "stopped_early"
+        steps = m.get("steps_to_target") if status == Status.REACHED else None
+        best_loss = t["best"] if math.isfinite(t["best"]) else None
+        out = Outcome(str(status), steps, best_loss, int(steps or step), censored, curve)
         compute += out.steps_run
+        wall = max(wall, now)
+        busy.discard(p.study)
         search.tell(p, out, MAX_STEPS, TARGET, "min")
-        ends[p.study].append(start + out.steps_run)
-        if search.finished(p.study) and p.study not in finished_at:
-            finished_at[p.study] = len(ends[p.study])
-        if out.steps_to_target is not None:
-            best[p.batch_size] = min(best.get(p.batch_size, math.inf), out.steps_to_target)
-    wall = max(t for e in ends.values() for t in e)
-    return {"best": best, "compute": compute, "wall": wall}
-
-
-def _start_time(search, p, ends, finished_at, cascade: bool, pipeline: int) -> float:
-    """When this trial could start with a worker for every trial in flight (time in steps,
-    one step = one unit at every batch size): after its study's previous trial and, chained,
-    once the next larger batch size's study allowed it (LRSearch._may_start): finished
-    (cascade, first trial), or told k + lead trials or finished (pipeline). Searches without
-    a chain (random, grid) run each study's trials back to back."""
-    own = ends[p.study][-1] if ends[p.study] else 0.0
-    larger = [b for b in search.batch_sizes if b > p.batch_size]
-    if not larger or not (cascade or pipeline):
-        return own
-    nxt = f"bs{min(larger)}-seed{p.seed}"
-    k = len(ends[p.study])
-    if cascade:
-        return max(own, ends[nxt][-1]) if k == 0 else own
-    need = min(k + pipeline, finished_at.get(nxt, math.inf))
-    return max(own, ends[nxt][need - 1])
+        if steps is not None:
+            best[p.batch_size] = min(best.get(p.batch_size, math.inf), steps)
+        launch(now)
+    return {"best": best, "compute": compute, "wall": wall, "started": started,
+            "withdrawn": withdrawn, "withdrawn_steps": withdrawn_steps,
+            "studies": len(search.states)}  # fmt: skip
 
 
 def evaluate(result: dict, truth: dict) -> dict:
@@ -186,6 +215,8 @@ def evaluate(result: dict, truth: dict) -> dict:
         "compute": result["compute"] / sum(truth["steps"]),
         "wall": result["wall"] / max(truth["steps"]),
         "miss": len(truth["batch_sizes"]) - len(reached),
+        "trials": result["started"] / result["studies"],
+        "withdrawn": result["withdrawn"] / result["studies"],
     }
 
 
@@ -205,9 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"truth: B_crit {truth['b_crit']:.1f}, S_min {truth['s_min']:.0f}, E_min {truth['e_min']:.4g}, "
           f"oracle compute {sum(truth['steps'])} steps ({time.perf_counter() - t0:.1f} s)")  # fmt: skip
     print(
-        "| trials/B | search | B_crit error | mean excess steps | compute / oracle | wall / oracle | misses |"
+        "| trials/B | search | B_crit error | mean excess steps | compute / oracle | wall / oracle "
+        "| misses | trials run / B (withdrawn) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for budget in budgets:
         for name in args.methods.split(","):
             rows = [
@@ -216,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             ]
             mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
             print(f"| {budget} | {name} | {100 * mean['b_crit_err']:.1f}% | {100 * mean['excess']:.2f}% | "
-                  f"{mean['compute']:.2f}x | {mean['wall']:.1f}x | {mean['miss']:.1f} |", flush=True)  # fmt: skip
+                  f"{mean['compute']:.2f}x | {mean['wall']:.1f}x | {mean['miss']:.1f} | "
+                  f"{mean['trials']:.1f} ({mean['withdrawn']:.1f}) |", flush=True)  # fmt: skip
     print(f"({args.repeats} search seeds each; {time.perf_counter() - t0:.0f} s)")
     return 0
 

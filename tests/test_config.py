@@ -286,6 +286,14 @@ def test_log_noise_scale_reaches_the_trial_config_and_the_plan(tmp_path, capsys)
         (with_(lr_search__cascade="yes"), "lr_search.cascade", "true or false"),
         (with_(lr_search__pipeline=-1), "lr_search.pipeline", "integer >= 0"),
         (with_(lr_search__pipeline=2, lr_search__cascade=True), "lr_search.pipeline", "choose one"),
+        (with_(lr_search__parallel="yes"), "lr_search.parallel", "true or false"),
+        (
+            with_(lr_search__parallel=True, lr_search__cascade=True),
+            "lr_search.parallel",
+            "choose one",
+        ),
+        # benchmark-only until the Tune scheduler stops obsolete trials (BENCHMARKS.md)
+        (with_(lr_search__parallel=True), "lr_search.parallel", "not available in a sweep"),
         (with_(lr_search__stop_when_converged=1), "lr_search.stop_when_converged", "true or false"),
     ],
 )
@@ -302,4 +310,5 @@ def test_search_stop_fields_defaults_and_docs():
     assert parse_job(with_(lr_search__lag_stop=0)).lr_search.lag_stop == 0
     names = {name for name, _, _ in field_docs()}
     assert {"lr_search.stop_when_converged", "lr_search.convergence_tolerance"} <= names
-    assert {"lr_search.lag_stop", "lr_search.cascade"} <= names
+    assert {"lr_search.lag_stop", "lr_search.cascade", "lr_search.parallel"} <= names
+    assert r.parallel is False

@@ -292,3 +292,72 @@ def test_pipeline_history_survives_a_resume():
     s2 = LRSearch([8, 32], [0], 1e-3, 2.0, 6, converge_tol=0.01, pipeline=2)
     s2.load_state(state, {})
     assert s2.history == s.history and s2.ask().lr == s.ask().lr
+
+
+def _synthetic(s: LRSearch, p) -> Outcome:
+    """The outcome run_to_end gives: reached near the best LR, stopped past 1.3x it."""
+    opt = best_lr(p.batch_size)
+    steps = 1000 * (1 + 64 / p.batch_size) * (1 + 2 * math.log(p.lr / opt) ** 2)
+    if p.lr > 1.3 * opt:
+        bound = s.steps_bound(p.study)
+        run = bound if math.isfinite(bound) else 5000.0
+        return Outcome("stopped_early", None, 0.3, int(run), run if math.isfinite(bound) else None)
+    return Outcome("reached", steps, 0.1, int(steps))
+
+
+def test_parallel_starts_every_batch_size_at_once_and_withdraws_trials_the_fit_moved_from():
+    s = LRSearch([4, 64, 256], [0], 1e-3, 2.0, 8, converge_tol=0.01, parallel=True)
+    first = {p.batch_size: p for p in iter(s.ask, WAIT)}
+    assert set(first) == {4, 64, 256} and s.ask() == WAIT  # one trial per study, all in flight
+    assert first[256].lr == 2.0  # the largest: top of the range, halved (as the cascade)
+    assert first[64].lr == first[4].lr == 1e-3  # nothing reached yet: low placeholders
+    assert not s.obsolete(first[64]) and not s.obsolete(first[4])
+    p = first[256]
+    while not s.finished("bs256-seed0"):  # the cheap study finishes while the others run
+        s.tell(p, _synthetic(s, p), 10**6, 0.2, "min")
+        if not s.finished("bs256-seed0"):
+            p = s.ask()
+            assert p.batch_size == 256
+    assert s.ask() is WAIT  # bs4 and bs64 still have their first trials in flight
+    # bs64 is two octaves from the finished bs256: the fit predicts it, far from 1e-3
+    assert s.obsolete(first[64])
+    # bs4 is too far for the fit, but the low guess (bs256's best, scaled linearly) rose
+    assert s.obsolete(first[4])
+    s.withdraw(first[64])
+    assert s.asked["bs64-seed0"] == 0 and s.states["bs64-seed0"].withdrawn == 1
+    assert s.studies["bs64-seed0"].trials[first[64].number].state.name == "FAIL"
+    again = s.ask()
+    assert again.batch_size == 64 and again.lr == s._seed_lrs(64, 0)[0]  # follows the fit
+    assert abs(math.log(again.lr / best_lr(64))) < math.log(2)
+    assert not s.obsolete(again)  # proposed from the fit as it stands
+    s.withdraw(first[4])
+    low = s.ask()
+    assert low.batch_size == 4 and low.lr == s.best_lr("bs256-seed0") * 4 / 256
+    assert not s.obsolete(low) and s.ask() == WAIT
+    # a reached trial of its own: the study's line search leads, nothing is withdrawn
+    s.tell(again, _synthetic(s, again), 10**6, 0.2, "min")
+    nxt = s.ask()
+    assert nxt.batch_size == 64
+    s.states["bs256-seed0"].best = (1000.0, 100.0)  # even if the fit moved far
+    assert not s.obsolete(nxt)
+
+
+def test_obsolete_is_off_in_the_other_modes():
+    for kw in ({"cascade": True}, {"pipeline": 2}, {}):
+        s = LRSearch([4, 64], [0], 1e-3, 2.0, 8, converge_tol=0.01, synchronous=False, **kw)
+        p = s.ask_study("bs4-seed0")
+        q = s.ask_study("bs64-seed0")
+        s.tell(q, Outcome("reached", 100, 0.1, 100), 10**6, 0.2, "min")
+        s.states["bs64-seed0"].converged = True
+        assert not s.obsolete(p)
+
+
+def test_parallel_basis_and_withdrawals_survive_a_resume():
+    s = LRSearch([8, 32], [0], 1e-3, 2.0, 6, converge_tol=0.01, parallel=True)
+    a, b = s.ask(), s.ask()
+    s.withdraw(a)
+    state = s.state()
+    s2 = LRSearch([8, 32], [0], 1e-3, 2.0, 6, converge_tol=0.01, parallel=True)
+    s2.load_state(state, {b.study: {b.number}})
+    assert s2.states[b.study].basis == s.states[b.study].basis == {b.number: math.inf}
+    assert s2.states[a.study].withdrawn == 1 and s2.asked == s.asked

@@ -112,6 +112,13 @@ class LRSearchConfig:
     same trials whatever the completion order. 0: off (rounds). On the NQM it costs more
     compute than the cascade for no gain in wall time (BENCHMARKS.md); a middle ground for
     batch sizes of similar cost (past B_crit)."""
+    parallel: bool = False
+    """`line_search` only, not with cascade or pipeline: every batch size in flight at once,
+    one trial per study; a study's first trials come from a provisional fit of the best LR
+    across the finished batch sizes (low placeholders until one predicts it), and a running
+    first trial the fit has since moved away from is stopped and withdrawn (LRSearch.obsolete).
+    Measured in benchmarks/search_efficiency.py only: the Tune sweep does not stop obsolete
+    trials yet, so a job file cannot turn it on (BENCHMARKS.md, "a parallel search")."""
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,13 @@ def check_values(job: JobConfig) -> None:
         )
     if r.pipeline and r.cascade:
         raise JobError("lr_search.pipeline and lr_search.cascade: choose one (set pipeline: 0)")
+    if r.parallel and (r.cascade or r.pipeline):
+        raise JobError("lr_search.parallel with cascade or pipeline: choose one")
+    if r.parallel:
+        raise JobError(
+            "lr_search.parallel: not available in a sweep yet (the Tune scheduler does not stop "
+            "obsolete trials; benchmarks/search_efficiency.py measures it); use cascade: true"
+        )
     if not (0 <= r.lag_stop < 1):
         raise JobError(
             f"lr_search.lag_stop: {r.lag_stop}; use a fraction in [0, 1), e.g. 0.25 (0 turns it off)"

@@ -65,7 +65,7 @@ class SweepSearcher(Searcher):
             job.batch_sizes, job.seeds, r.min, r.max, job.trials_per_study, r.seed,
             r.algorithm if job.tuned else "grid", r.log, storage, r.widen_on_edge,
             converge_tol=r.convergence_tolerance if r.stop_when_converged else None,
-            lag=r.lag_stop, cascade=r.cascade, pipeline=r.pipeline,
+            lag=r.lag_stop, cascade=r.cascade, pipeline=r.pipeline, parallel=r.parallel,
         )  # fmt: skip
         self.proposals: dict[str, Proposal] = {}
         self.confirm = Confirmation(r.confirm_seeds, job.eval_every, job.confirm_lr_factors)
