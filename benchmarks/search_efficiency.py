@@ -143,6 +143,7 @@ def run_search(method: str, budget: int, seed: int, sizes: list[int], options: d
     queue: list[tuple[float, int, int]] = []  # (time, trial index, report index)
     trials: list[dict] = []
     busy: set[str] = set()
+    by_size: dict[int, int] = {}  # batch size -> steps of its withdrawn trials
 
     def launch(now: float) -> None:
         nonlocal started
@@ -180,6 +181,7 @@ def run_search(method: str, budget: int, seed: int, sizes: list[int], options: d
                 wall = max(wall, now)
                 withdrawn += 1
                 withdrawn_steps += int(step)
+                by_size[p.batch_size] = by_size.get(p.batch_size, 0) + int(step)
                 busy.discard(p.study)
                 search.withdraw(p)
                 launch(now)
@@ -199,7 +201,7 @@ def run_search(method: str, budget: int, seed: int, sizes: list[int], options: d
             best[p.batch_size] = min(best.get(p.batch_size, math.inf), steps)
         launch(now)
     return {"best": best, "compute": compute, "wall": wall, "started": started,
-            "withdrawn": withdrawn, "withdrawn_steps": withdrawn_steps,
+            "withdrawn": withdrawn, "withdrawn_steps": withdrawn_steps, "withdrawn_by_size": by_size,
             "studies": len(search.states)}  # fmt: skip
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from tune_jobs.lr_search import WAIT, LRSearch, Outcome, objective
 
 
@@ -309,28 +311,36 @@ def test_parallel_starts_every_batch_size_at_once_and_withdraws_trials_the_fit_m
     s = LRSearch([4, 64, 256], [0], 1e-3, 2.0, 8, converge_tol=0.01, parallel=True)
     first = {p.batch_size: p for p in iter(s.ask, WAIT)}
     assert set(first) == {4, 64, 256} and s.ask() == WAIT  # one trial per study, all in flight
-    assert first[256].lr == 2.0  # the largest: top of the range, halved (as the cascade)
-    assert first[64].lr == first[4].lr == 1e-3  # nothing reached yet: low placeholders
-    assert not s.obsolete(first[64]) and not s.obsolete(first[4])
-    p = first[256]
+    assert {p.lr for p in first.values()} == {2.0}  # the coarse pass: the top of the range
+    for p in first.values():
+        s.tell(p, _synthetic(s, p), 10**6, 0.2, "min")  # too large everywhere: fails fast
+    second = {p.batch_size: p for p in iter(s.ask, WAIT)}
+    assert second[256].lr == 1.0  # the largest halves, as in the cascade
+    assert second[64].lr == second[4].lr == pytest.approx(2.0 / 1.1**2)  # coarse step down
+    for b in (4, 64):
+        s.tell(second[b], _synthetic(s, second[b]), 10**6, 0.2, "min")
+    held = {p.batch_size: p for p in iter(s.ask, WAIT)}
+    assert held[64].lr == held[4].lr == 1e-3  # nothing reached yet: low placeholders
+    assert not s.obsolete(held[64]) and not s.obsolete(held[4])
+    p = second[256]
     while not s.finished("bs256-seed0"):  # the cheap study finishes while the others run
         s.tell(p, _synthetic(s, p), 10**6, 0.2, "min")
         if not s.finished("bs256-seed0"):
             p = s.ask()
             assert p.batch_size == 256
-    assert s.ask() is WAIT  # bs4 and bs64 still have their first trials in flight
+    assert s.ask() is WAIT  # bs4 and bs64 still have their placeholders in flight
     # bs64 is two octaves from the finished bs256: the fit predicts it, far from 1e-3
-    assert s.obsolete(first[64])
+    assert s.obsolete(held[64])
     # bs4 is too far for the fit, but the low guess (bs256's best, scaled linearly) rose
-    assert s.obsolete(first[4])
-    s.withdraw(first[64])
-    assert s.asked["bs64-seed0"] == 0 and s.states["bs64-seed0"].withdrawn == 1
-    assert s.studies["bs64-seed0"].trials[first[64].number].state.name == "FAIL"
+    assert s.obsolete(held[4])
+    s.withdraw(held[64])
+    assert s.asked["bs64-seed0"] == 2 and s.states["bs64-seed0"].withdrawn == 1
+    assert s.studies["bs64-seed0"].trials[held[64].number].state.name == "FAIL"
     again = s.ask()
     assert again.batch_size == 64 and again.lr == s._seed_lrs(64, 0)[0]  # follows the fit
     assert abs(math.log(again.lr / best_lr(64))) < math.log(2)
     assert not s.obsolete(again)  # proposed from the fit as it stands
-    s.withdraw(first[4])
+    s.withdraw(held[4])
     low = s.ask()
     assert low.batch_size == 4 and low.lr == s.best_lr("bs256-seed0") * 4 / 256
     assert not s.obsolete(low) and s.ask() == WAIT
@@ -340,6 +350,18 @@ def test_parallel_starts_every_batch_size_at_once_and_withdraws_trials_the_fit_m
     assert nxt.batch_size == 64
     s.states["bs256-seed0"].best = (1000.0, 100.0)  # even if the fit moved far
     assert not s.obsolete(nxt)
+
+
+def test_parallel_line_search_ignores_far_failures_of_the_coarse_pass():
+    pts = [(math.log(0.014), 1.5e6), (math.log(1.65), 2e7), (math.log(2.0), 3e7)]
+    par = LRSearch([4, 64], [0], 1e-3, 2.0, 8, parallel=True)
+    par.reached_cut = 1e7
+    assert par._near_best(pts) == pts[:1]  # 1.65 and 2.0 bracket nothing near 0.014
+    near = [(math.log(0.014), 1.5e6), (math.log(0.02), 2e7)]
+    assert par._near_best(near) == near  # within FAR_MISS: a bracket side
+    cas = LRSearch([4, 64], [0], 1e-3, 2.0, 8, cascade=True)
+    cas.reached_cut = 1e7
+    assert cas._near_best(pts) == pts  # the cascade's line search is unchanged
 
 
 def test_obsolete_is_off_in_the_other_modes():

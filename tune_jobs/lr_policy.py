@@ -75,12 +75,22 @@ class LinePolicy:
         # slack-scaled cross bound) is no anchor for a line search: start from the neighbours.
         cut = min(self.reached_cut, self._cross_bound(b, s, examples=False))
         if not [v for _, v in pts if v <= cut]:
+            reached = any(v <= self.reached_cut for _, v in pts)
+            if self.parallel and reached:
+                # Parallel: it reached, slower than a smaller batch size (still searching)
+                # shows is possible: the neighbours' bests so far point the way.
+                for lr in self._seed_lrs(b, s, finished_only=False):
+                    if lr_rules.fresh(math.log(lr), tried):
+                        return lr
             low = self._low_guess(name, b, s) if self.parallel else None
             if low is not None and lr_rules.fresh(math.log(low), tried):
                 return low
             for lr in self._seed_lrs(b, s):
                 if lr_rules.fresh(math.log(lr), tried):
                     return lr
+        if self.parallel and any(v <= self.reached_cut for _, v in pts):
+            pass  # parallel, nothing else to try: a line search from its own best, slow as it is
+        elif not [v for _, v in pts if v <= cut]:
             chained = self.cascade or self.pipeline or self.parallel
             if chained and b == self.batch_sizes[-1] and not self._neighbour_bests(b, s):
                 # The first study of a cascade, nothing known: start at the top of the range
@@ -90,6 +100,7 @@ class LinePolicy:
                 return self.states[name].range[1] if not pts else math.exp(pts[0][0]) / 2
             if not pts or min(v for _, v in pts) > self.reached_cut:
                 return None  # nothing reached here yet, the neighbours' LRs tried: TPE
+        pts = self._near_best(pts)
         i = min(range(len(pts)), key=lambda j: pts[j][1])
         xb = pts[i][0]
         step = math.log(SEED_STEP) if self._predicted(b, s) else math.log(2)
@@ -134,23 +145,42 @@ class LinePolicy:
 
     def _low_guess(self, name: str, b: int, s: int) -> float | None:
         """Parallel: the LR of a study's trial while no fit predicts its best LR (nothing
-        finished near enough, :meth:`_fit_trusted`): low on purpose, the best LR so far of
-        the nearest batch size that reached the target (finished or not) scaled by the
-        linear rule (the best LR grows more slowly than B), or the bottom of the range if
-        that is higher or nothing reached. A too low LR runs on (a too high one stops soon at
-        its noise floor and takes a trial of the budget), so the trial stays in flight until
-        :meth:`obsolete` withdraws it. ``None``: a fit is trusted, or (the largest batch
-        size, nothing reached) the cascade's start from the top of the range applies."""
+        finished near enough, :meth:`_fit_trusted`). First a coarse pass of
+        :data:`~tune_jobs.lr_rules.COARSE_TRIALS` trials down from the top of the range by
+        :data:`~tune_jobs.lr_rules.COARSE_STEP` each: where the best LR sits near the
+        stability edge (large batch sizes) it reaches the target, and where it does not a
+        too large LR fails fast (diverges or stalls at its noise floor). Then a placeholder,
+        low on purpose: the best LR so far of the nearest batch size that reached the target
+        (finished or not) scaled by the linear rule (the best LR grows more slowly than B),
+        or the bottom of the range if that is higher or nothing reached. A too low LR runs on
+        (a too high one stops soon and takes a trial of the budget), so the trial stays in
+        flight until :meth:`obsolete` withdraws it. ``None``: a fit is trusted, or (the
+        largest batch size, nothing reached) the cascade's start from the top of the range
+        applies."""
         if self._fit_trusted(b, s):
             return None
         done = self._neighbour_bests(b, s, finished_only=False)
         if not done and b == self.batch_sizes[-1]:
             return None
-        lo = self.states[name].range[0]
+        st = self.states[name]
+        if len(st.results) < lr_rules.COARSE_TRIALS:  # the coarse pass: down from the top
+            return st.range[1] if not st.results else min(st.results) / lr_rules.COARSE_STEP
+        lo = st.range[0]
         if not done:
             return lo
         nb, lr_nb = lr_rules.nearest(done, b)
         return max(lr_nb * b / nb, lo)
+
+    def _near_best(self, pts: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        """Parallel: the (log LR, objective) points a study's line search brackets with:
+        its reached trials, and the others no further than
+        :data:`~tune_jobs.lr_rules.FAR_MISS` from its best. A trial that failed far away
+        (the coarse first pass from the top of the range) bounds nothing near the best,
+        and as a bracket side it would send the next trial far out. All points elsewhere."""
+        if not self.parallel:
+            return pts
+        xb = min(pts, key=lambda p: p[1])[0]
+        return [p for p in pts if p[1] <= self.reached_cut or abs(p[0] - xb) <= lr_rules.FAR_MISS]
 
     def _fit_distance(self, b: int, s: int) -> float:
         """Parallel: what the provisional fit at batch size ``b`` stands on, as the distance
@@ -195,7 +225,7 @@ class LinePolicy:
             return self.states[name].converged or self.visible.get(name, 0) >= self.n_trials
         return self.finished(name)
 
-    def _seed_lrs(self, b: int, s: int) -> list[float]:
+    def _seed_lrs(self, b: int, s: int, finished_only: bool = True) -> list[float]:
         """First LRs to try at batch size ``b``, best guess first, from the neighbours' best LRs.
 
         The best LR grows with B between linear scaling and flat: McCandlish et al.'s
@@ -214,7 +244,7 @@ class LinePolicy:
             if bb <= b
             for lr in self.states[study_name(bb, s)].diverged
         ]
-        done = sorted(self._neighbour_bests(b, s))
+        done = sorted(self._neighbour_bests(b, s, finished_only))
         return lr_rules.seed_lrs(done, b, diverged_below=min(bad, default=math.inf))
 
     def converged(self, name: str) -> bool:
@@ -232,7 +262,7 @@ class LinePolicy:
             return False
         b, s = parse_study_name(name)
         st = self.states[name]
-        pts = sorted((math.log(lr), v) for lr, v in st.results.items())
+        pts = self._near_best(sorted((math.log(lr), v) for lr, v in st.results.items()))
         if len(pts) < 3:
             return False
         i = min(range(len(pts)), key=lambda j: pts[j][1])

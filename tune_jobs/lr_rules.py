@@ -22,6 +22,9 @@ EXPAND_MAX = 1.0  # log LR: an expanding step follows a slope only from a gap th
 GOLDEN = 0.382  # golden-section fraction of the wider side of a bracket
 OBSOLETE = 1.25  # LR factor: a seeding trial this far from a nearer fit's best LR is withdrawn
 TRUST = math.log(4)  # log batch size: a fit predicts a best LR this far from a finished one
+FAR_MISS = math.log(4)  # log LR: an unreached trial further from the best brackets nothing
+COARSE_TRIALS = 2  # parallel: first trials of a study, down from the top of the range
+COARSE_STEP = SEED_STEP**2  # LR factor between them
 LINEAR_SLOPE = 0.75  # log-log slope of best LR vs B from which the fit extrapolates down
 
 Point = tuple[float, float]  # (log LR, objective)
