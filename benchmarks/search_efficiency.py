@@ -223,14 +223,18 @@ def evaluate(result: dict, truth: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global TARGET
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--budgets", default="4,8,12,16,32", help="trials per batch size")
     ap.add_argument("--repeats", type=int, default=3, help="search seeds per (method, budget)")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated")
     ap.add_argument("--smoke-test", action="store_true", help="dim 1000, 5 batch sizes, budget 4")
+    ap.add_argument("--dim", type=int, default=10_000, help="NQM dimension (a held-out variant)")
+    ap.add_argument("--target", type=float, default=0.01, help="target expected loss")
     args = ap.parse_args(argv)
     budgets = [int(x) for x in args.budgets.split(",")]
-    sizes, options = list(REFERENCE_BATCH_SIZES), {"dim": 10_000, "max_reports": 100}
+    TARGET = args.target  # read by trial_reports and run_search
+    sizes, options = list(REFERENCE_BATCH_SIZES), {"dim": args.dim, "max_reports": 100}
     if args.smoke_test:
         sizes, options, budgets, args.repeats = [16, 128, 1024, 8192, 65536], {"dim": 1000}, [4], 1
     t0 = time.perf_counter()

@@ -383,3 +383,15 @@ def test_parallel_basis_and_withdrawals_survive_a_resume():
     s2.load_state(state, {b.study: {b.number}})
     assert s2.states[b.study].basis == s.states[b.study].basis == {b.number: math.inf}
     assert s2.states[a.study].withdrawn == 1 and s2.asked == s.asked
+
+
+def test_parallel_steps_out_finely_from_a_best_just_below_a_failure():
+    s = LRSearch([4, 64], [0], 1e-3, 2.0, 8, converge_tol=0.01, parallel=True)
+    top = s.ask_study("bs4-seed0")
+    s.tell(top, Outcome("stopped_early", None, 0.3, 900, 900.0), 10**6, 0.2, "min")
+    coarse = s.ask_study("bs4-seed0")
+    assert coarse.lr == pytest.approx(2.0 / 1.1**2)
+    s.tell(coarse, Outcome("reached", 8000, 0.1, 8000), 10**6, 0.2, "min")
+    # the failure at 2.0 is one coarse step above: step down by SEED_STEP, not by 2x (as a
+    # study with nothing finished nearby would: 0.83)
+    assert s.ask_study("bs4-seed0").lr == pytest.approx(coarse.lr / 1.1)

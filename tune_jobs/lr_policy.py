@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from tune_jobs import lr_rules
-from tune_jobs.lr_rules import SEED_STEP
+from tune_jobs.lr_rules import COARSE_STEP, SEED_STEP
 from tune_jobs.lr_study import StudyState, parse_study_name, study_name
 
 
@@ -104,6 +104,12 @@ class LinePolicy:
         i = min(range(len(pts)), key=lambda j: pts[j][1])
         xb = pts[i][0]
         step = math.log(SEED_STEP) if self._predicted(b, s) else math.log(2)
+        if self.parallel and len(pts) > 1 and i in (0, len(pts) - 1):
+            # Parallel: a failure just past the best on one side (the coarse pass steps down
+            # from the top by COARSE_STEP): the optimum is near it, step out finely.
+            side = pts[1] if i == 0 else pts[-2]
+            if side[1] > self.reached_cut and abs(side[0] - xb) <= math.log(COARSE_STEP) + 1e-9:
+                step = math.log(SEED_STEP)
         if i in (0, len(pts) - 1):
             gap = None
             if len(pts) > 1:
