@@ -2,8 +2,13 @@
 
 On the reference noisy quadratic model (``nqm_exact``: dim 10^4, h_i = 1/i, c_i = h_i,
 target 0.01, batch sizes 2^2..2^21; ground truth from :mod:`trainables.nqm_truth`), for each
-budget of trials per batch size, five searches run side by side in-process (no Ray), all
+budget of trials per batch size, six searches run side by side in-process (no Ray), all
 through :class:`tune_jobs.lr_search.LRSearch` over the same LR range:
+
+- ``parallel``: the same line search with every batch size in flight from the start
+  (``lr_search.parallel``): a coarse pass down from the top of the range, low placeholders
+  until a provisional fit through the finished batch sizes predicts a study's best LR, and
+  running first trials the fit moved away from withdrawn (``LRSearch.obsolete``);
 
 - ``cascade``: the project's search with the ``lr_search`` settings of
   ``tune_jobs/jobs/nqm_reference.yaml`` (a line search in log LR per batch size, seeded from
@@ -20,7 +25,8 @@ Every search stops a trial (checked at its reports) once it has run as many step
 search's ``steps_bound`` for its batch size (it can no longer win), once it lags its study's
 fastest trial (``LRSearch.behind``, the job's ``lag_stop``), or once its loss fell by
 less than 1% since half its current step count while still above the target (a plateau at
-its noise floor: it will not reach the target). Reported per
+its noise floor: it will not reach the target); ``parallel`` also withdraws obsolete ones.
+The simulation is event-driven in simulated time (:func:`run_search`). Reported per
 (search, budget), mean over ``--repeats`` search seeds:
 
 - ``b_crit_err``: |B_crit fitted on the best steps found / true B_crit - 1|;
@@ -30,12 +36,11 @@ its noise floor: it will not reach the target). Reported per
   multiple of the oracle's: one run at the optimal LR per batch size;
 - ``wall``: when the last trial ends with a worker for every trial in flight, in steps (a
   step the same time at every batch size), over the oracle's wall time (the slowest batch
-  size's optimal steps): how much the search's order, not only its compute, costs.
-  The simulation runs one trial at a time; the pipeline and the cascade propose the same
-  trials whatever the completion order, so the figures are those of a parallel run.
+  size's optimal steps): how much the search's order, not only its compute, costs;
+- ``trials run / B``: trials started per batch size, withdrawn ones included (in brackets).
 
 Run: ``.venv/bin/python benchmarks/search_efficiency.py [--budgets 4,8,12,16,32] [--repeats 3]``
-(add ``--smoke-test`` for a 10-second check).
+(add ``--smoke-test`` for a 10-second check; ``--dim``, ``--target`` for other NQMs).
 """
 
 from __future__ import annotations
