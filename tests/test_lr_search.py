@@ -395,3 +395,22 @@ def test_parallel_steps_out_finely_from_a_best_just_below_a_failure():
     # the failure at 2.0 is one coarse step above: step down by SEED_STEP, not by 2x (as a
     # study with nothing finished nearby would: 0.83)
     assert s.ask_study("bs4-seed0").lr == pytest.approx(coarse.lr / 1.1)
+
+
+def test_parallel_study_slower_than_a_smaller_batch_size_tries_the_neighbours_bests_so_far():
+    s = LRSearch([64, 256], [0], 1e-3, 2.0, 8, converge_tol=0.01, parallel=True)
+    top = s.ask_study("bs64-seed0")
+    s.tell(top, Outcome("stopped_early", None, 0.3, 900, 900.0), 10**6, 0.2, "min")
+    fast = s.ask_study("bs64-seed0")  # the coarse step: reaches fast (bs64 not finished)
+    s.tell(fast, Outcome("reached", 5000, 0.1, 5000), 10**6, 0.2, "min")
+    for steps in (None, 20000):  # bs256: 2.0 diverges, the coarse step reaches, slower
+        p = s.ask_study("bs256-seed0")
+        out = Outcome("reached", steps, 0.1, steps) if steps else Outcome("diverged", None, None, 9)
+        s.tell(p, out, 10**6, 0.2, "min")
+    assert p.lr == fast.lr and s.steps_bound("bs256-seed0") == 5000 * 1.5
+    # no anchor (20000 steps > bs64's 5000 x slack) and nothing finished: bs64's best so far
+    # points the way, but every guess from it is capped at its LR below the diverged 2.0, and
+    # tried; the placeholder is then bs64's LR unscaled (not 4x it: above the stability edge)
+    assert s._seed_lrs(256, 0) == []  # the finished-only fit has nothing yet
+    assert set(s._seed_lrs(256, 0, finished_only=False)) == {fast.lr}
+    assert s._low_guess("bs256-seed0", 256, 0) == fast.lr

@@ -157,8 +157,9 @@ class LinePolicy:
         stability edge (large batch sizes) it reaches the target, and where it does not a
         too large LR fails fast (diverges or stalls at its noise floor). Then a placeholder,
         low on purpose: the best LR so far of the nearest batch size that reached the target
-        (finished or not) scaled by the linear rule (the best LR grows more slowly than B),
-        or the bottom of the range if that is higher or nothing reached. A too low LR runs on
+        (finished or not) scaled by the linear rule (the best LR grows more slowly than B;
+        from a smaller batch size its LR unscaled, as the best LR grows with B), or the
+        bottom of the range if that is higher or nothing reached. A too low LR runs on
         (a too high one stops soon and takes a trial of the budget), so the trial stays in
         flight until :meth:`obsolete` withdraws it. ``None``: a fit is trusted, or (the
         largest batch size, nothing reached) the cascade's start from the top of the range
@@ -175,7 +176,7 @@ class LinePolicy:
         if not done:
             return lo
         nb, lr_nb = lr_rules.nearest(done, b)
-        return max(lr_nb * b / nb, lo)
+        return max(min(lr_nb * b / nb, lr_nb), lo)  # from a smaller one: its LR, not more
 
     def _near_best(self, pts: list[tuple[float, float]]) -> list[tuple[float, float]]:
         """Parallel: the (log LR, objective) points a study's line search brackets with:
