@@ -114,9 +114,10 @@ class LRSearchConfig:
     batch sizes of similar cost (past B_crit)."""
     parallel: bool = False
     """`line_search` only, not with cascade or pipeline: every batch size in flight at once,
-    one trial per study; a study's first trials come from a provisional fit of the best LR
-    across the finished batch sizes (low placeholders until one predicts it), and a running
-    first trial the fit has since moved away from is stopped and withdrawn (LRSearch.obsolete).
+    one trial per study: two coarse trials down from the top of the range, then low
+    placeholders until a provisional fit of the best LR across the finished batch sizes
+    predicts the study's; a running first trial the fit has since moved more than 1.1x away
+    from is stopped and withdrawn (LRSearch.obsolete; not counted against the budget).
     Measured in benchmarks/search_efficiency.py only: the Tune sweep does not stop obsolete
     trials yet, so a job file cannot turn it on (BENCHMARKS.md, "a parallel search")."""
 
