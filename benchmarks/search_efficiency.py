@@ -2,8 +2,13 @@
 
 On the reference noisy quadratic model (``nqm_exact``: dim 10^4, h_i = 1/i, c_i = h_i,
 target 0.01, batch sizes 2^2..2^21; ground truth from :mod:`trainables.nqm_truth`), for each
-budget of trials per batch size, five searches run side by side in-process (no Ray), all
+budget of trials per batch size, six searches run side by side in-process (no Ray), all
 through :class:`tune_jobs.lr_search.LRSearch` over the same LR range:
+
+- ``parallel``: the same line search with every batch size in flight from the start
+  (``LRSearch(parallel=True)``, not a job field yet): a coarse pass down from the top of the range, low placeholders
+  until a provisional fit through the finished batch sizes predicts a study's best LR, and
+  running first trials the fit moved away from withdrawn (``LRSearch.obsolete``);
 
 - ``cascade``: the project's search with the ``lr_search`` settings of
   ``tune_jobs/jobs/nqm_reference.yaml`` (a line search in log LR per batch size, seeded from
@@ -20,7 +25,8 @@ Every search stops a trial (checked at its reports) once it has run as many step
 search's ``steps_bound`` for its batch size (it can no longer win), once it lags its study's
 fastest trial (``LRSearch.behind``, the job's ``lag_stop``), or once its loss fell by
 less than 1% since half its current step count while still above the target (a plateau at
-its noise floor: it will not reach the target). Reported per
+its noise floor: it will not reach the target); ``parallel`` also withdraws obsolete ones.
+The simulation is event-driven in simulated time (:func:`run_search`). Reported per
 (search, budget), mean over ``--repeats`` search seeds:
 
 - ``b_crit_err``: |B_crit fitted on the best steps found / true B_crit - 1|;
@@ -30,17 +36,18 @@ its noise floor: it will not reach the target). Reported per
   multiple of the oracle's: one run at the optimal LR per batch size;
 - ``wall``: when the last trial ends with a worker for every trial in flight, in steps (a
   step the same time at every batch size), over the oracle's wall time (the slowest batch
-  size's optimal steps): how much the search's order, not only its compute, costs.
-  The simulation runs one trial at a time; the pipeline and the cascade propose the same
-  trials whatever the completion order, so the figures are those of a parallel run.
+  size's optimal steps): how much the search's order, not only its compute, costs;
+- ``trials run / B``: trials started per batch size, withdrawn ones included (in brackets).
 
 Run: ``.venv/bin/python benchmarks/search_efficiency.py [--budgets 4,8,12,16,32] [--repeats 3]``
-(add ``--smoke-test`` for a 10-second check).
+(add ``--smoke-test`` for a 10-second check; ``--dim``, ``--target`` for other NQMs).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import heapq
 import math
 import sys
 import time
@@ -62,66 +69,63 @@ TARGET = 0.01
 MAX_STEPS = 10**7  # per trial, as in tune_jobs/jobs/nqm_reference.yaml
 EVAL_EVERY = 100
 LR_RANGE = (1e-3, 2.0)  # as in nqm_reference.yaml; the optima run from 0.014 to 1.995
-# name -> (algorithm, cascade, pipeline lead)
+# name -> (algorithm, cascade, pipeline lead, parallel)
 METHODS = {
-    "pipeline2": ("line_search", False, 2),
-    "pipeline4": ("line_search", False, 4),
-    "cascade": ("line_search", True, 0),
-    "random": ("random", False, 0),
-    "grid": ("grid", False, 0),
+    "parallel": ("line_search", False, 0, True),
+    "pipeline2": ("line_search", False, 2, False),
+    "pipeline4": ("line_search", False, 4, False),
+    "cascade": ("line_search", True, 0, False),
+    "random": ("random", False, 0, False),
+    "grid": ("grid", False, 0, False),
 }
 JOB = Path(__file__).resolve().parents[1] / "tune_jobs" / "jobs" / "nqm_reference.yaml"
+
+
+def trial_reports(p: Proposal, options: dict) -> list[dict]:
+    """Every report of one nqm_exact trial run to its end: the target, divergence,
+    ``MAX_STEPS``, or a plateau above the target (loss down by < 1% since half its current
+    step, from step 1000 on: stuck at its noise floor, it will not reach), whichever comes
+    first. A trial's reports do not depend on when it runs, so the event simulation
+    (:func:`run_search`) replays them in simulated time and applies the stops that depend on
+    the search's state (steps bound, lag, obsolete) as the reports arrive."""
+    out: list[dict] = []
+
+    def report(m: dict, checkpoint: dict | None = None) -> None:
+        m = dict(m)
+        half = [r["eval_loss"] for r in out if r["step"] <= m["step"] / 2]
+        m["plateau"] = (
+            m["status"] == Status.RUNNING
+            and m["step"] >= 1000
+            and bool(half)
+            and m["eval_loss"] > 0.99 * half[-1]
+        )
+        out.append(m)
+        if m["plateau"]:
+            raise _Stop
+
+    cfg = TrialConfig(workload="nqm_exact", batch_size=p.batch_size, lr=p.lr, max_steps=MAX_STEPS,
+                      eval_every=EVAL_EVERY, target=Target("eval_loss", TARGET), options=options)  # fmt: skip
+    with contextlib.suppress(_Stop):
+        train_exact(cfg, report)
+    return out
 
 
 class _Stop(Exception):
     pass
 
 
-def run_trial(search: LRSearch, p: Proposal, options: dict) -> Outcome:
-    """One nqm_exact trial, stopped at the first report at or past the search's steps bound,
-    at a plateau, or once it is behind its study's fastest trial (``LRSearch.behind``)."""
-    batch_size, lr, bound = p.batch_size, p.lr, search.steps_bound(p.study)
-    seen = {"step": 0, "best": math.inf, "status": "", "steps": None, "censored": None}
-    curve: list[tuple[float, float]] = []
-
-    def report(m: dict, checkpoint: dict | None = None) -> None:
-        seen["step"], seen["status"] = m["step"], m["status"]
-        seen["best"] = min(seen["best"], m["eval_loss"])
-        curve.append((m["step"], m["eval_loss"]))
-        if m["status"] == Status.REACHED:
-            seen["steps"] = m["steps_to_target"]
-        elif m["status"] == Status.RUNNING and m["step"] >= bound:
-            seen["censored"] = bound  # as the Tune scheduler marks it: needed more steps
-            raise _Stop
-        elif m["status"] == Status.RUNNING and (
-            plateau(m) or search.behind(p.study, m["step"], seen["best"])
-        ):
-            seen["censored"] = m["step"]  # will not reach, or slower than the fastest
-            raise _Stop
-
-    history: list[tuple[int, float]] = []
-
-    def plateau(m: dict) -> bool:
-        """Loss down by < 1% since half the current step: stuck above the target (noise floor)."""
-        history.append((m["step"], m["eval_loss"]))
-        half = [loss for step, loss in history if step <= m["step"] / 2]
-        return m["step"] >= 1000 and bool(half) and m["eval_loss"] > 0.99 * half[-1]
-
-    cfg = TrialConfig(workload="nqm_exact", batch_size=batch_size, lr=lr, max_steps=MAX_STEPS,
-                      eval_every=EVAL_EVERY, target=Target("eval_loss", TARGET), options=options)  # fmt: skip
-    try:
-        train_exact(cfg, report)
-    except _Stop:
-        seen["status"] = "stopped_early"
-    best = seen["best"] if math.isfinite(seen["best"]) else None
-    steps_run = int(seen["steps"] or seen["step"])
-    return Outcome(
-        str(seen["status"]), seen["steps"], best, steps_run, seen["censored"], tuple(curve)
-    )
-
-
 def run_search(method: str, budget: int, seed: int, sizes: list[int], options: dict) -> dict:
-    algorithm, cascade, pipeline = METHODS[method]
+    """One search, event-driven in simulated time (one step = one time unit at every batch
+    size), with a worker for every trial in flight: the searches that chain or pace their
+    studies (cascade, pipeline, parallel) run what ``LRSearch.ask`` gives until it says
+    WAIT; the others (random, grid) one trial in flight per study. Reports arrive in time
+    order (ties: the trial started first); at each report a trial stops, as the Tune
+    scheduler would stop it, once it reached the target or diverged, once it has run as many
+    steps as the search's ``steps_bound`` for its batch size (censored there), at a plateau,
+    once it lags its study's fastest trial (``LRSearch.behind``), or (parallel) once it is
+    ``LRSearch.obsolete`` (withdrawn: no result). Every step run counts as compute, stopped
+    and withdrawn trials' included."""
+    algorithm, cascade, pipeline, parallel = METHODS[method]
     lr = load_job(JOB).lr_search  # the reference job's convergence stop and lag rule
     search = LRSearch(
         sizes,
@@ -136,42 +140,74 @@ def run_search(method: str, budget: int, seed: int, sizes: list[int], options: d
         lag=lr.lag_stop,
         cascade=cascade,
         pipeline=pipeline,
+        parallel=parallel,
     )
+    paced = cascade or pipeline or parallel
     best: dict[int, float] = {}
-    compute = 0
-    ends: dict[str, list[float]] = {n: [] for n in search.studies}  # study -> trials' end times
-    finished_at: dict[str, int] = {}  # study -> trials it had when it finished
-    while (p := search.ask()) is not None:
-        assert p != WAIT  # one trial at a time: every proposal is told before the next ask
-        start = _start_time(search, p, ends, finished_at, cascade, pipeline)
-        out = run_trial(search, p, options)
+    compute, wall, started, withdrawn, withdrawn_steps = 0, 0.0, 0, 0, 0
+    queue: list[tuple[float, int, int]] = []  # (time, trial index, report index)
+    trials: list[dict] = []
+    busy: set[str] = set()
+    by_size: dict[int, int] = {}  # batch size -> steps of its withdrawn trials
+
+    def launch(now: float) -> None:
+        nonlocal started
+        props = []
+        if paced:
+            while (p := search.ask()) not in (None, WAIT):
+                props.append(p)
+        else:
+            for name, st in search.states.items():
+                if name not in busy and st.asked < budget and not st.converged:
+                    props.append(search.ask_study(name))
+        for p in props:
+            busy.add(p.study)
+            reports = trial_reports(p, options)
+            trials.append({"p": p, "start": now, "reports": reports, "best": math.inf})
+            started += 1
+            heapq.heappush(queue, (now + reports[0]["step"], len(trials) - 1, 0))
+
+    launch(0.0)
+    while queue:
+        now, i, k = heapq.heappop(queue)
+        t = trials[i]
+        p, m = t["p"], t["reports"][k]
+        t["best"] = min(t["best"], m["eval_loss"])
+        curve = tuple((r["step"], r["eval_loss"]) for r in t["reports"][: k + 1])
+        step, status, censored = m["step"], m["status"], None
+        if status == Status.RUNNING:
+            bound = search.steps_bound(p.study)
+            if step >= bound:
+                censored = bound  # as the Tune scheduler marks it: needed more steps
+            elif m["plateau"] or search.behind(p.study, step, t["best"]):
+                censored = step  # will not reach, or slower than the fastest
+            elif search.obsolete(p):
+                compute += int(step)
+                wall = max(wall, now)
+                withdrawn += 1
+                withdrawn_steps += int(step)
+                by_size[p.batch_size] = by_size.get(p.batch_size, 0) + int(step)
+                busy.discard(p.study)
+                search.withdraw(p)
+                launch(now)
+                continue
+            elif k + 1 < len(t["reports"]):
+                heapq.heappush(queue, (t["start"] + t["reports"][k + 1]["step"], i, k + 1))
+                continue
+            status = "stopped_early"
+        steps = m.get("steps_to_target") if status == Status.REACHED else None
+        best_loss = t["best"] if math.isfinite(t["best"]) else None
+        out = Outcome(str(status), steps, best_loss, int(steps or step), censored, curve)
         compute += out.steps_run
+        wall = max(wall, now)
+        busy.discard(p.study)
         search.tell(p, out, MAX_STEPS, TARGET, "min")
-        ends[p.study].append(start + out.steps_run)
-        if search.finished(p.study) and p.study not in finished_at:
-            finished_at[p.study] = len(ends[p.study])
-        if out.steps_to_target is not None:
-            best[p.batch_size] = min(best.get(p.batch_size, math.inf), out.steps_to_target)
-    wall = max(t for e in ends.values() for t in e)
-    return {"best": best, "compute": compute, "wall": wall}
-
-
-def _start_time(search, p, ends, finished_at, cascade: bool, pipeline: int) -> float:
-    """When this trial could start with a worker for every trial in flight (time in steps,
-    one step = one unit at every batch size): after its study's previous trial and, chained,
-    once the next larger batch size's study allowed it (LRSearch._may_start): finished
-    (cascade, first trial), or told k + lead trials or finished (pipeline). Searches without
-    a chain (random, grid) run each study's trials back to back."""
-    own = ends[p.study][-1] if ends[p.study] else 0.0
-    larger = [b for b in search.batch_sizes if b > p.batch_size]
-    if not larger or not (cascade or pipeline):
-        return own
-    nxt = f"bs{min(larger)}-seed{p.seed}"
-    k = len(ends[p.study])
-    if cascade:
-        return max(own, ends[nxt][-1]) if k == 0 else own
-    need = min(k + pipeline, finished_at.get(nxt, math.inf))
-    return max(own, ends[nxt][need - 1])
+        if steps is not None:
+            best[p.batch_size] = min(best.get(p.batch_size, math.inf), steps)
+        launch(now)
+    return {"best": best, "compute": compute, "wall": wall, "started": started,
+            "withdrawn": withdrawn, "withdrawn_steps": withdrawn_steps, "withdrawn_by_size": by_size,
+            "studies": len(search.states)}  # fmt: skip
 
 
 def evaluate(result: dict, truth: dict) -> dict:
@@ -186,18 +222,24 @@ def evaluate(result: dict, truth: dict) -> dict:
         "compute": result["compute"] / sum(truth["steps"]),
         "wall": result["wall"] / max(truth["steps"]),
         "miss": len(truth["batch_sizes"]) - len(reached),
+        "trials": result["started"] / result["studies"],
+        "withdrawn": result["withdrawn"] / result["studies"],
     }
 
 
 def main(argv: list[str] | None = None) -> int:
+    global TARGET
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--budgets", default="4,8,12,16,32", help="trials per batch size")
     ap.add_argument("--repeats", type=int, default=3, help="search seeds per (method, budget)")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated")
     ap.add_argument("--smoke-test", action="store_true", help="dim 1000, 5 batch sizes, budget 4")
+    ap.add_argument("--dim", type=int, default=10_000, help="NQM dimension (a held-out variant)")
+    ap.add_argument("--target", type=float, default=0.01, help="target expected loss")
     args = ap.parse_args(argv)
     budgets = [int(x) for x in args.budgets.split(",")]
-    sizes, options = list(REFERENCE_BATCH_SIZES), {"dim": 10_000, "max_reports": 100}
+    TARGET = args.target  # read by trial_reports and run_search
+    sizes, options = list(REFERENCE_BATCH_SIZES), {"dim": args.dim, "max_reports": 100}
     if args.smoke_test:
         sizes, options, budgets, args.repeats = [16, 128, 1024, 8192, 65536], {"dim": 1000}, [4], 1
     t0 = time.perf_counter()
@@ -205,9 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"truth: B_crit {truth['b_crit']:.1f}, S_min {truth['s_min']:.0f}, E_min {truth['e_min']:.4g}, "
           f"oracle compute {sum(truth['steps'])} steps ({time.perf_counter() - t0:.1f} s)")  # fmt: skip
     print(
-        "| trials/B | search | B_crit error | mean excess steps | compute / oracle | wall / oracle | misses |"
+        "| trials/B | search | B_crit error | mean excess steps | compute / oracle | wall / oracle "
+        "| misses | trials run / B (withdrawn) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for budget in budgets:
         for name in args.methods.split(","):
             rows = [
@@ -216,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
             ]
             mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
             print(f"| {budget} | {name} | {100 * mean['b_crit_err']:.1f}% | {100 * mean['excess']:.2f}% | "
-                  f"{mean['compute']:.2f}x | {mean['wall']:.1f}x | {mean['miss']:.1f} |", flush=True)  # fmt: skip
+                  f"{mean['compute']:.2f}x | {mean['wall']:.1f}x | {mean['miss']:.1f} | "
+                  f"{mean['trials']:.1f} ({mean['withdrawn']:.1f}) |", flush=True)  # fmt: skip
     print(f"({args.repeats} search seeds each; {time.perf_counter() - t0:.0f} s)")
     return 0
 

@@ -7,13 +7,17 @@ import math
 import pytest
 
 from tune_jobs.lr_rules import (
+    OBSOLETE,
     SEED_STEP,
+    TRUST,
     bracket_converged,
     bracket_lr,
     cross_bound,
+    fit_trusted,
     fresh,
     golden_step,
     nearest,
+    off_fit,
     one_sided_gain,
     parabola_gain,
     parabola_vertex,
@@ -189,3 +193,21 @@ def test_bracket_converged_survives_two_lrs_one_float_step_apart():
     assert not bracket_converged(left, best, right, 1e4, tol=0.02, side_diverged=False)
     near = (math.nextafter(x, 1.0), 101.0)
     assert not bracket_converged(near, (x, 100.0), (x + 1e-9, 2e4), 1e4, 0.02, False)
+
+
+def test_off_fit_needs_a_nearer_basis_and_a_prediction_past_the_factor():
+    far = 1.01 * OBSOLETE
+    assert off_fit(1.0, far, basis=math.inf, nearest=2.0)  # first fit, far off: withdraw
+    assert off_fit(far, 1.0, basis=3.0, nearest=1.0)  # either way
+    assert not off_fit(1.0, 0.99 * OBSOLETE, basis=math.inf, nearest=2.0)  # close enough
+    assert not off_fit(1.0, 10.0, basis=1.0, nearest=1.0)  # no nearer batch size finished
+
+
+def test_fit_trusted_near_bracketed_or_on_the_linear_part():
+    assert fit_trusted(TRUST, False) and not fit_trusted(1.01 * TRUST, False)
+    assert fit_trusted(10.0, True)  # finished on both sides: an interpolation
+    linear = [(256, 0.74), (512, 1.28)]  # slope 0.79 (the NQM reference's best LRs)
+    flat = [(1024, 1.63), (2048, 1.79)]  # slope 0.13: the stability edge
+    assert fit_trusted(math.log(64), False, linear)
+    assert not fit_trusted(math.log(64), False, flat)
+    assert not fit_trusted(math.log(64), False, linear[:1])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from tune_jobs import lr_rules
-from tune_jobs.lr_rules import SEED_STEP
+from tune_jobs.lr_rules import COARSE_STEP, SEED_STEP
 from tune_jobs.lr_study import StudyState, parse_study_name, study_name
 
 
@@ -31,6 +31,7 @@ class LinePolicy:
     converge_tol: float | None
     cascade: bool
     pipeline: int
+    parallel: bool
     reached_cut: float
     visible: dict[str, int]
 
@@ -74,10 +75,23 @@ class LinePolicy:
         # slack-scaled cross bound) is no anchor for a line search: start from the neighbours.
         cut = min(self.reached_cut, self._cross_bound(b, s, examples=False))
         if not [v for _, v in pts if v <= cut]:
+            reached = any(v <= self.reached_cut for _, v in pts)
+            if self.parallel and reached:
+                # Parallel: it reached, slower than a smaller batch size (still searching)
+                # shows is possible: the neighbours' bests so far point the way.
+                for lr in self._seed_lrs(b, s, finished_only=False):
+                    if lr_rules.fresh(math.log(lr), tried):
+                        return lr
+            low = self._low_guess(name, b, s) if self.parallel else None
+            if low is not None and lr_rules.fresh(math.log(low), tried):
+                return low
             for lr in self._seed_lrs(b, s):
                 if lr_rules.fresh(math.log(lr), tried):
                     return lr
-            chained = self.cascade or self.pipeline
+        if self.parallel and any(v <= self.reached_cut for _, v in pts):
+            pass  # parallel, nothing else to try: a line search from its own best, slow as it is
+        elif not [v for _, v in pts if v <= cut]:
+            chained = self.cascade or self.pipeline or self.parallel
             if chained and b == self.batch_sizes[-1] and not self._neighbour_bests(b, s):
                 # The first study of a cascade, nothing known: start at the top of the range
                 # and halve until a trial reaches the target. The largest batch size has the
@@ -86,9 +100,16 @@ class LinePolicy:
                 return self.states[name].range[1] if not pts else math.exp(pts[0][0]) / 2
             if not pts or min(v for _, v in pts) > self.reached_cut:
                 return None  # nothing reached here yet, the neighbours' LRs tried: TPE
+        pts = self._near_best(pts)
         i = min(range(len(pts)), key=lambda j: pts[j][1])
         xb = pts[i][0]
         step = math.log(SEED_STEP) if self._predicted(b, s) else math.log(2)
+        if self.parallel and len(pts) > 1 and i in (0, len(pts) - 1):
+            # Parallel: a failure just past the best on one side (the coarse pass steps down
+            # from the top by COARSE_STEP): the optimum is near it, step out finely.
+            side = pts[1] if i == 0 else pts[-2]
+            if side[1] > self.reached_cut and abs(side[0] - xb) <= math.log(COARSE_STEP) + 1e-9:
+                step = math.log(SEED_STEP)
         if i in (0, len(pts) - 1):
             gap = None
             if len(pts) > 1:
@@ -104,14 +125,99 @@ class LinePolicy:
             return lr_rules.step_out(xb, step, up=i == len(pts) - 1, slope_gap=gap)
         return lr_rules.bracket_lr(pts[i - 1], pts[i], pts[i + 1], self.reached_cut, step, tried)
 
-    def _neighbour_bests(self, b: int, s: int) -> list[tuple[int, float]]:
-        """(batch size, best LR) of the other studies whose best trial reached the target."""
+    def _neighbour_bests(
+        self, b: int, s: int, finished_only: bool = True
+    ) -> list[tuple[int, float]]:
+        """(batch size, best LR) of the other studies whose best trial reached the target;
+        in parallel mode only of finished ones (a study still searching can be far off),
+        unless ``finished_only`` is false."""
         out = []
         for bb in self.batch_sizes:
-            best = self.states[study_name(bb, s)].best
-            if bb != b and best is not None and best[0] <= self.reached_cut:
+            other = study_name(bb, s)
+            best = self.states[other].best
+            reached = bb != b and best is not None and best[0] <= self.reached_cut
+            if reached and (not (self.parallel and finished_only) or self.finished(other)):
                 out.append((bb, best[1]))
         return out
+
+    def _fit_trusted(self, b: int, s: int) -> bool:
+        """Parallel: does the fit through the finished batch sizes predict ``b``'s best LR
+        (:func:`~tune_jobs.lr_rules.fit_trusted`: one near enough, one on each side, or the
+        nearest two above on the linear part of the curve)?"""
+        done = sorted(self._neighbour_bests(b, s))
+        bracketed = any(bb < b for bb, _ in done) and any(bb > b for bb, _ in done)
+        above = [(bb, lr) for bb, lr in done if bb > b][:2]
+        return lr_rules.fit_trusted(self._fit_distance(b, s), bracketed, above)
+
+    def _low_guess(self, name: str, b: int, s: int) -> float | None:
+        """Parallel: the LR of a study's trial while no fit predicts its best LR (nothing
+        finished near enough, :meth:`_fit_trusted`). First a coarse pass of
+        :data:`~tune_jobs.lr_rules.COARSE_TRIALS` trials down from the top of the range by
+        :data:`~tune_jobs.lr_rules.COARSE_STEP` each: where the best LR sits near the
+        stability edge (large batch sizes) it reaches the target, and where it does not a
+        too large LR fails fast (diverges or stalls at its noise floor). Then a placeholder,
+        low on purpose: the best LR so far of the nearest batch size that reached the target
+        (finished or not) scaled by the linear rule (the best LR grows more slowly than B;
+        from a smaller batch size its LR unscaled, as the best LR grows with B), or the
+        bottom of the range if that is higher or nothing reached. A too low LR runs on
+        (a too high one stops soon and takes a trial of the budget), so the trial stays in
+        flight until :meth:`obsolete` withdraws it. ``None``: a fit is trusted, or (the
+        largest batch size, nothing reached) the cascade's start from the top of the range
+        applies."""
+        if self._fit_trusted(b, s):
+            return None
+        done = self._neighbour_bests(b, s, finished_only=False)
+        if not done and b == self.batch_sizes[-1]:
+            return None
+        st = self.states[name]
+        if len(st.results) < lr_rules.COARSE_TRIALS:  # the coarse pass: down from the top
+            return st.range[1] if not st.results else min(st.results) / lr_rules.COARSE_STEP
+        lo = st.range[0]
+        if not done:
+            return lo
+        nb, lr_nb = lr_rules.nearest(done, b)
+        return max(min(lr_nb * b / nb, lr_nb), lo)  # from a smaller one: its LR, not more
+
+    def _near_best(self, pts: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        """Parallel: the (log LR, objective) points a study's line search brackets with:
+        its reached trials, and the others no further than
+        :data:`~tune_jobs.lr_rules.FAR_MISS` from its best. A trial that failed far away
+        (the coarse first pass from the top of the range) bounds nothing near the best,
+        and as a bracket side it would send the next trial far out. All points elsewhere."""
+        if not self.parallel:
+            return pts
+        xb = min(pts, key=lambda p: p[1])[0]
+        return [p for p in pts if p[1] <= self.reached_cut or abs(p[0] - xb) <= lr_rules.FAR_MISS]
+
+    def _fit_distance(self, b: int, s: int) -> float:
+        """Parallel: what the provisional fit at batch size ``b`` stands on, as the distance
+        (log batch size) to the nearest finished batch size with a reached best; inf if none."""
+        done = self._neighbour_bests(b, s)
+        return min((abs(math.log(bb / b)) for bb, _ in done), default=math.inf)
+
+    def obsolete(self, proposal) -> bool:
+        """Parallel: should this running trial be stopped and withdrawn? Only a study's
+        seeding trials (none of its trials reached the target yet) are judged. With a
+        trusted fit (:meth:`_fit_trusted`): since the trial was proposed a batch size nearer
+        to ``b`` has finished (a low guess counts as proposed with none), and the fit
+        through the finished ones (:meth:`_seed_lrs`, best guess first) now puts the best
+        LR more than :data:`~tune_jobs.lr_rules.OBSOLETE` away from the trial's
+        (:func:`~tune_jobs.lr_rules.off_fit`). Without one: the low guess
+        (:meth:`_low_guess`) has risen more than that factor above the trial's LR. Always
+        false in the other modes."""
+        if not self.parallel:
+            return False
+        b, s = proposal.batch_size, proposal.seed
+        st = self.states[proposal.study]
+        if any(v <= self.reached_cut for v in st.results.values()):
+            return False  # its own line search leads now
+        if not self._fit_trusted(b, s):
+            low = self._low_guess(proposal.study, b, s)
+            return low is not None and low > proposal.lr * lr_rules.OBSOLETE
+        basis = st.basis.get(proposal.number, math.inf)
+        now = self._fit_distance(b, s)
+        seeds = self._seed_lrs(b, s)
+        return bool(seeds) and lr_rules.off_fit(proposal.lr, seeds[0], basis, now)
 
     def _predicted(self, b: int, s: int) -> bool:
         """Can the neighbours predict this batch size's best LR: has the nearest study with a
@@ -126,7 +232,7 @@ class LinePolicy:
             return self.states[name].converged or self.visible.get(name, 0) >= self.n_trials
         return self.finished(name)
 
-    def _seed_lrs(self, b: int, s: int) -> list[float]:
+    def _seed_lrs(self, b: int, s: int, finished_only: bool = True) -> list[float]:
         """First LRs to try at batch size ``b``, best guess first, from the neighbours' best LRs.
 
         The best LR grows with B between linear scaling and flat: McCandlish et al.'s
@@ -145,7 +251,7 @@ class LinePolicy:
             if bb <= b
             for lr in self.states[study_name(bb, s)].diverged
         ]
-        done = sorted(self._neighbour_bests(b, s))
+        done = sorted(self._neighbour_bests(b, s, finished_only))
         return lr_rules.seed_lrs(done, b, diverged_below=min(bad, default=math.inf))
 
     def converged(self, name: str) -> bool:
@@ -163,11 +269,11 @@ class LinePolicy:
             return False
         b, s = parse_study_name(name)
         st = self.states[name]
-        pts = sorted((math.log(lr), v) for lr, v in st.results.items())
+        pts = self._near_best(sorted((math.log(lr), v) for lr, v in st.results.items()))
         if len(pts) < 3:
             return False
         i = min(range(len(pts)), key=lambda j: pts[j][1])
-        cut = min(self.reached_cut, self._cross_bound(b, s, examples=False))
+        cut = min(self.reached_cut, self._cross_bound(b, s, examples=self.parallel))
         if not 0 < i < len(pts) - 1 or pts[i][1] > cut:
             return False
         xl, xr = pts[i - 1][0], pts[i + 1][0]

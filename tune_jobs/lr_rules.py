@@ -20,6 +20,12 @@ SEED_STEP = 1.1  # first step out (LR factor) from a seed the neighbours predict
 FRESH = 0.01  # log LR: a proposal closer than this to an LR tried is a repeat
 EXPAND_MAX = 1.0  # log LR: an expanding step follows a slope only from a gap this small
 GOLDEN = 0.382  # golden-section fraction of the wider side of a bracket
+OBSOLETE = 1.1  # LR factor: a seeding trial this far from a nearer fit's best LR is withdrawn
+TRUST = math.log(4)  # log batch size: a fit predicts a best LR this far from a finished one
+FAR_MISS = math.log(4)  # log LR: an unreached trial further from the best brackets nothing
+COARSE_TRIALS = 2  # parallel: first trials of a study, down from the top of the range
+COARSE_STEP = SEED_STEP**2  # LR factor between them
+LINEAR_SLOPE = 0.75  # log-log slope of best LR vs B from which the fit extrapolates down
 
 Point = tuple[float, float]  # (log LR, objective)
 
@@ -215,3 +221,27 @@ def cross_bound(
         if bb < b or (examples and bb > b)
     ]
     return slack * min(other, default=math.inf)
+
+
+def off_fit(lr: float, predicted: float, basis: float, nearest: float) -> bool:
+    """Is a running seeding trial at ``lr`` obsolete: proposed when the nearest finished batch
+    size was ``basis`` away (log batch size; inf: none), a nearer one (``nearest``) has
+    finished since, and the fit through the finished ones now predicts a best LR
+    ``predicted`` more than :data:`OBSOLETE` from ``lr`` (either way)? Each withdrawal needs
+    a strictly nearer basis, so a study withdraws at most once per batch size finishing."""
+    return nearest < basis - 1e-9 and abs(math.log(lr / predicted)) > math.log(OBSOLETE)
+
+
+def fit_trusted(nearest: float, bracketed: bool, above: Sequence[tuple[int, float]] = ()) -> bool:
+    """Does the fit through the finished batch sizes' best LRs predict a batch size's best
+    LR: is the nearest finished one at most :data:`TRUST` away (log batch size), are there
+    finished ones on both sides (an interpolation), or are the nearest two above it
+    (``above``: (batch size, best LR), nearest first) on the linear part of the curve, where
+    the best LR grows with B at a log-log slope of at least :data:`LINEAR_SLOPE`? Extrapolated
+    further down from the flat part (the stability edge), the fit can be far off."""
+    if nearest <= TRUST + 1e-9 or bracketed:
+        return True
+    if len(above) < 2:
+        return False
+    (b1, lr1), (b2, lr2) = above
+    return math.log(lr2 / lr1) / math.log(b2 / b1) >= LINEAR_SLOPE

@@ -68,7 +68,11 @@ class LRSearch(LinePolicy):
     ``cascade`` (``line_search`` only): batch sizes one at a time from the largest down
     (:meth:`ask`). ``pipeline`` (``line_search`` only, not with ``cascade``; 0: off): every
     batch size in flight at once, each study ``pipeline`` trials behind the next larger one
-    (:meth:`ask`).
+    (:meth:`ask`). ``parallel`` (``line_search`` only, not with either): every study in flight
+    at once, one trial each, first trials from a provisional fit across the finished batch
+    sizes (low placeholders until one predicts it); a running first trial that the fit has
+    since moved away from is :meth:`obsolete`, and the caller stops it and :meth:`withdraw`\ s
+    it.
 
     Per study: its Optuna study in ``studies``, the rest in ``states``
     (:class:`~tune_jobs.lr_study.StudyState`), both in the same order (seed, batch size).
@@ -92,6 +96,7 @@ class LRSearch(LinePolicy):
         lag: float = 0.0,
         cascade: bool = False,
         pipeline: int = 0,
+        parallel: bool = False,
     ):
         if algorithm not in LR_ALGORITHMS:
             raise ValueError(
@@ -107,6 +112,7 @@ class LRSearch(LinePolicy):
         self.lag = lag
         self.cascade = cascade and algorithm == LINE_SEARCH
         self.pipeline = pipeline if algorithm == LINE_SEARCH and not self.cascade else 0
+        self.parallel = parallel and algorithm == LINE_SEARCH and not (cascade or pipeline)
         self.visible: dict[str, int] = {}  # pipeline: study -> its results in the current view
         self.sign = 1.0  # +1: lower target metric is better; set by tell()
         self.studies: dict[str, optuna.Study] = {}
@@ -178,6 +184,8 @@ class LRSearch(LinePolicy):
         """Cascade: a study starts once the next larger batch size's study (same seed) has
         finished, so it starts from a converged neighbour. Pipeline: its k-th trial starts
         once that study has told k + ``pipeline`` trials or finished."""
+        if self.parallel:
+            return True
         b, s = parse_study_name(name)
         larger = [bb for bb in self.batch_sizes if bb > b]
         if not larger:
@@ -203,7 +211,7 @@ class LRSearch(LinePolicy):
         open_ = [n for n, st in states.items() if st.asked < self.n_trials and not st.converged]
         if not open_:
             return None
-        if self.cascade or self.pipeline:
+        if self.cascade or self.pipeline or self.parallel:
             open_ = [n for n in open_ if states[n].asked == states[n].told and self._may_start(n)]
             if not open_:
                 return WAIT
@@ -231,6 +239,9 @@ class LRSearch(LinePolicy):
         trial = study.ask()
         lr = trial.suggest_float("lr", lo, hi, log=self.log)
         st.asked += 1
+        if self.parallel:  # what the fit stood on when this trial was proposed (obsolete())
+            trusted = self._fit_trusted(b, s)
+            st.basis[trial.number] = self._fit_distance(b, s) if trusted else math.inf
         return Proposal(name, b, s, lr, trial.number)
 
     @contextmanager
@@ -275,7 +286,7 @@ class LRSearch(LinePolicy):
     ) -> float:
         """Record a result (applied now, or at the end of its round when synchronous)."""
         value = objective(outcome, max_steps, target, direction)
-        if self.cascade or self.pipeline or not self.synchronous:
+        if self.cascade or self.pipeline or self.parallel or not self.synchronous:
             self._apply(proposal, outcome, max_steps, target, direction)
             return value
         self.pending.append((proposal, outcome, max_steps, target, direction))
@@ -307,6 +318,7 @@ class LRSearch(LinePolicy):
         self.reached_cut = float(max_steps)  # objectives <= max_steps are steps of reached trials
         self.sign = 1.0 if direction == "min" else -1.0
         st = self.states[proposal.study]
+        st.basis.pop(proposal.number, None)
         if outcome.status == "diverged":
             st.diverged.append(proposal.lr)
         stopped = outcome.steps_to_target is None and outcome.status == "stopped_early"
@@ -359,7 +371,7 @@ class LRSearch(LinePolicy):
 
     def fail(self, proposal: Proposal) -> None:
         """A trial that errored (not diverged: divergence is a result) leaves its study."""
-        if self.cascade or self.pipeline or not self.synchronous:
+        if self.cascade or self.pipeline or self.parallel or not self.synchronous:
             self._apply_fail(proposal)
             return
         self.pending.append((proposal, None, 0, 0.0, ""))
@@ -368,7 +380,18 @@ class LRSearch(LinePolicy):
     def _apply_fail(self, proposal: Proposal) -> None:
         self.studies[proposal.study].tell(proposal.number, state=optuna.trial.TrialState.FAIL)
         self.states[proposal.study].told += 1
+        self.states[proposal.study].basis.pop(proposal.number, None)
         self._record(proposal.study)
+
+    def withdraw(self, proposal: Proposal) -> None:
+        """Take back a running trial that :meth:`obsolete` flagged (the caller has stopped
+        it): no result, not counted against ``n_trials`` (its steps still cost compute; the
+        study's ``withdrawn`` counts it), and the study may ask again at once."""
+        self.studies[proposal.study].tell(proposal.number, state=optuna.trial.TrialState.FAIL)
+        st = self.states[proposal.study]
+        st.asked -= 1
+        st.withdrawn += 1
+        st.basis.pop(proposal.number, None)
 
     def steps_bound(self, name: str) -> float:
         """Best steps-to-target of a study so far, or the bound from the other batch sizes if

@@ -32,6 +32,8 @@ def dump(search: LRSearch) -> dict:
         "sign": search.sign,
         "pending": list(search.pending),
         "history": {k: list(v.history) for k, v in st.items() if v.history},
+        "basis": {k: dict(v.basis) for k, v in st.items() if v.basis},
+        "withdrawn": {k: v.withdrawn for k, v in st.items() if v.withdrawn},
     }
 
 
@@ -69,6 +71,10 @@ def restore(search: LRSearch, state: dict) -> None:
             states[name].converged = True
     for st, v in each("history"):
         st.history = [(*h[:2], tuple(h[2]), *h[3:]) for h in v]
+    for st, v in each("basis"):
+        st.basis = {int(n): float(d) for n, d in v.items()}
+    for st, v in each("withdrawn"):
+        st.withdrawn = v
     search.reached_cut = state.get("reached_cut", search.reached_cut)
     search.sign = state.get("sign", search.sign)
     search.pending = list(state.get("pending", []))

@@ -109,6 +109,11 @@ class StudyState:
     """Its line search converged: no more trials."""
     history: list[tuple] = field(default_factory=list)
     """Pipeline: (best, stop_bound, diverged, converged) after each of its results."""
+    basis: dict[int, float] = field(default_factory=dict)
+    """Parallel: Optuna trial number -> distance (log batch size) to the nearest finished
+    batch size when that running trial was proposed (:meth:`LRSearch.obsolete`)."""
+    withdrawn: int = 0
+    """Parallel: running trials withdrawn as obsolete (not counted in ``asked``)."""
 
     def snapshot(self) -> tuple:
         """What the other studies see of this one now (a ``history`` entry)."""
