@@ -39,6 +39,22 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_HOME, ignore_errors=True)
 
 
+# The longest test files (a full run on 2 cores, 2026-12-02), started first: under
+# `pytest -n 2 --dist loadfile` (scripts/test.sh) a long file taken up last would run on alone
+# while the other worker sits idle. Within a file the order is the file's own.
+LONGEST_FIRST = (
+    "test_resume_exact.py", "test_faults.py", "test_sweep_isolation.py", "test_sweep.py",
+    "test_cluster_multinode.py", "test_gpu_check.py", "test_analysis_loaders.py",
+    "test_submit_end_to_end.py", "test_browser_compare.py", "test_own_model.py",
+    "test_sync_outage.py", "test_submit_user_code.py", "test_vision_workloads.py",
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
+
+
 @pytest.fixture
 def ray_local():
     """A real local Ray instance (2 CPUs) shared by the tests of one session: started by the

@@ -91,6 +91,7 @@ def _write_ray_folder(df, root) -> None:
         (root / trial / "result.json").write_text("\n".join(lines) + "\n")
 
 
+@pytest.mark.slow
 def test_analyze_a_run_folder_end_to_end(tmp_path, capsys):
     sweep = make_sweep_frame([8, 32, 128, 512], lr_multipliers=(0.5, 1.0), eval_every=20)
     run_dir = tmp_path / "critbatch_runs" / "synthetic"

@@ -90,6 +90,7 @@ def store_uri(request) -> str:
     return request.getfixturevalue("server").uri
 
 
+@pytest.mark.slow
 def test_mlflow_round_trip_is_exact(store_uri):
     parent, expected = _log_known_sweep(MlflowClient(store_uri), "round-trip")
     by_name = load("round-trip", store_uri)
@@ -99,6 +100,7 @@ def test_mlflow_round_trip_is_exact(store_uri):
     pd.testing.assert_frame_equal(per_metric, expected, check_exact=True)
 
 
+@pytest.mark.slow
 def test_tracking_uri_from_environment(sqlite_uri, monkeypatch, tmp_path):
     _, expected = _log_known_sweep(MlflowClient(sqlite_uri), "known")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri)
@@ -111,6 +113,7 @@ def test_tracking_uri_from_environment(sqlite_uri, monkeypatch, tmp_path):
     assert not Path("mlflow.db").exists()  # and loading did not create an empty one
 
 
+@pytest.mark.slow
 def test_clear_errors_for_missing_sweeps(sqlite_uri):
     client = MlflowClient(sqlite_uri)
     _log_known_sweep(client, "known")
@@ -127,6 +130,7 @@ def test_clear_errors_for_missing_sweeps(sqlite_uri):
         load(lonely, sqlite_uri)
 
 
+@pytest.mark.slow
 def test_latest_of_several_sweeps_with_a_warning(sqlite_uri):
     client = MlflowClient(sqlite_uri)
     first, expected = _log_known_sweep(client, "known")
@@ -141,6 +145,7 @@ def test_latest_of_several_sweeps_with_a_warning(sqlite_uri):
     pd.testing.assert_frame_equal(load(first, sqlite_uri), expected, check_exact=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("limit", [45, 7])  # 45: cut-offs mid-chunk; 7: every run exceeds it
 def test_server_bulk_fetch_equals_naive_loop(server, monkeypatch, limit):
     client = MlflowClient(server.uri)
@@ -189,6 +194,7 @@ def ray_started():
     init_ray(num_cpus=2)
 
 
+@pytest.mark.slow
 def test_ray_folder_from_a_real_tune_run(ray_started, tmp_path):
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback

@@ -23,6 +23,7 @@ EXACT = ["nqm", "--dim", "1000", "--branch-at", "0,1000,100000", "--base-batch-s
          "--tolerance", "0.003", "--json"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_branch_on_nqm_exact_matches_the_exact_answer(ray_local, tmp_path, capsys):
     d = yaml.safe_load(JOB.read_text())
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -67,6 +68,7 @@ def test_branch_on_nqm_exact_matches_the_exact_answer(ray_local, tmp_path, capsy
     assert load_schedule_file(Path(got["run_dir"]) / "schedule.yaml") == got["schedule"]
 
 
+@pytest.mark.slow
 def test_branch_on_sampled_sgd_restores_the_base_run_exactly_per_seed(ray_local, tmp_path, capsys):
     """`nqm_sgd`, two seeds: each k = 1 branch, restored on a Ray worker from its seed's base
     checkpoint, is that seed's uninterrupted run (same draws, same loss); the local CBS gets a
@@ -110,6 +112,7 @@ def test_branch_on_sampled_sgd_restores_the_base_run_exactly_per_seed(ray_local,
     assert losses[(0, 200)] != losses[(1, 200)]  # the seeds differ
 
 
+@pytest.mark.slow
 def test_branch_beside_a_full_sweep_of_the_same_problem(ray_local, tmp_path, capsys):
     """`--sweep`: the local CBS per branch point beside the full sweep's B_crit at that point's
     k = 1 loss (Merrill et al.'s comparison). The sweep's trials stop at its own target (0.3),

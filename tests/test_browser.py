@@ -121,6 +121,7 @@ def _text(driver) -> str:
     return driver.find_element(By.TAG_NAME, "body").text
 
 
+@pytest.mark.slow
 def test_mlflow_ui_shows_the_sweep_and_its_trials(finished_sweep, browser):
     s = finished_sweep
     parent_name = s.parent.info.run_name

@@ -25,6 +25,7 @@ from tune_jobs.sweep import run_sweep
 TARGET = 0.05  # eval_loss; the start is 2.59 for dim 100
 
 
+@pytest.mark.slow
 def test_sweep_logs_bsimple_and_the_report_shows_it(ray_local, tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     job = parse_job(

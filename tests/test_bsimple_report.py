@@ -73,6 +73,7 @@ def test_bsimple_at_target_matches_the_hand_values(frame):
     assert bsimple_summary(missed)["median"] == pytest.approx(225.0)  # of 210, 220, 230, 240
 
 
+@pytest.mark.slow
 def test_report_shows_bsimple_beside_b_crit(frame, tmp_path):
     r = write_report(frame, tmp_path, Target("train_loss", 1.0), n_boot=50)
     assert r.b_simple["median"] == pytest.approx(220.0)

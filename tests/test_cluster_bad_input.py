@@ -51,6 +51,7 @@ def test_unreachable_ray_address_fails_fast(tmp_path: Path, sqlite_uri: str, mon
     _assert_nothing_written(job, tmp_path)
 
 
+@pytest.mark.slow
 def test_gpus_asked_of_a_cluster_without_gpus(tmp_path: Path, sqlite_uri: str, ray_local) -> None:
     from tune_jobs.sweep import run_sweep
 

@@ -176,6 +176,7 @@ def _staged_outage(tmp_path: Path, mlflow_server: MlflowServer) -> None:
 
 
 # ---- (c) a trial raising -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_trial_exception_recorded_with_traceback_while_others_go_on(
     tmp_path: Path, sqlite_uri: str
 ) -> None:
@@ -215,6 +216,7 @@ def test_trial_exception_recorded_with_traceback_while_others_go_on(
     assert_mlflow_matches_tune(sqlite_uri, job.experiment, run_dir_of(job))
 
 
+@pytest.mark.slow
 def test_trial_exception_is_retried_per_max_failures(tmp_path: Path, sqlite_uri: str) -> None:
     from tune_jobs.sweep import run_dir_of, run_sweep
 

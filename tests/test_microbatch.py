@@ -114,6 +114,7 @@ def test_shared_loop_trains_the_same_trajectory_in_parts():
     assert parts[-1]["train_loss"] < parts[0]["train_loss"]  # and it trained
 
 
+@pytest.mark.slow
 def test_image_workload_with_batchnorm_runs_in_parts(tmp_path):
     """ResNet-34 (BatchNorm, on-device augmentation) at B = 8 in parts of 3: a CPU smoke run of
     the path the large-batch paper jobs take on a GPU. (The synthetic test above cannot tell

@@ -108,6 +108,7 @@ def test_the_writer_gathers_a_stream_of_reports_into_few_requests(tmp_path: Path
     assert sorted(steps) == list(range(1, reports + 1))
 
 
+@pytest.mark.slow
 def test_the_writes_benchmark_runs(tmp_path: Path) -> None:
     """``benchmarks/mlflow_writes.py --no-ray`` at a toy size: every arm ends with MLflow
     complete (the script broke once, unnoticed, when child runs began to need a batch size)."""

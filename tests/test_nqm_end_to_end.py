@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from analysis.ground_truth import ground_truth
@@ -21,6 +22,7 @@ from tune_jobs.sweep import run_sweep
 JOB = Path(__file__).resolve().parents[1] / "tune_jobs" / "jobs" / "nqm_small.yaml"
 
 
+@pytest.mark.slow
 def test_sweep_recovers_nqm_ground_truth(ray_local, tmp_path):
     d = yaml.safe_load(JOB.read_text())
     d.update(

@@ -98,5 +98,10 @@ def test_run_sweep_from_a_dict(tmp_path, ray_local, monkeypatch):
         out.table,
     )
     assert out.fit is not None and out.fit.b_crit > 0
-    search = out.trials[out.trials["seed"] < 1_000_000]  # then 4 confirmation runs each
-    assert len(search) == 3 and set(out.trials["status"]) == {"reached"}
+    search = out.trials[out.trials["seed"] < 1_000_000]  # then the confirmation runs
+    assert len(search) == 3 and set(search["status"]) == {"reached"}
+    # Confirmation runs (fresh seeds, the chosen LR and the LR 1.5x below it) may miss the
+    # target within their horizon: that is what confirming finds out. Every batch size has
+    # confirmed runs that reached it, or its steps above would be missing.
+    confirm = out.trials[out.trials["seed"] >= 1_000_000]
+    assert set(confirm.loc[confirm["status"] == "reached", "batch_size"]) == {16, 64, 256}

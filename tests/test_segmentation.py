@@ -148,6 +148,7 @@ def test_drn_d_22_has_output_stride_8_and_its_published_size():
     assert round((trunk + 513_000) / 1e6, 1) == 16.4
 
 
+@pytest.mark.slow
 def test_cpu_smoke_run_reports_every_metric(tmp_path):
     write_cityscapes(tmp_path)
     reports: list[dict] = []

@@ -47,6 +47,7 @@ def _all_paths_equal(name: str, uri: str) -> pd.DataFrame:
     return naive
 
 
+@pytest.mark.slow
 def test_snapshot_is_exact_and_stale_runs_are_refetched(server):
     client = MlflowClient(server.uri)
     parent_id = log_sweep(client, "snap", trials=12, points=30, workers=2)
@@ -120,6 +121,7 @@ def test_unreadable_snapshot_warns_and_fetches_everything(sqlite_uri):
     pd.testing.assert_frame_equal(got, expected, check_exact=True)
 
 
+@pytest.mark.slow
 def test_analyze_no_snapshot_never_reads_it(sqlite_uri, tmp_path):
     import warnings
 
@@ -148,6 +150,7 @@ def test_snapshot_write_never_fails_the_sweep(monkeypatch, tmp_path, capsys):
     assert f"critbatch sync {tmp_path}" in err
 
 
+@pytest.mark.slow
 def test_a_sweep_ends_with_its_snapshot_and_sync_rewrites_it(ray_local, tmp_path):
     from test_sweep import synthetic_job
 

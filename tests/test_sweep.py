@@ -49,6 +49,7 @@ def children(client, exp_name):
     return parents, kids
 
 
+@pytest.mark.slow
 def test_full_sweep_parent_children_and_metric_counts(ray_local, tmp_path):
     job = parse_job(synthetic_job(tmp_path))
     res = run_sweep(job, progress=False)
@@ -91,6 +92,7 @@ def test_full_sweep_parent_children_and_metric_counts(ray_local, tmp_path):
     assert any(t["steps_to_target"] for t in res.trials)
 
 
+@pytest.mark.slow
 def test_diverging_trials_are_results_not_crashes(ray_local, tmp_path):
     job = parse_job(synthetic_job(tmp_path, "div", batch_sizes=[64],
                                   lr_search={"min": 20.0, "max": 50.0, "trials_per_batch_size": 2}))  # fmt: skip
@@ -102,6 +104,7 @@ def test_diverging_trials_are_results_not_crashes(ray_local, tmp_path):
     assert all(t["steps_to_target"] is None for t in res.trials)
 
 
+@pytest.mark.slow
 def test_lsr_sweep_scales_the_lr_warms_up_in_epochs_and_logs_the_strategy(ray_local, tmp_path):
     """The seed paper's LSR through the whole sweep: one trial per batch size at
     lr = base_lr * B / base_batch_size, a linear warm-up of W epochs (more steps at the small
@@ -133,6 +136,7 @@ def test_lsr_sweep_scales_the_lr_warms_up_in_epochs_and_logs_the_strategy(ray_lo
         assert min(lrs.values()) < peak  # the first eval point is inside the warm-up
 
 
+@pytest.mark.slow
 def test_existing_sweep_name_is_refused_before_anything_runs(ray_local, tmp_path):
     d = synthetic_job(
         tmp_path,

@@ -156,6 +156,7 @@ def _is_loopback(ip: str) -> bool:
     return ip in ("127.0.0.1", "::1", "::ffff:127.0.0.1") or ip.startswith("127.")
 
 
+@pytest.mark.slow
 def test_local_sweep_listens_on_loopback_only(ray_local, tmp_path, capsys, monkeypatch):
     """Every listening socket of this driver and every process under it (GCS, raylet, workers,
     agents, metrics export) after a real sweep is on loopback; the auth token is 0600."""
@@ -174,6 +175,7 @@ def test_local_sweep_listens_on_loopback_only(ray_local, tmp_path, capsys, monke
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
 
 
+@pytest.mark.slow
 def test_sweep_whose_every_trial_errors_exits_non_zero_naming_the_cause(
     ray_local, tmp_path, capsys, monkeypatch
 ):

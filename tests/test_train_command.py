@@ -30,6 +30,7 @@ def job_file(tmp_path: Path, **extra) -> Path:
     return p
 
 
+@pytest.mark.slow
 def test_train_on_ray_equals_the_trial_in_process_and_is_tracked(ray_local, tmp_path, capsys):
     from trainables.api import Target, TrialConfig
     from trainables.registry import run_trial
