@@ -128,13 +128,22 @@ def release_finished_trial(tune_controller: Any, trial: Any) -> None:
 
 
 def drop_cancelled_actor_tasks(tune_controller: Any) -> None:
+    """The queued tasks of cancelled actor requests of Tune's actor manager, dropped
+    (:func:`drop_cancelled_tasks_of`)."""
+    drop_cancelled_tasks_of(tune_controller._actor_manager)
+
+
+def drop_cancelled_tasks_of(actor_manager: Any) -> int:
     """``RayActorManager._pending_actors_to_enqueued_actor_tasks``: a request for a new trial
     actor that Tune cancels (``reuse_actors``: the trial got a cached actor instead) leaves
     its queued tasks there forever (Ray 2.60 pops the entry only when the actor starts):
     nearly one entry per trial, each holding the trial's queued calls and their arguments.
-    Entries of actors that are neither pending nor live can never run: dropped."""
-    manager = tune_controller._actor_manager
-    queued = manager._pending_actors_to_enqueued_actor_tasks
-    pending, live = manager._pending_actors_to_attrs, manager._live_actors_to_ray_actors_resources
-    for actor in [a for a in queued if a not in pending and a not in live]:
+    Entries of actors that are neither pending nor live can never run: dropped. Returns how
+    many."""
+    queued = actor_manager._pending_actors_to_enqueued_actor_tasks
+    pending = actor_manager._pending_actors_to_attrs
+    live = actor_manager._live_actors_to_ray_actors_resources
+    stale = [a for a in queued if a not in pending and a not in live]
+    for actor in stale:
         del queued[actor]
+    return len(stale)
