@@ -8,16 +8,25 @@ every trial in MLflow: one child run per Tune trial, whose ``train_loss`` histor
 exactly the points of the trial's result.json. Reports:
 
 - driver peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``; a 0.5 s psutil sampler gives
-  the curve's start and end too);
+  the curve's start and end too) and its growth per trial: the least-squares slope of RSS
+  against the number of finished trials (lines of the sweep's journal), over the samples
+  past the first 10% of the trials (Ray's and MLflow's start-up is not growth);
 - the MLflow write rate: metric points sent by the driver's ``log_batch`` calls divided by the
   time spent inside them (and the share of the sweep's wall time that is);
 - wall time of the sweep and of the MLflow check.
 
 Exits 1 if any trial is missing from MLflow or any point is lost or doubled.
 
+``--arm before`` runs the sweep as critbatch did before issue 16 item 2: Tune's per-trial state
+of finished trials is not released (``tune_jobs.ray_internals.release_finished_trial`` and
+``drop_cancelled_actor_tasks`` are no-ops in this process). ``--series N,M,... --arms
+before,after`` runs each (trials, arm) in a fresh process (peak RSS is per process), one at a
+time, and prints them side by side.
+
     .venv/bin/python benchmarks/load_500.py                  # 500 trials
     .venv/bin/python benchmarks/load_500.py --smoke-test     # 20 trials
     .venv/bin/python benchmarks/load_500.py --trials 2000 --tracking-uri http://127.0.0.1:5000
+    .venv/bin/python benchmarks/load_500.py --series 1000,3000 --arms before,after --json m.json
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import argparse
 import json
 import os
 import resource
+import subprocess
 import sys
 import tempfile
 import threading
@@ -94,16 +104,79 @@ class LogBatchTimer:
 
 
 class RssSampler(threading.Thread):
-    def __init__(self) -> None:
+    """Every 0.5 s: (time, driver RSS, trials finished: lines of the sweep's journal)."""
+
+    def __init__(self, journal: Path, curve: Path | None = None) -> None:
         super().__init__(daemon=True)
-        self.samples: list[tuple[float, int]] = []
+        self.samples: list[tuple[float, int, int]] = []
         self.stop = threading.Event()
+        self.journal = journal
+        self.curve = curve  # (trials, RSS MiB) every 100 trials, appended as the sweep runs
+
+    def finished(self) -> int:
+        try:
+            return self.journal.read_bytes().count(b"\n")
+        except FileNotFoundError:
+            return 0
 
     def run(self) -> None:
         proc = psutil.Process()
+        logged = 0
         while not self.stop.is_set():
-            self.samples.append((time.time(), proc.memory_info().rss))
+            t, rss, n = time.time(), proc.memory_info().rss, self.finished()
+            self.samples.append((t, rss, n))
+            if self.curve is not None and n >= logged + 100:
+                logged = n - n % 100
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                with self.curve.open("a") as f:
+                    f.write(json.dumps({"trials": n, "rss_mib": round(rss / 2**20),
+                                        "peak_mib": round(peak), "t": round(t)}) + "\n")  # fmt: skip
             self.stop.wait(0.5)
+
+    def growth_per_trial_kib(self, trials: int) -> float | None:
+        """Least-squares slope of RSS over finished trials, past the first 10% of them."""
+        pts = [(n, rss) for _, rss, n in self.samples if n >= max(1, trials // 10)]
+        if len({n for n, _ in pts}) < 2:
+            return None
+        mx = sum(n for n, _ in pts) / len(pts)
+        my = sum(r for _, r in pts) / len(pts)
+        sxx = sum((n - mx) ** 2 for n, _ in pts)
+        sxy = sum((n - mx) * (r - my) for n, r in pts)
+        return sxy / sxx / 1024
+
+
+def disable_release() -> None:
+    """The behaviour before issue 16 item 2: Tune keeps all of every finished trial."""
+    import tune_jobs.searcher as searcher
+
+    searcher.release_finished_trial = lambda tune_controller, trial: None
+    searcher.drop_cancelled_actor_tasks = lambda tune_controller: None
+
+
+def run_series(args: argparse.Namespace) -> int:
+    """Each (trials, arm) in its own process, one after another; a table at the end."""
+    rows, rc = [], 0
+    for n in [int(x) for x in args.series.split(",")]:
+        for arm in args.arms.split(","):
+            out = Path(tempfile.mkdtemp(prefix="critbatch-series-")) / "figures.json"
+            cmd = [sys.executable, __file__, "--trials", str(n), "--arm", arm,
+                   "--num-cpus", str(args.num_cpus), "--json", str(out)]  # fmt: skip
+            if args.workload:
+                cmd += ["--workload", args.workload]
+            print("+", " ".join(cmd), file=sys.stderr, flush=True)
+            rc |= subprocess.call(cmd)
+            rows.append(json.loads(out.read_text()) if out.exists() else {"trials": n, "arm": arm})
+    print(f"{'trials':>7} {'arm':>7} {'peak RSS MiB':>13} {'start MiB':>10} "
+          f"{'KiB/trial':>10} {'trials/s':>9} {'MLflow ok':>10}")  # fmt: skip
+    for r in rows:
+        se = r.get("driver_rss_start_end_mib") or [None, None]
+        print(f"{r.get('trials', '?'):>7} {r.get('arm', '?'):>7} "
+              f"{r.get('driver_peak_rss_mib', '-')!s:>13} {se[0]!s:>10} "
+              f"{r.get('rss_growth_kib_per_trial', '-')!s:>10} {r.get('trials_per_s', '-')!s:>9} "
+              f"{r.get('trials_in_mlflow_ok', '-')!s:>10}")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return rc
 
 
 def check_mlflow(tracking_uri: str, experiment: str, run_dir: Path) -> dict[str, int]:
@@ -166,18 +239,28 @@ def main(argv: list[str] | None = None) -> int:
         "--tracking-uri", default="", help="default: a fresh SQLite store in a temp folder"
     )
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--arm", choices=("after", "before"), default="after",
+                    help="before: Tune's state of finished trials is not released")  # fmt: skip
+    ap.add_argument("--curve", type=Path, help="append (trials, RSS) every 100 trials here")
+    ap.add_argument("--series", default="", help="trial counts, e.g. 1000,3000: one run each")
+    ap.add_argument("--arms", default="before,after", help="with --series: the arms to run")
     args = ap.parse_args(argv)
+    if args.series:
+        return run_series(args)
     trials = 20 if args.smoke_test else args.trials
+    if args.arm == "before":
+        disable_release()
 
     from trainables.registry import workloads
-    from tune_jobs.sweep import run_sweep
+    from tune_jobs.journal import journal_path
+    from tune_jobs.sweep import run_dir_of, run_sweep
 
     workload = args.workload or ("nqm_exact" if "nqm_exact" in workloads() else "synthetic")
     tmp = Path(tempfile.mkdtemp(prefix="critbatch-load-"))
     uri = args.tracking_uri or f"sqlite:///{tmp / 'mlflow.db'}"
     job = job_for(trials, workload, uri, str(tmp / "runs"))
     timer = LogBatchTimer()
-    sampler = RssSampler()
+    sampler = RssSampler(journal_path(run_dir_of(job)), args.curve)
     sampler.start()
     t0 = time.time()
     result = run_sweep(job, num_cpus=args.num_cpus, progress=False)
@@ -187,8 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.time()
     check = check_mlflow(uri, job.experiment, result.run_dir)
     check_s = time.time() - t1
-    rss = [s for _, s in sampler.samples]
+    rss = [s for _, s, _ in sampler.samples]
+    growth = sampler.growth_per_trial_kib(len(result.trials))
     figures = {
+        "arm": args.arm,
         "workload": workload,
         "trials": len(result.trials),
         "trials_in_mlflow_ok": check["trials"] - check["bad"],
@@ -199,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         "driver_rss_start_end_mib": [round(rss[0] / 2**20), round(rss[-1] / 2**20)]
         if rss
         else None,
+        "rss_growth_kib_per_trial": None if growth is None else round(growth, 1),
         "mlflow_points": timer.points,
         "mlflow_log_batch_calls": timer.calls,
         "mlflow_log_batch_s": round(timer.seconds, 1),

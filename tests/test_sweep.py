@@ -178,3 +178,39 @@ def test_pipeline_sweep_through_tune_starts_each_study_behind_the_next_larger(ra
     _, kids = children(MlflowClient(job.tracking.uri), "pipe")
     assert len(kids) == len(res.trials) == len(order)
     assert all(t["status"] != "errored" for t in res.trials)
+
+
+def test_tune_keeps_a_bounded_state_per_finished_trial(ray_local, tmp_path):
+    """Driver memory over a long sweep (BENCHMARKS.md, "Driver memory at 10,000 trials"): the
+    sweep's scheduler releases Tune's per-metric statistics of every finished trial
+    (tune_jobs/ray_internals.py), so each finished trial's entry in the experiment state Tune
+    keeps in memory, and writes to the run folder, is its last result and little more (it
+    was ~14 KB of JSON with the statistics), while the run folder, journal and analysis
+    still have everything."""
+    import json
+
+    from analysis.loaders import load_ray_folder
+
+    job = parse_job({
+        "name": "bounded", "workload": "nqm_exact", "batch_sizes": [8, 64, 512],
+        "lr_search": {"min": 1e-3, "max": 1.0, "trials_per_batch_size": 8,
+                      "algorithm": "random", "confirm_seeds": 0},
+        "early_stopping": {"enabled": False},
+        "target": {"metric": "eval_loss", "value": 0.05, "direction": "min"},
+        "budget": {"max_steps": 2000}, "eval_every": 100,
+        "options": {"dim": 1000, "max_reports": 20},
+        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        "storage": str(tmp_path / "runs"),
+    })  # fmt: skip
+    res = run_sweep(job, progress=False)
+    assert len(res.trials) == 24
+    (snapshot,) = res.run_dir.glob("experiment_state-*.json")
+    data = json.loads(snapshot.read_text())["trial_data"]
+    assert len(data) == 24
+    for _, meta_json in data:
+        meta = json.loads(meta_json)
+        assert meta["metric_analysis"] == {} and meta["metric_n_steps"] == {}
+        assert meta["last_result"]["step"] > 0  # what the callbacks read is kept
+        assert len(meta_json) < 4096, len(meta_json)
+    df = load_ray_folder(res.run_dir)  # every report is still in the run folder
+    assert df["trial"].nunique() == 24

@@ -7,7 +7,10 @@ Ray offers no public API for these three needs, so they use private modules:
   checks ``ray up`` runs before it touches a cloud;
 - sending ``~/.ray/auth_token`` to a cluster with token authentication, as ``ray start`` does,
   and writing it 0600 (``ray._private.authentication``);
-- a local Ray bound to loopback only (``ray._private.ray_constants.ENABLE_RAY_CLUSTER``).
+- a local Ray bound to loopback only (``ray._private.ray_constants.ENABLE_RAY_CLUSTER``);
+- letting go of what Tune's controller keeps of a finished trial that nothing reads again
+  (:func:`release_finished_trial`): a driver of a 10,000-trial sweep otherwise grows by
+  ~90 KiB per trial.
 
 ``RAY_VERSION`` is the version these were checked against; ``tests/test_ray_internals.py``
 fails when the installed Ray differs or the signatures used here change, so an upgrade is
@@ -92,3 +95,55 @@ def write_private_auth_token() -> None:
         return
     with os.fdopen(fd, "w") as f:
         f.write(generate_new_authentication_token())
+
+
+def release_finished_trial(tune_controller: Any, trial: Any) -> None:
+    """Drop what Tune's driver keeps per finished trial and critbatch never reads, so a long
+    sweep's driver memory stays bounded (BENCHMARKS.md, "Driver memory at 10,000 trials").
+    Called by the sweep's scheduler when ``trial`` completes or is removed, after its last
+    result was processed (the callbacks still see ``trial.last_result`` and ``config``).
+
+    - ``trial.run_metadata.metric_analysis`` / ``metric_n_steps``: Tune's running max, min,
+      mean and last-5/10 averages of every reported metric, two ``deque`` objects per metric
+      (~25 KiB per trial of 16 metrics, and ~10 KiB more in the trial's cached JSON state,
+      which the controller keeps for every trial to write its experiment snapshot). They
+      serve ``ResultGrid``/``ExperimentAnalysis`` "best trial" queries; critbatch reads every
+      trial's own ``result.json`` (analysis/load_ray.py) and the journal instead. Each trial's
+      ``last_result`` is kept.
+    - ``trial._default_result_or_future``: the ``ObjectRef`` of the actor's first auto-filled
+      metrics, read only while the trial has no result of its own; an ObjectRef held keeps an
+      entry in the driver's reference table (outside Python's heap).
+    - the queued tasks of cancelled actor requests (:func:`drop_cancelled_actor_tasks`).
+    """
+    import ray
+
+    meta = trial.run_metadata
+    if meta.last_result and isinstance(trial._default_result_or_future, ray.ObjectRef):
+        trial._default_result_or_future = None
+    if meta.metric_analysis or meta.metric_n_steps:
+        meta.metric_analysis = {}  # (setting them invalidates the cached JSON state)
+        meta.metric_n_steps = {}
+        tune_controller._mark_trial_to_checkpoint(trial)  # its snapshot entry, recomputed
+    drop_cancelled_actor_tasks(tune_controller)
+
+
+def drop_cancelled_actor_tasks(tune_controller: Any) -> None:
+    """The queued tasks of cancelled actor requests of Tune's actor manager, dropped
+    (:func:`drop_cancelled_tasks_of`)."""
+    drop_cancelled_tasks_of(tune_controller._actor_manager)
+
+
+def drop_cancelled_tasks_of(actor_manager: Any) -> int:
+    """``RayActorManager._pending_actors_to_enqueued_actor_tasks``: a request for a new trial
+    actor that Tune cancels (``reuse_actors``: the trial got a cached actor instead) leaves
+    its queued tasks there forever (Ray 2.60 pops the entry only when the actor starts):
+    nearly one entry per trial, each holding the trial's queued calls and their arguments.
+    Entries of actors that are neither pending nor live can never run: dropped. Returns how
+    many."""
+    queued = actor_manager._pending_actors_to_enqueued_actor_tasks
+    pending = actor_manager._pending_actors_to_attrs
+    live = actor_manager._live_actors_to_ray_actors_resources
+    stale = [a for a in queued if a not in pending and a not in live]
+    for actor in stale:
+        del queued[actor]
+    return len(stale)

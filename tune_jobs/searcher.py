@@ -24,7 +24,11 @@ from tune_jobs.config import JobConfig
 from tune_jobs.confirm import PHASE, Confirmation
 from tune_jobs.journal import append_record
 from tune_jobs.lr_search import WAIT, LRSearch, Outcome, Proposal, objective, study_name
-from tune_jobs.ray_internals import asha_bracket
+from tune_jobs.ray_internals import (
+    asha_bracket,
+    drop_cancelled_actor_tasks,
+    release_finished_trial,
+)
 
 
 def trial_outcome(
@@ -353,6 +357,22 @@ class PerBatchSizeScheduler(FIFOScheduler):
         if action == TrialScheduler.STOP:
             self.stopped.add(trial.trial_id)
         return action
+
+    # Tune's per-trial state of finished trials, released (driver memory stays bounded over
+    # long sweeps: tune_jobs/ray_internals.py). Tune calls these after the trial's last result.
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        super().on_trial_complete(tune_controller, trial, result)
+        self.smoothed.pop(trial.trial_id, None)
+        release_finished_trial(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller, trial) -> None:
+        # (also called for a trial Tune retries: its state is kept; errors are rare)
+        super().on_trial_error(tune_controller, trial)
+        drop_cancelled_actor_tasks(tune_controller)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        super().on_trial_remove(tune_controller, trial)
+        release_finished_trial(tune_controller, trial)
 
     def _smooth(self, trial_id: str, step: float, value: float) -> float:
         """The trial's target metric as its stop rule sees it (:class:`trainables.api.StopRule`:
