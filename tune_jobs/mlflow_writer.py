@@ -67,6 +67,7 @@ class MlflowWriter:
         self._spill = None  # the open spill file, while spilling
         self._read_at = 0  # bytes of the spill already replayed
         self._stop = threading.Event()
+        self._closing = threading.Event()  # set by close(): send at once, no more gathering
         self._idle = threading.Event()
         self.failures = 0
         self.ever_failed = False
@@ -127,7 +128,7 @@ class MlflowWriter:
             return []
         self._idle.clear()
         if self.queue.qsize() < TAKE_LIMIT:
-            self._stop.wait(self.linger_s)
+            self._closing.wait(self.linger_s)
         return [first, *self._drain(limit=TAKE_LIMIT)]
 
     def _drain(self, limit: int | None = None) -> list[tuple]:
@@ -227,6 +228,7 @@ class MlflowWriter:
         after ``timeout_s``, or once ``attempts`` requests in a row failed (the run folder
         keeps everything: ``critbatch sync`` writes it later)."""
         self.failures = 0  # short backoff from here on
+        self._closing.set()
         deadline = time.time() + timeout_s
         while time.time() < deadline and self.failures < attempts:
             if self._idle.wait(0.1) and self.queue.empty() and not self._spilling:
