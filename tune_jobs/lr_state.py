@@ -8,13 +8,13 @@ Optuna's own trials live in its storage (or in the searcher's checkpoint when in
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from tune_jobs.lr_search import LRSearch
+# ``search`` below is the :class:`~tune_jobs.lr_search.LRSearch` that calls these (its
+# ``state``/``load_state``); typed as Any so that this module imports nothing of it (no cycle).
 
 
-def dump(search: LRSearch) -> dict:
+def dump(search: Any) -> dict:
     """The search's state as plain data (a study's entry only where it has one)."""
     st = search.states
     return {
@@ -37,7 +37,7 @@ def dump(search: LRSearch) -> dict:
     }
 
 
-def restore(search: LRSearch, state: dict) -> None:
+def restore(search: Any, state: dict) -> None:
     """Load :func:`dump`'s output (or an older version's, which lacks some keys) into the
     search's states. Entries of studies the search does not have are ignored, as they were
     when these were dicts of their own (a study's fields then were never read)."""
