@@ -16,6 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
@@ -318,6 +319,7 @@ class PerBatchSizeScheduler(FIFOScheduler):
         self.stopped: set[str] = set()
         self.target = job.target
         self.smoothed: dict[str, tuple[float, StopRule]] = {}  # trial -> (last step, its EMA)
+        self.added: dict[str, int] = {}  # trial -> when Tune added it (choose_trial_to_run)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         if (
@@ -358,11 +360,31 @@ class PerBatchSizeScheduler(FIFOScheduler):
             self.stopped.add(trial.trial_id)
         return action
 
+    # Which trial Tune starts next: the first PENDING trial in the order trials were added,
+    # else the first PAUSED one, as FIFOScheduler chooses, but looked for among the live
+    # trials only. FIFOScheduler scans every trial of the sweep at every step of Tune's loop,
+    # so the driver's cost per trial grew with the sweep (profile of a 1,500-trial sweep:
+    # 13 s in that scan; 4.7 trials/s early in a 10,000-trial sweep, 2.2 at 6,000).
+    def on_trial_add(self, tune_controller, trial) -> None:
+        super().on_trial_add(tune_controller, trial)
+        self.added[trial.trial_id] = len(self.added)
+
+    def choose_trial_to_run(self, tune_controller):
+        live = tune_controller.get_live_trials()
+        for status in (Trial.PENDING, Trial.PAUSED):
+            waiting = [t for t in live if t.status == status]
+            if waiting:
+                return min(
+                    waiting, key=lambda t: (self.added.get(t.trial_id, math.inf), t.trial_id)
+                )
+        return None
+
     # Tune's per-trial state of finished trials, released (driver memory stays bounded over
     # long sweeps: tune_jobs/ray_internals.py). Tune calls these after the trial's last result.
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         super().on_trial_complete(tune_controller, trial, result)
         self.smoothed.pop(trial.trial_id, None)
+        self.added.pop(trial.trial_id, None)
         release_finished_trial(tune_controller, trial)
 
     def on_trial_error(self, tune_controller, trial) -> None:
@@ -372,6 +394,7 @@ class PerBatchSizeScheduler(FIFOScheduler):
 
     def on_trial_remove(self, tune_controller, trial) -> None:
         super().on_trial_remove(tune_controller, trial)
+        self.added.pop(trial.trial_id, None)
         release_finished_trial(tune_controller, trial)
 
     def _smooth(self, trial_id: str, step: float, value: float) -> float:
