@@ -91,8 +91,7 @@ class LinePolicy:
         if self.parallel and any(v <= self.reached_cut for _, v in pts):
             pass  # parallel, nothing else to try: a line search from its own best, slow as it is
         elif not [v for _, v in pts if v <= cut]:
-            chained = self.cascade or self.pipeline or self.parallel
-            if chained and b == self.batch_sizes[-1] and not self._neighbour_bests(b, s):
+            if self.paced and b == self.batch_sizes[-1] and not self._neighbour_bests(b, s):
                 # The first study of a cascade, nothing known: start at the top of the range
                 # and halve until a trial reaches the target. The largest batch size has the
                 # largest best LR, and a too large LR fails fast (diverges, or stalls at its

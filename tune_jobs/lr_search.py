@@ -150,6 +150,12 @@ class LRSearch(LinePolicy):
                     for lr in self._grid(n_trials):
                         study.enqueue_trial({"lr": lr}, skip_if_exists=True)
 
+    @property
+    def paced(self) -> bool:
+        """One trial in flight per study (cascade, pipeline or parallel): each result is applied
+        as it comes, never held to the end of a round."""
+        return bool(self.cascade or self.pipeline or self.parallel)
+
     # ---- read-only views by study name (what callers and tests read) --------------------------
     @property
     def asked(self) -> dict[str, int]:
@@ -211,7 +217,7 @@ class LRSearch(LinePolicy):
         open_ = [n for n, st in states.items() if st.asked < self.n_trials and not st.converged]
         if not open_:
             return None
-        if self.cascade or self.pipeline or self.parallel:
+        if self.paced:
             open_ = [n for n in open_ if states[n].asked == states[n].told and self._may_start(n)]
             if not open_:
                 return WAIT
@@ -286,7 +292,7 @@ class LRSearch(LinePolicy):
     ) -> float:
         """Record a result (applied now, or at the end of its round when synchronous)."""
         value = objective(outcome, max_steps, target, direction)
-        if self.cascade or self.pipeline or self.parallel or not self.synchronous:
+        if self.paced or not self.synchronous:
             self._apply(proposal, outcome, max_steps, target, direction)
             return value
         self.pending.append((proposal, outcome, max_steps, target, direction))
@@ -371,7 +377,7 @@ class LRSearch(LinePolicy):
 
     def fail(self, proposal: Proposal) -> None:
         """A trial that errored (not diverged: divergence is a result) leaves its study."""
-        if self.cascade or self.pipeline or self.parallel or not self.synchronous:
+        if self.paced or not self.synchronous:
             self._apply_fail(proposal)
             return
         self.pending.append((proposal, None, 0, 0.0, ""))
