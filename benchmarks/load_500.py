@@ -147,10 +147,10 @@ class RssSampler(threading.Thread):
 
 def disable_release() -> None:
     """The behaviour before issue 16 item 2: Tune keeps all of every finished trial."""
-    import tune_jobs.searcher as searcher
+    import tune_jobs.scheduler as scheduler
 
-    searcher.release_finished_trial = lambda tune_controller, trial: None
-    searcher.drop_cancelled_actor_tasks = lambda tune_controller: None
+    scheduler.release_finished_trial = lambda tune_controller, trial: None
+    scheduler.drop_cancelled_actor_tasks = lambda tune_controller: None
 
 
 def run_series(args: argparse.Namespace) -> int:

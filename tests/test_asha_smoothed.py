@@ -13,7 +13,8 @@ from ray.tune.schedulers import TrialScheduler
 
 from trainables.api import StopRule
 from tune_jobs.job_file import parse_job
-from tune_jobs.searcher import PerBatchSizeScheduler, SweepSearcher
+from tune_jobs.scheduler import PerBatchSizeScheduler
+from tune_jobs.searcher import SweepSearcher
 
 GRACE = 50  # the first ASHA rung: 5 evals of 10 steps
 

@@ -85,7 +85,7 @@ def test_mlflow_store_accessor(tmp_path):
 
 def test_release_finished_trial_leaves_tune_nothing_per_trial_it_does_not_read(ray_local, tmp_path):
     """A real Tuner whose scheduler releases each finished trial as the sweep's does
-    (tune_jobs.searcher.PerBatchSizeScheduler): Tune's per-metric statistics and the
+    (tune_jobs.scheduler.PerBatchSizeScheduler): Tune's per-metric statistics and the
     auto-filled-metrics ObjectRef are gone, also from the experiment snapshot Tune wrote,
     while ``last_result`` (which the callbacks read) is kept."""
     import json

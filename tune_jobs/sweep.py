@@ -252,7 +252,8 @@ def _fit(
     from tune_jobs.journal import journal_path, read_records
     from tune_jobs.mlflow_writer import SPILL_FILE, MlflowWriter
     from tune_jobs.progress import ProgressCallback
-    from tune_jobs.searcher import PerBatchSizeScheduler, SweepSearcher
+    from tune_jobs.scheduler import PerBatchSizeScheduler
+    from tune_jobs.searcher import SweepSearcher
     from tune_jobs.tracking import MlflowCallback, RunFolderJsonLogger, Tracker, reconcile
     from tune_jobs.trainable import run_tune_trial
 
