@@ -14,7 +14,7 @@ column              dtype    meaning
 ``step``            int      optimizer steps taken when the row was reported
 ``examples``        int      examples processed so far (= step * batch_size)
 ``status``          str      FINAL status of the trial, repeated on every row:
-                             ``reached|not_reached|diverged|stopped_early|errored``
+                             ``reached|not_reached|diverged|stopped_early|errored|withdrawn``
 ``phase``           str      optional: ``search`` (a trial of the LR search) or ``confirm``
                              (a confirmation run of the chosen LR with a fresh seed; B_crit
                              is estimated from these, see `analysis.estimate`). Absent or

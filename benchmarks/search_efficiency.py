@@ -6,7 +6,7 @@ budget of trials per batch size, six searches run side by side in-process (no Ra
 through :class:`tune_jobs.lr_search.LRSearch` over the same LR range:
 
 - ``parallel``: the same line search with every batch size in flight from the start
-  (``LRSearch(parallel=True)``, not a job field yet): a coarse pass down from the top of the range, low placeholders
+  (``LRSearch(parallel=True)``, the job field ``lr_search.parallel``): a coarse pass down from the top of the range, low placeholders
   until a provisional fit through the finished batch sizes predicts a study's best LR, and
   running first trials the fit moved away from withdrawn (``LRSearch.obsolete``);
 

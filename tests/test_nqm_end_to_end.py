@@ -8,33 +8,36 @@ B_crit within 10%.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
+from mlflow import MlflowClient
 
 from analysis.ground_truth import ground_truth
 from trainables.nqm_truth import NQM
 from tune_jobs.job_file import parse_job
+from tune_jobs.journal import ASK, EVENT, WITHDRAW, journal_path, read_events
 from tune_jobs.summary import sweep_summary
 from tune_jobs.sweep import run_sweep
 
 JOB = Path(__file__).resolve().parents[1] / "tune_jobs" / "jobs" / "nqm_small.yaml"
 
 
-@pytest.mark.slow
-def test_sweep_recovers_nqm_ground_truth(ray_local, tmp_path):
+def _job(tmp_path, name: str, **lr_search):
     d = yaml.safe_load(JOB.read_text())
     d.update(
-        name="nqm-e2e",
+        name=name,
         batch_sizes=[64, 256, 1024, 4096, 16384],
         storage=str(tmp_path / "runs"),
-        tracking={"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "nqm-e2e"},
+        tracking={"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": name},
     )
-    d["lr_search"]["trials_per_batch_size"] = 10
-    job = parse_job(d)
-    res = run_sweep(job, progress=False)
-    summary, _ = sweep_summary(res, job)  # what `critbatch run` prints
+    d["lr_search"] |= {"trials_per_batch_size": 10, **lr_search}
+    return parse_job(d)
+
+
+def _check_against_truth(job, summary) -> None:
     rows = summary.steps_table()
 
     o = job.options
@@ -48,3 +51,45 @@ def test_sweep_recovers_nqm_ground_truth(ray_local, tmp_path):
 
     b_crit = summary.cbs.b_crit
     assert abs(b_crit / truth["b_crit"] - 1) <= 0.10, (b_crit, truth["b_crit"])
+
+
+@pytest.mark.slow
+def test_sweep_recovers_nqm_ground_truth(ray_local, tmp_path):
+    job = _job(tmp_path, "nqm-e2e")  # the cascade, as nqm_small.yaml ships
+    res = run_sweep(job, progress=False)
+    summary, _ = sweep_summary(res, job)  # what `critbatch run` prints
+    _check_against_truth(job, summary)
+
+
+@pytest.mark.slow
+def test_parallel_sweep_recovers_nqm_ground_truth(ray_local, tmp_path):
+    """The parallel search through real Ray: every batch size starts before any finishes
+    (as far as the 2 CPUs allow), obsolete first trials are stopped and withdrawn (in the
+    journal, the table and MLflow), and the answer is the same as the cascade's."""
+    job = _job(tmp_path, "nqm-par", cascade=False, parallel=True)
+    res = run_sweep(job, progress=False)
+    summary, _ = sweep_summary(res, job)
+    _check_against_truth(job, summary)
+
+    events = read_events(journal_path(res.run_dir))
+    asks = [e for e in events if e.get(EVENT) == ASK]
+    records = [e for e in events if EVENT not in e]
+    search = [r for r in records if r.get("phase") != "confirm"]
+    assert len(asks) == len(search)  # every ask ended once: a result or a withdrawal
+    assert {(e["study"], e["number"]) for e in asks} == {
+        (r["proposal"]["study"], r["proposal"]["number"]) for r in search
+    }
+    withdrawn = {e["trial_id"] for e in events if e.get(EVENT) == WITHDRAW}
+    assert {r["trial_id"] for r in records if r["status"] == "withdrawn"} == withdrawn
+    rows = json.loads((res.run_dir / "trials.json").read_text())
+    assert {r["trial_id"] for r in rows if r["status"] == "withdrawn"} == withdrawn
+    assert len(rows) == len(records)
+    # MLflow: a child run per trial, the withdrawn ones with their status
+    runs = MlflowClient(res.tracking_uri).search_runs(
+        [res.experiment_id], "tags.mlflow.parentRunId != ''", max_results=1000
+    )
+    status = {
+        r.data.tags.get("critbatch.trial_id"): r.data.tags.get("critbatch.status") for r in runs
+    }
+    assert len(runs) == len(records)
+    assert all(status.get(t) == "withdrawn" for t in withdrawn)

@@ -24,7 +24,7 @@ import yaml
 from test_cluster_multinode import assert_mlflow_matches_tune, child_runs, synthetic_job_data
 from test_sweep import _env
 
-from tune_jobs.journal import JOURNAL_FILE, read_records
+from tune_jobs.journal import ASK, EVENT, JOURNAL_FILE, WITHDRAW, read_events, read_records
 
 CLI = [sys.executable, "-m", "tune_jobs.cli"]
 TOTAL = 6  # 2 batch sizes x 3 trials, two at a time: three rounds of the line search
@@ -196,3 +196,65 @@ def test_driver_killed_mid_confirmation_then_resume_gives_the_uninterrupted_tabl
     after = read_records(journal)
     keys = [(r["proposal"]["study"], r["proposal"]["seed"], r["proposal"]["lr"]) for r in after]
     assert len(after) == total and len(set(keys)) == total
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_parallel_search_killed_mid_write_then_resume_ends_every_trial_once(
+    tmp_path: Path,
+) -> None:
+    """The parallel LR search (every batch size in flight, proposals that depend on which
+    trials had finished): killed while the MLflow writer waits on the store, `critbatch resume`
+    replays the journaled asks, results and withdrawals in order (it refuses a journal the
+    search does not reproduce), owes the trials that were running, and ends every proposal
+    exactly once, in the journal, the table and MLflow."""
+    data = yaml.safe_load(_job(tmp_path, "par").read_text())
+    data["batch_sizes"] = [8, 32, 128]
+    data["lr_search"] |= {"parallel": True}
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(data))
+    run_dir = tmp_path / "runs" / "par"
+    log = open(tmp_path / "driver.log", "wb")  # noqa: SIM115 (the driver process writes it)
+    driver = subprocess.Popen([*CLI, "run", str(job), "--num-cpus", "2", "--no-progress"],
+                              env=_env(tmp_path), cwd=tmp_path, stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    deadline = time.time() + 900
+    journal = run_dir / JOURNAL_FILE
+    while len(read_records(journal)) < 3:
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+        assert time.time() < deadline, "sweep never got going"
+        time.sleep(0.1)
+    lock = sqlite3.connect(tmp_path / "mlflow.db", timeout=60)  # the writer's next request waits
+    lock.execute("BEGIN EXCLUSIVE")
+    time.sleep(1.5)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    lock.rollback()
+    lock.close()
+    time.sleep(1)
+    os.killpg(driver.pid, signal.SIGKILL)
+    before = read_events(journal)
+    asked_before = {(e["study"], e["number"]) for e in before if e.get(EVENT) == ASK}
+    done_before = [r for r in before if EVENT not in r]
+    lines_before = {r["trial_id"]: next(run_dir.glob(f"*{r['trial_id']}*")).joinpath(
+        "result.json").read_text() for r in done_before}  # fmt: skip
+    assert len(asked_before) > len(done_before), "nothing in flight: not this scenario"
+
+    out = _run(tmp_path, "resume", "par", "--storage", str(tmp_path / "runs"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    after = read_events(journal)
+    assert after[: len(before)] == before  # the resumed driver appends only
+    asks = [(e["study"], e["number"]) for e in after if e.get(EVENT) == ASK]
+    withdrawn = [(e["study"], e["number"]) for e in after if e.get(EVENT) == WITHDRAW]
+    records = [r for r in after if EVENT not in r]
+    told = [(r["proposal"]["study"], r["proposal"]["number"]) for r in records
+            if r["status"] != "withdrawn"]  # fmt: skip
+    assert len(asks) == len(set(asks)) and len(told) == len(set(told))
+    assert sorted(told + withdrawn) == sorted(asks)
+    for study in {s for s, _ in asks}:  # at most trials_per_batch_size results per study
+        assert sum(s == study for s, _ in told) <= 3
+    for tid, text in lines_before.items():  # no finished trial ran again
+        assert next(run_dir.glob(f"*{tid}*")).joinpath("result.json").read_text() == text
+    table = json.loads((run_dir / "trials.json").read_text())
+    assert sorted(r["trial_id"] for r in table) == sorted(r["trial_id"] for r in records)
+    assert_mlflow_matches_tune(f"sqlite:///{tmp_path / 'mlflow.db'}", "par", run_dir)

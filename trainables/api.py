@@ -45,6 +45,7 @@ class Status(StrEnum):
         "stopped_early"  # the scheduler stopped it (set by the runner, not the trainable)
     )
     ERRORED = "errored"  # an exception (set by the runner)
+    WITHDRAWN = "withdrawn"  # the parallel LR search took it back (set by the runner): no result
 
 
 FINAL_STATUSES = frozenset(s.value for s in Status if s is not Status.RUNNING)

@@ -112,6 +112,15 @@ class LRSearchConfig:
     same trials whatever the completion order. 0: off (rounds). On the NQM it costs more
     compute than the cascade for no gain in wall time (BENCHMARKS.md); a middle ground for
     batch sizes of similar cost (past B_crit)."""
+    parallel: bool = False
+    """`line_search` only, not with cascade or pipeline: every batch size in flight at once,
+    one trial per study, from the first moment. Each study opens with a coarse pass down from
+    the top of the range, then takes its first LRs from a provisional fit of best LR against
+    batch size through the batch sizes finished so far (a low placeholder until one predicts
+    it); a running first trial the fit has since moved away from is stopped and withdrawn
+    (status `withdrawn`: no result, not counted against trials_per_batch_size, its steps
+    still spent). On the NQM about half the cascade's wall time for 7-31% more compute
+    (BENCHMARKS.md); for clusters with a worker per batch size."""
 
 
 @dataclass(frozen=True)

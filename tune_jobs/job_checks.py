@@ -104,6 +104,12 @@ def check_values(job: JobConfig) -> None:
         )
     if r.pipeline and r.cascade:
         raise JobError("lr_search.pipeline and lr_search.cascade: choose one (set pipeline: 0)")
+    if r.parallel and (r.cascade or r.pipeline):
+        raise JobError(
+            "lr_search.parallel and lr_search."
+            + ("cascade" if r.cascade else "pipeline")
+            + ": choose one (parallel runs every batch size at once; set parallel: false)"
+        )
     if not (0 <= r.lag_stop < 1):
         raise JobError(
             f"lr_search.lag_stop: {r.lag_stop}; use a fraction in [0, 1), e.g. 0.25 (0 turns it off)"

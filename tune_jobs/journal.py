@@ -11,6 +11,13 @@ ignored: that trial did not finish, and runs again from its start.
 Each record holds what the search was told (``outcome``), what MLflow must show (``status``,
 ``objective``, ``error``, ``params``), the row of the sweep's table (``row``) and the values the
 scheduler's ASHA brackets recorded (``asha``), so nothing needs Tune's state to rebuild.
+
+A parallel LR search (``lr_search.parallel``) also journals its *events*: each trial it
+proposes (``{"event": "ask", ...}``, before Tune hears of it) and each running trial it takes
+back (``{"event": "withdraw", ...}``, before it tells the search). Its proposals depend on
+which trials had finished when they were made, so a resumed driver replays asks, results and
+withdrawals in the order they happened (:func:`read_events`). Trial records have no
+``event`` key; :func:`read_records` returns those alone.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 JOURNAL_FILE = "finished.jsonl"
+EVENT = "event"  # the key of a search event's line: "ask" or "withdraw"
+ASK, WITHDRAW = "ask", "withdraw"
 
 
 def journal_path(run_dir: Path) -> Path:
@@ -46,8 +55,14 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """Every complete record, in the order written; a torn last line is skipped. A trial
+    """Every complete trial record, in the order written; a torn last line is skipped. A trial
     journaled twice (it cannot be, but a hand-edited file might) keeps its first record."""
+    return [rec for rec in read_events(path) if EVENT not in rec]
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """Every complete line, trial records and search events, in the order written (a torn
+    last line skipped, a trial's second record dropped)."""
     if not path.exists():
         return []
     out, seen = [], set()
@@ -56,9 +71,13 @@ def read_records(path: Path) -> list[dict[str, Any]]:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(rec, dict) and rec.get("trial_id") not in seen:
+        if not isinstance(rec, dict):
+            continue
+        if EVENT not in rec:
+            if rec.get("trial_id") in seen:
+                continue
             seen.add(rec.get("trial_id"))
-            out.append(rec)
+        out.append(rec)
     return out
 
 

@@ -32,8 +32,10 @@ class PerBatchSizeScheduler(FIFOScheduler):
     the best steps-to-target its study has already seen (or the bound from the other batch
     sizes, :meth:`LRSearch.steps_bound`) can no longer win; and a lag: a trial too far behind
     its study's fastest one at the same step (``lr_search.lag_stop``, :meth:`LRSearch.behind`).
-    Bound and lag stops are censored (the trial needed more steps); in a cascade or pipeline
-    (one trial in flight per study) there is no ASHA (see :meth:`on_trial_result`).
+    Bound and lag stops are censored (the trial needed more steps); in a cascade, pipeline or
+    parallel search (one trial in flight per study) there is no ASHA (see
+    :meth:`on_trial_result`). A parallel search's obsolete first trials are stopped and
+    withdrawn, with or without early stopping (:meth:`SweepSearcher.withdraw_if_obsolete`).
     """
 
     def __init__(self, job: JobConfig, searcher: SweepSearcher, max_steps: int):
@@ -54,11 +56,12 @@ class PerBatchSizeScheduler(FIFOScheduler):
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         if (
-            not self.enabled
-            or result.get("status") != Status.RUNNING
+            result.get("status") != Status.RUNNING
             or trial.config.get("phase") == PHASE  # confirmation runs go to their stop rule
         ):
             return TrialScheduler.CONTINUE
+        if not self.enabled:
+            return self._withdraw_if_obsolete(trial)
         study = trial.config.get("study") or study_name(
             trial.config["batch_size"], trial.config["seed"]
         )
@@ -78,11 +81,12 @@ class PerBatchSizeScheduler(FIFOScheduler):
             self.stopped.add(trial.trial_id)
             self.searcher.censored[trial.trial_id] = float(step)  # slower than the fastest
             return TrialScheduler.STOP
-        if self.searcher.search.cascade or self.searcher.search.pipeline:
-            # A cascade (or pipeline) runs a study's trials one after another, so ASHA would only compare a
-            # trial with earlier ones at early milestones, where a larger LR leads and a lower
-            # one (lower noise floor) may still win: the bound and the lag rule suffice.
-            return TrialScheduler.CONTINUE
+        if self.searcher.search.paced:
+            # A cascade, pipeline or parallel search runs a study's trials one after another, so
+            # ASHA would only compare a trial with earlier ones at early milestones, where a
+            # larger LR leads and a lower one (lower noise floor) may still win: the bound and
+            # the lag rule suffice.
+            return self._withdraw_if_obsolete(trial)
         bracket = self._bracket(study)
         value = self._smooth(trial.trial_id, step, value)
         self.searcher.asha_fed.setdefault(trial.trial_id, []).append((step, self.sign * value))
@@ -90,6 +94,14 @@ class PerBatchSizeScheduler(FIFOScheduler):
         if action == TrialScheduler.STOP:
             self.stopped.add(trial.trial_id)
         return action
+
+    def _withdraw_if_obsolete(self, trial) -> str:
+        """Parallel search: stop a running first trial that the provisional fit has moved away
+        from; the searcher withdraws it (no result; its study asks again at once)."""
+        if self.searcher.withdraw_if_obsolete(trial.trial_id):
+            self.stopped.add(trial.trial_id)
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
 
     # Which trial Tune starts next: the first PENDING trial in the order trials were added,
     # else the first PAUSED one, as FIFOScheduler chooses, but looked for among the live

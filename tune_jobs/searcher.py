@@ -18,10 +18,10 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from trainables.api import final_status
+from trainables.api import Status, final_status
 from tune_jobs.config import JobConfig
 from tune_jobs.confirm import PHASE, Confirmation
-from tune_jobs.journal import append_record
+from tune_jobs.journal import ASK, EVENT, WITHDRAW, append_record
 from tune_jobs.lr_search import WAIT, LRSearch, Outcome, Proposal, objective
 
 
@@ -63,7 +63,7 @@ class SweepSearcher(Searcher):
             job.batch_sizes, job.seeds, r.min, r.max, job.trials_per_study, r.seed,
             r.algorithm if job.tuned else "grid", r.log, storage, r.widen_on_edge,
             converge_tol=r.convergence_tolerance if r.stop_when_converged else None,
-            lag=r.lag_stop, cascade=r.cascade, pipeline=r.pipeline,
+            lag=r.lag_stop, cascade=r.cascade, pipeline=r.pipeline, parallel=r.parallel,
         )  # fmt: skip
         self.proposals: dict[str, Proposal] = {}
         self.confirm = Confirmation(r.confirm_seeds, job.eval_every, job.confirm_lr_factors)
@@ -85,6 +85,7 @@ class SweepSearcher(Searcher):
         self.requeue: list[Proposal] = []  # asked before a resume, never finished: run again
         self.confirm_requeue: list[Proposal] = []  # the same for confirmation runs
         self.exhausted = False  # replay found every trial finished: nothing left to run
+        self.withdrawn: set[str] = set()  # parallel search: trials taken back while running
 
     # ---- Tune API ------------------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
@@ -108,6 +109,8 @@ class SweepSearcher(Searcher):
                 return None if self.confirm.pending(self.search) else Searcher.FINISHED
             if p == WAIT:
                 return None  # Tune asks again once a running trial reports
+            if self.search.parallel:  # its proposals depend on timing: replayed from the journal
+                self._event(ASK, trial_id, p)
         if not extra:
             self.proposals[trial_id] = p
         return {
@@ -146,10 +149,35 @@ class SweepSearcher(Searcher):
         if better:
             self.best_metric[trial_id] = v
 
+    def withdraw_if_obsolete(self, trial_id: str) -> bool:
+        """Parallel search: take back a running trial that the provisional fit has since moved
+        away from (:meth:`LRSearch.obsolete`); the scheduler then stops it. Journaled before
+        the search hears of it, as a result is. Its study asks again at once."""
+        p = self.proposals.get(trial_id)
+        if p is None or trial_id in self.withdrawn or not self.search.obsolete(p):
+            return False
+        self._event(WITHDRAW, trial_id, p)
+        self.search.withdraw(p)
+        self.withdrawn.add(trial_id)
+        return True
+
+    def _event(self, kind: str, trial_id: str, p: Proposal) -> None:
+        if self.journal is not None:
+            append_record(self.journal, {EVENT: kind, "trial_id": trial_id, "study": p.study,
+                                         "number": p.number, "lr": p.lr})  # fmt: skip
+
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
         p = self.proposals.get(trial_id)
+        if p is not None and trial_id in self.withdrawn:  # no result: journaled for the table
+            self.curves.pop(trial_id, None)
+            record = self._record(trial_id, p, result, None)
+            record["status"] = record["row"]["status"] = Status.WITHDRAWN.value
+            if self.journal is not None:
+                append_record(self.journal, record)
+            self.records[trial_id] = record
+            return
         if p is None:  # a confirmation run (or unknown): nothing to tell the search
             self.curves.pop(trial_id, None)
             c = self.confirming.get(trial_id)
@@ -204,15 +232,26 @@ class SweepSearcher(Searcher):
             },
         }  # fmt: skip
 
-    def replay(self, records: list[dict[str, Any]]) -> None:
-        """Rebuild the search from the journal of a sweep whose driver died: ask as the sweep
-        asked (the search is deterministic given what it was told) and tell each journaled
-        trial's outcome as its proposal comes up; proposals with no record (running, or not
-        started, when the driver died) are suggested again first, under new trial ids."""
+    def replay(self, events: list[dict[str, Any]]) -> None:
+        """Rebuild the search from the journal of a sweep whose driver died
+        (:func:`tune_jobs.journal.read_events`): ask as the sweep asked (the search is
+        deterministic given what it was told) and tell each journaled trial's outcome as its
+        proposal comes up; proposals with no record (running, or not started, when the driver
+        died) are suggested again first, under new trial ids. A parallel search replays its
+        journaled asks, results and withdrawals in the order they happened
+        (:meth:`_replay_events`)."""
+        records = [r for r in events if EVENT not in r]
         by_key = {(r["proposal"]["study"], r["proposal"]["number"]): r for r in records
-                  if r.get("phase") != PHASE}  # confirmation runs are not the search's  # fmt: skip
+                  if r.get("phase") != PHASE and r["status"] != Status.WITHDRAWN}  # fmt: skip
         confirmed = {(r["proposal"]["study"], r["proposal"]["number"]): r for r in records
                      if r.get("phase") == PHASE}  # fmt: skip
+        if self.search.parallel:
+            self._replay_events(events, by_key)
+        else:
+            self._replay_asks(by_key)
+        self._replay_confirmations(confirmed)
+
+    def _replay_asks(self, by_key: dict[tuple, dict[str, Any]]) -> None:
         while True:
             p = self._ask()
             if not isinstance(p, Proposal):
@@ -227,13 +266,47 @@ class SweepSearcher(Searcher):
                     f"the journal does not match the search: trial {rec['trial_id']} ran lr "
                     f"{rec['proposal']['lr']!r}, the replayed search proposes {p.lr!r}"
                 )
-            o = rec["outcome"]
-            if o is not None:
-                o = Outcome(**{**o, "curve": tuple(map(tuple, o["curve"] or ()))})
-            self.proposals[rec["trial_id"]] = p
-            self._tell(p, o)
+            self._tell_record(p, rec)
         if by_key:
             raise RuntimeError(f"journaled trials the search never proposed: {sorted(by_key)}")
+
+    def _tell_record(self, p: Proposal, rec: dict[str, Any]) -> None:
+        o = rec["outcome"]
+        if o is not None:
+            o = Outcome(**{**o, "curve": tuple(map(tuple, o["curve"] or ()))})
+        self.proposals[rec["trial_id"]] = p
+        self._tell(p, o)
+
+    def _replay_events(self, events: list[dict[str, Any]], by_key: dict[tuple, dict]) -> None:
+        """Parallel search: each journaled ask is asked of its study again (and must propose
+        the journaled LR), each withdrawal and result applied where it happened; asks with
+        neither (running when the driver died) are owed first."""
+        asked: dict[tuple, Proposal] = {}
+        for ev in events:
+            kind = ev.get(EVENT)
+            key = (ev["study"], ev["number"]) if kind else None
+            if kind == ASK:
+                p = self.search.ask_study(ev["study"])
+                if p.number != ev["number"] or not math.isclose(p.lr, ev["lr"], rel_tol=1e-12):
+                    raise RuntimeError(
+                        f"the journal does not match the search: trial {ev['trial_id']} was "
+                        f"asked as {ev['study']} #{ev['number']} at lr {ev['lr']!r}, the "
+                        f"replayed search proposes #{p.number} at lr {p.lr!r}"
+                    )
+                asked[key] = p
+            elif kind == WITHDRAW:
+                if key not in asked:
+                    raise RuntimeError(f"journal: {ev['trial_id']} withdrawn but never asked")
+                self.search.withdraw(asked.pop(key))
+            elif kind is None and ev.get("phase") != PHASE and ev["status"] != Status.WITHDRAWN:
+                key = (ev["proposal"]["study"], ev["proposal"]["number"])
+                if key not in asked:
+                    raise RuntimeError(f"journal: trial {ev['trial_id']} finished but never asked")
+                self._tell_record(asked.pop(key), by_key.pop(key))
+        self.requeue = list(asked.values())
+        self.exhausted = not self.requeue and self.search.remaining() == 0
+
+    def _replay_confirmations(self, confirmed: dict[tuple, dict[str, Any]]) -> None:
         # Confirmation runs: those of the studies the replayed search has finished, as the sweep
         # asked them (deterministic: the study's chosen LR, seeds by number); journaled ones are
         # done, the others (running, or not started, when the driver died) are owed first.
@@ -264,6 +337,7 @@ class SweepSearcher(Searcher):
             "confirm": self.confirm.state(),
             "confirming": self.confirming,
             "confirm_requeue": self.confirm_requeue,
+            "withdrawn": self.withdrawn,
         }
         with open(checkpoint_path, "wb") as f:
             pickle.dump(state, f)
@@ -278,6 +352,7 @@ class SweepSearcher(Searcher):
         self.confirm.load_state(state.get("confirm", {}))
         self.confirming = state.get("confirming", {})
         self.confirm_requeue = state.get("confirm_requeue", [])
+        self.withdrawn = state.get("withdrawn", set())
         if state.get("studies"):
             self.search.studies.update(state["studies"])
         live: dict[str, set[int]] = {}

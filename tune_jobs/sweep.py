@@ -249,7 +249,7 @@ def _fit(
 ) -> SweepResult:
     from ray import tune
 
-    from tune_jobs.journal import journal_path, read_records
+    from tune_jobs.journal import EVENT, journal_path, read_events, read_records
     from tune_jobs.mlflow_writer import SPILL_FILE, MlflowWriter
     from tune_jobs.progress import ProgressCallback
     from tune_jobs.scheduler import PerBatchSizeScheduler
@@ -272,9 +272,10 @@ def _fit(
     journal = journal_path(run_dir)
     searcher = SweepSearcher(job, None, train_sizes, journal)
     scheduler = PerBatchSizeScheduler(job, searcher, max(max_steps.values()))
-    finished = read_records(journal) if restore else []
+    events = read_events(journal) if restore else []
+    finished = [r for r in events if EVENT not in r]
     if restore:  # the search as of the last result it acted on (tune_jobs/journal.py)
-        searcher.replay(finished)
+        searcher.replay(events)
         scheduler.replay(finished)
         _set_aside_unfinished(run_dir, {r["trial_id"] for r in finished})
     tracker = Tracker(meta["tracking_uri"], meta["experiment_id"], meta["parent_run_id"],

@@ -1,0 +1,213 @@
+"""The parallel LR search (``lr_search.parallel``) through the sweep's searcher and scheduler,
+in-process (no Ray): reports of real ``nqm_exact`` trials arrive in time order, as Tune would
+deliver them with a worker per study; the scheduler stops and the searcher withdraws the first
+trials the provisional fit moved away from. A driver killed after any number of events, then
+replayed from its journal, holds exactly the search the live driver held, and the resumed
+sweep runs every proposal once.
+
+The sweep through real Ray is ``tests/test_nqm_end_to_end.py::test_parallel_sweep_*``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+from ray.tune.schedulers import TrialScheduler
+
+from trainables.api import Status, Target, TrialConfig
+from trainables.workloads.nqm import train_exact
+from tune_jobs.job_file import JobError, parse_job
+from tune_jobs.journal import ASK, EVENT, WITHDRAW, journal_path, read_events, read_records
+from tune_jobs.scheduler import PerBatchSizeScheduler
+from tune_jobs.searcher import SweepSearcher
+
+OPTIONS = {"dim": 1000, "exponent": 1.0, "noise_scale": 1.0, "s0": 1.0, "max_reports": 40}
+BATCH_SIZES = [16, 64, 256, 1024, 4096]
+MAX_STEPS = 400_000
+
+
+def _data(tmp_path: Path, **lr_search) -> dict:
+    return {
+        "name": "parallel", "workload": "nqm_exact", "batch_sizes": BATCH_SIZES,
+        "lr_search": {"min": 0.01, "max": 2.0, "trials_per_batch_size": 6, "confirm_seeds": 0,
+                      "algorithm": "line_search", "parallel": True, **lr_search},
+        "target": {"metric": "eval_loss", "value": 0.02, "direction": "min"},
+        "budget": {"max_steps": MAX_STEPS}, "eval_every": 500, "options": OPTIONS,
+        "tracking": {"uri": f"sqlite:///{tmp_path / 'm.db'}"}, "storage": str(tmp_path / "runs"),
+    }  # fmt: skip
+
+
+_REPORTS: dict[tuple[int, float], list[dict]] = {}
+
+
+def _reports(cfg: dict) -> list[dict]:
+    """Every report of the nqm_exact trial ``cfg`` run to its end (cached: they do not depend
+    on when the trial runs)."""
+    key = (cfg["batch_size"], cfg["lr"])
+    if key not in _REPORTS:
+        out: list[dict] = []
+        tc = TrialConfig(workload="nqm_exact", batch_size=cfg["batch_size"], lr=cfg["lr"],
+                         max_steps=MAX_STEPS, eval_every=500, target=Target("eval_loss", 0.02),
+                         options=OPTIONS)  # fmt: skip
+        train_exact(tc, lambda m, checkpoint=None: out.append(dict(m)))
+        _REPORTS[key] = out
+    return _REPORTS[key]
+
+
+class Driver:
+    """What Tune does with the searcher and scheduler, in simulated time (a step is one time
+    unit at every batch size; a worker for every trial asked): suggest whenever it may, deliver
+    each report to the scheduler then the searcher, complete a trial at its last report or
+    when the scheduler stops it."""
+
+    def __init__(self, searcher: SweepSearcher, scheduler: PerBatchSizeScheduler, prefix: str):
+        self.searcher, self.scheduler, self.prefix = searcher, scheduler, prefix
+        self.queue: list[tuple] = []
+        self.trials: dict[str, tuple[dict, list[dict], float]] = {}
+        self.n = 0
+        self.events = 0  # reports and completions delivered
+
+    def fill(self, now: float) -> None:
+        while True:
+            tid = f"{self.prefix}{self.n}"
+            cfg = self.searcher.suggest(tid)
+            if not isinstance(cfg, dict):
+                return
+            self.n += 1
+            reports = _reports(cfg)
+            self.trials[tid] = (cfg, reports, now)
+            heapq.heappush(self.queue, (now + reports[0]["step"], self.n, tid, 0))
+
+    def run(self, stop_after: int | None = None) -> None:
+        self.fill(0.0)
+        while self.queue:
+            now, order, tid, k = heapq.heappop(self.queue)
+            cfg, reports, start = self.trials[tid]
+            result = reports[k]
+            self.events += 1
+            if result["status"] == Status.RUNNING and k + 1 < len(reports):
+                trial = SimpleNamespace(trial_id=tid, config=cfg)
+                action = self.scheduler.on_trial_result(None, trial, result)
+                self.searcher.on_trial_result(tid, result)
+                if action != TrialScheduler.STOP:
+                    nxt = reports[k + 1]["step"]
+                    heapq.heappush(self.queue, (start + nxt, order, tid, k + 1))
+                    if self.events == stop_after:
+                        return
+                    continue
+            self.searcher.on_trial_complete(tid, result)
+            del self.trials[tid]
+            if self.events == stop_after:
+                return
+            self.fill(now)
+
+
+def _pair(tmp_path: Path, name: str, **lr_search) -> tuple[SweepSearcher, PerBatchSizeScheduler]:
+    job = parse_job(_data(tmp_path, **lr_search))
+    d = tmp_path / name
+    d.mkdir()
+    searcher = SweepSearcher(job, None, dict.fromkeys(BATCH_SIZES, 10**6), journal_path(d))
+    return searcher, PerBatchSizeScheduler(job, searcher, MAX_STEPS)
+
+
+def _optuna(searcher: SweepSearcher) -> dict:
+    return {
+        name: [(t.number, t.state, t.params, t.value) for t in study.get_trials(deepcopy=False)]
+        for name, study in searcher.search.studies.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory) -> tuple[Path, SweepSearcher, int]:
+    tmp = tmp_path_factory.mktemp("whole")
+    searcher, scheduler = _pair(tmp, "w")
+    driver = Driver(searcher, scheduler, "t")
+    driver.run()
+    return tmp / "w", searcher, driver.events
+
+
+def test_every_batch_size_starts_at_once_and_obsolete_trials_are_withdrawn(whole) -> None:
+    run_dir, searcher, _ = whole
+    events = read_events(journal_path(run_dir))
+    asks = [e for e in events if e.get(EVENT) == ASK]
+    # every study asked its first trial before any trial finished
+    first_done = next(i for i, e in enumerate(events) if EVENT not in e)
+    assert {e["study"] for e in events[:first_done] if e.get(EVENT) == ASK} == set(
+        searcher.search.studies
+    )
+    withdrawn = [e for e in events if e.get(EVENT) == WITHDRAW]
+    assert withdrawn, "this problem withdraws placeholders: the path must be exercised"
+    records = read_records(journal_path(run_dir))
+    status = {r["trial_id"]: r["status"] for r in records}
+    assert all(status[e["trial_id"]] == Status.WITHDRAWN for e in withdrawn)
+    # every ask ends once: a result or a withdrawal; withdrawn ones do not count
+    assert len(asks) == len(records) == len({(e["study"], e["number"]) for e in asks})
+    counted = [r for r in records if r["status"] != Status.WITHDRAWN]
+    for name in searcher.search.studies:
+        assert sum(r["proposal"]["study"] == name for r in counted) <= 6
+    # every batch size reached the target; the withdrawn ones were not told to Optuna as results
+    assert set(searcher.search.stop_bound) == set(searcher.search.studies)
+    fails = sum(
+        t.state == optuna.trial.TrialState.FAIL
+        for s in searcher.search.studies.values()
+        for t in s.get_trials(deepcopy=False)
+    )
+    assert fails == len(withdrawn)
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.2, 0.35, 0.5, 0.65, 0.8, 0.95])
+def test_a_killed_driver_replays_to_the_same_search(tmp_path: Path, whole, fraction) -> None:
+    _, _, total = whole
+    killed, k_sched = _pair(tmp_path, "k")
+    driver = Driver(killed, k_sched, "t")
+    driver.run(stop_after=max(1, int(fraction * total)))
+    events = read_events(journal_path(tmp_path / "k"))
+
+    resumed, r_sched = _pair(tmp_path, "r")
+    resumed.journal = journal_path(tmp_path / "k")  # the resumed driver appends to the same
+    resumed.replay(events)
+    r_sched.replay([e for e in events if EVENT not in e])
+    # the same search: every study's counters, results, fits' bases, and Optuna's trials
+    assert resumed.search.state() == killed.search.state()
+    assert _optuna(resumed) == _optuna(killed)
+    # owed first: exactly the trials in flight when the driver died (withdrawn ones are not)
+    live = {(p.study, p.number) for tid, p in killed.proposals.items() if tid in driver.trials
+            and tid not in killed.withdrawn}  # fmt: skip
+    assert {(p.study, p.number) for p in resumed.requeue} == live
+
+    # the resumed driver finishes the sweep; every proposal ends exactly once (a result or a
+    # withdrawal, under the trial id that ran it last), none told twice
+    Driver(resumed, r_sched, "r").run()
+    after = read_events(journal_path(tmp_path / "k"))
+    asks = [(e["study"], e["number"]) for e in after if e.get(EVENT) == ASK]
+    assert len(asks) == len(set(asks))
+    withdrawn = [(e["study"], e["number"]) for e in after if e.get(EVENT) == WITHDRAW]
+    told = [(r["proposal"]["study"], r["proposal"]["number"]) for r in after
+            if EVENT not in r and r["status"] != Status.WITHDRAWN]  # fmt: skip
+    assert len(told) == len(set(told)), "a trial told twice"
+    assert sorted(told + withdrawn) == sorted(asks)
+    assert resumed.search.remaining() == 0 and not resumed.requeue
+    assert set(resumed.search.stop_bound) == set(resumed.search.studies)
+
+
+def test_a_journal_that_does_not_match_the_search_is_refused(tmp_path: Path, whole) -> None:
+    run_dir, _, _ = whole
+    events = read_events(journal_path(run_dir))
+    i = next(i for i, e in enumerate(events) if e.get(EVENT) == ASK and i > 8)
+    events[i] = {**events[i], "lr": events[i]["lr"] * 1.5}
+    searcher, _ = _pair(tmp_path, "x")
+    with pytest.raises(RuntimeError, match="does not match"):
+        searcher.replay(events)
+
+
+def test_parallel_is_its_own_mode(tmp_path: Path) -> None:
+    for other, fix in (({"cascade": True}, "lr_search.parallel and lr_search.cascade"),
+                       ({"pipeline": 2}, "lr_search.parallel and lr_search.pipeline")):  # fmt: skip
+        with pytest.raises(JobError, match=fix):
+            parse_job(_data(tmp_path, **other))
+    assert math.isfinite(parse_job(_data(tmp_path)).lr_search.min)
