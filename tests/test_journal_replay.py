@@ -108,3 +108,24 @@ def test_a_torn_last_line_is_an_unfinished_trial(tmp_path: Path) -> None:
     with path.open("a") as f:
         f.write('{"trial_id": "b", "sta')  # the driver killed mid-write
     assert [r["trial_id"] for r in read_records(path)] == ["a"]
+
+
+def test_a_trial_id_given_out_before_is_refused(tmp_path: Path) -> None:
+    """Tune's trial ids are 8 random hex digits and may repeat within a long sweep (or collide
+    with a trial of the sweep before a resume): the searcher refuses an id it has given out,
+    without spending a proposal, and Tune draws another."""
+    job = _job(tmp_path)
+    sizes = dict.fromkeys(job.batch_sizes, 4096)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    ref = SweepSearcher(job, None, sizes, journal_path(tmp_path / "a"))
+    first, second = ref.suggest("x1"), ref.suggest("x2")
+    s = SweepSearcher(job, None, sizes, journal_path(tmp_path / "b"))
+    assert s.suggest("x1") == first
+    assert s.suggest("x1") is None  # refused: the proposal is still owed
+    assert s.suggest("x3") == second
+    s.on_trial_complete("x1", _result(first))
+    resumed = SweepSearcher(job, None, sizes, journal_path(tmp_path / "b"))
+    resumed.replay(read_records(journal_path(tmp_path / "b")))
+    assert resumed.suggest("x1") is None  # journaled before the resume
+    assert isinstance(resumed.suggest("x4"), dict)

@@ -214,3 +214,29 @@ def test_tune_keeps_a_bounded_state_per_finished_trial(ray_local, tmp_path):
         assert len(meta_json) < 4096, len(meta_json)
     df = load_ray_folder(res.run_dir)  # every report is still in the run folder
     assert df["trial"].nunique() == 24
+
+
+@pytest.mark.slow
+def test_tune_trial_ids_that_repeat_still_give_one_trial_each(ray_local, tmp_path, monkeypatch):
+    """Tune draws a trial id as 8 random hex digits: in a 10,000-trial sweep two trials share
+    one with probability ~1.2%, and the 10,000-trial benchmark hit it (both trials' points went
+    to one MLflow run). Here Tune draws ids from a list that repeats itself; the sweep refuses
+    an id it has given out, so every trial runs under its own id, once in the journal, the
+    table and MLflow."""
+    import itertools
+
+    from ray.tune.experiment import Trial
+    from test_cluster_multinode import assert_mlflow_matches_tune
+
+    from tune_jobs.journal import journal_path, read_records
+
+    draws = itertools.chain(["aaaa0001", "aaaa0001", "aaaa0002", "aaaa0001", "aaaa0002"],
+                            (f"bbbb{i:04d}" for i in itertools.count()))  # fmt: skip
+    monkeypatch.setattr(Trial, "generate_id", classmethod(lambda cls: next(draws)))
+    job = parse_job(synthetic_job(tmp_path, "dupids", batch_sizes=[8, 32]))
+    res = run_sweep(job, progress=False)
+    ids = [r["trial_id"] for r in res.trials]
+    assert len(ids) == 6 and len(set(ids)) == 6
+    assert {"aaaa0001", "aaaa0002"} <= set(ids)
+    assert sorted(r["trial_id"] for r in read_records(journal_path(res.run_dir))) == sorted(ids)
+    assert_mlflow_matches_tune(job.tracking.uri, "dupids", res.run_dir)

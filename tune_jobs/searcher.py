@@ -86,9 +86,23 @@ class SweepSearcher(Searcher):
         self.confirm_requeue: list[Proposal] = []  # the same for confirmation runs
         self.exhausted = False  # replay found every trial finished: nothing left to run
         self.withdrawn: set[str] = set()  # parallel search: trials taken back while running
+        self.used_ids: set[str] = set()  # every trial id given out in this sweep (suggest)
 
     # ---- Tune API ------------------------------------------------------------------------
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        # Tune draws a trial id as 8 random hex digits (Trial.generate_id): two trials of a
+        # 10,000-trial sweep share one with probability ~1.2% (it happened in the 10,000-trial
+        # benchmark: two trials' points went to one MLflow run). Everything here is keyed by
+        # trial id, so an id already given out in this sweep is refused; Tune draws another at
+        # its next step.
+        if trial_id in self.used_ids:
+            return None
+        config = self._suggest(trial_id)
+        if isinstance(config, dict):
+            self.used_ids.add(trial_id)
+        return config
+
+    def _suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         extra: dict[str, Any] = {}
         # a finished study's confirmation runs come first (those a resume owes before new ones)
         p = self.confirm_requeue.pop(0) if self.confirm_requeue else self.confirm.ask(self.search)
@@ -241,6 +255,7 @@ class SweepSearcher(Searcher):
         journaled asks, results and withdrawals in the order they happened
         (:meth:`_replay_events`)."""
         records = [r for r in events if EVENT not in r]
+        self.used_ids.update(e["trial_id"] for e in events if e.get("trial_id"))
         by_key = {(r["proposal"]["study"], r["proposal"]["number"]): r for r in records
                   if r.get("phase") != PHASE and r["status"] != Status.WITHDRAWN}  # fmt: skip
         confirmed = {(r["proposal"]["study"], r["proposal"]["number"]): r for r in records
@@ -338,6 +353,7 @@ class SweepSearcher(Searcher):
             "confirming": self.confirming,
             "confirm_requeue": self.confirm_requeue,
             "withdrawn": self.withdrawn,
+            "used_ids": self.used_ids,
         }
         with open(checkpoint_path, "wb") as f:
             pickle.dump(state, f)
@@ -353,6 +369,7 @@ class SweepSearcher(Searcher):
         self.confirming = state.get("confirming", {})
         self.confirm_requeue = state.get("confirm_requeue", [])
         self.withdrawn = state.get("withdrawn", set())
+        self.used_ids = state.get("used_ids", set(self.proposals) | set(self.confirming))
         if state.get("studies"):
             self.search.studies.update(state["studies"])
         live: dict[str, set[int]] = {}

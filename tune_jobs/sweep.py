@@ -232,18 +232,6 @@ def trial_resources(resources: ResourcesConfig, config: dict[str, Any]) -> Any:
     return PlacementGroupFactory([{"CPU": resources.cpus, **({"GPU": gpus} if gpus else {})}])
 
 
-def _attach_errors(run_dir: Path, trials: list[dict[str, Any]]) -> None:
-    """An errored trial's row gets the last line of its traceback (Tune's error.txt in the
-    trial's folder), so a sweep whose every trial of a batch size failed can name the cause."""
-    for row in trials:
-        if row.get("status") != "errored" or row.get("error"):
-            continue
-        for f in run_dir.glob(f"*{row['trial_id']}*/error.txt"):
-            lines = [ln for ln in f.read_text(errors="replace").splitlines() if ln.strip()]
-            row["error"] = lines[-1] if lines else None
-            break
-
-
 def _fit(
     job: JobConfig, run_dir: Path, meta: dict[str, Any], *, restore: bool, progress: bool
 ) -> SweepResult:
@@ -254,7 +242,14 @@ def _fit(
     from tune_jobs.progress import ProgressCallback
     from tune_jobs.scheduler import PerBatchSizeScheduler
     from tune_jobs.searcher import SweepSearcher
-    from tune_jobs.tracking import MlflowCallback, RunFolderJsonLogger, Tracker, reconcile
+    from tune_jobs.tracking import (
+        MlflowCallback,
+        RunFolderJsonLogger,
+        Tracker,
+        attach_errors,
+        folder_trial_ids,
+        reconcile,
+    )
     from tune_jobs.trainable import run_tune_trial
 
     t0 = time.time()
@@ -278,6 +273,7 @@ def _fit(
         searcher.replay(events)
         scheduler.replay(finished)
         _set_aside_unfinished(run_dir, {r["trial_id"] for r in finished})
+        searcher.used_ids.update(folder_trial_ids(run_dir))  # unfinished ones have MLflow runs
     tracker = Tracker(meta["tracking_uri"], meta["experiment_id"], meta["parent_run_id"],
                       child_params(job))  # fmt: skip
     tracker.fresh = not restore
@@ -314,7 +310,7 @@ def _fit(
     records = read_records(journal)
     trials = sorted((r["row"] for r in records),
                     key=lambda t: (t["batch_size"], t["seed"], t["study"] or "", t["lr"]))  # fmt: skip
-    _attach_errors(run_dir, trials)
+    attach_errors(run_dir, trials)
     _write_json(run_dir / TRIALS_FILE, trials)  # the sweep's end, for `critbatch sync`
     if synced and (restore or writer.ever_failed):
         # MLflow must hold every report Tune recorded, exactly once, whatever happened to the

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -265,6 +266,32 @@ def read_results(trial_dir: Path) -> list[dict[str, Any]]:
 def trial_dirs(run_dir: Path) -> list[Path]:
     """The run folder's trial folders (Tune's: each with its ``params.json``)."""
     return sorted(p for p in run_dir.iterdir() if p.is_dir() and (p / "params.json").exists())
+
+
+def attach_errors(run_dir: Path, trials: list[dict[str, Any]]) -> None:
+    """An errored trial's row gets the last line of its traceback (Tune's error.txt in the
+    trial's folder), so a sweep whose every trial of a batch size failed can name the cause."""
+    for row in trials:
+        if row.get("status") != "errored" or row.get("error"):
+            continue
+        for f in run_dir.glob(f"*{row['trial_id']}*/error.txt"):
+            lines = [ln for ln in f.read_text(errors="replace").splitlines() if ln.strip()]
+            row["error"] = lines[-1] if lines else None
+            break
+
+
+TRIAL_FOLDER_ID = re.compile(r"_([0-9a-f]{8})_\d+_")  # Tune's: <trainable>_<id>_<n>_<params>
+
+
+def folder_trial_ids(run_dir: Path) -> set[str]:
+    """Tune's trial ids in the names of every trial folder under a sweep's run folder, set
+    aside ones included (their MLflow runs exist until the sweep reconciles)."""
+    ids = set()
+    for p in run_dir.rglob("params.json"):
+        m = TRIAL_FOLDER_ID.search(p.parent.name)
+        if m:
+            ids.add(m.group(1))
+    return ids
 
 
 def logged_points(client: MlflowClient, run) -> set[tuple[str, int]]:
