@@ -14,6 +14,8 @@ from analysis.load_tidy import SweepNotFoundError, tidy_frame, with_devices
 from analysis.mlflow_layout import DEVICE_NAME, STEP_LR, is_tune_key
 from trainables.api import final_status
 
+CONCAT_BLOCK = 256  # trial frames concatenated at a time (load_ray_folder)
+
 
 def load_ray_folder(path: str | os.PathLike) -> pd.DataFrame:
     """Every trial folder's ``result.json`` under ``path`` (a Tune experiment directory)."""
@@ -24,11 +26,22 @@ def load_ray_folder(path: str | os.PathLike) -> pd.DataFrame:
             f"no trial results (*/result.json) under {path}. Pass the Tune experiment folder "
             "(<storage>/<name>, default critbatch_runs/<name>) of a sweep that has started."
         )
-    frames = [_ray_trial_frame(f) for f in results]
-    frames = [f for f in frames if not f.empty]
-    if not frames:
+    # Concatenated a block of trials at a time: ten thousand small frames held at once before
+    # one concat cost the driver ~0.6 GiB at the end of a 10,000-trial sweep.
+    blocks, frames = [], []
+    for f in results:
+        frame = _ray_trial_frame(f)
+        if not frame.empty:
+            frames.append(frame)
+        if len(frames) == CONCAT_BLOCK:
+            blocks.append(pd.concat(frames, ignore_index=True))
+            frames = []
+    if frames:
+        blocks.append(pd.concat(frames, ignore_index=True))
+    if not blocks:
         raise SweepNotFoundError(f"every result.json under {path} is empty: no trial reported yet")
-    df = pd.concat(frames, ignore_index=True)
+    df = pd.concat(blocks, ignore_index=True)
+    del blocks, frames
     names = df.pop(DEVICE_NAME).dropna().unique() if DEVICE_NAME in df else []
     df = with_devices(tidy_frame(df), names)
     df.attrs["sweep_name"] = path.resolve().name  # the run folder is named after the job

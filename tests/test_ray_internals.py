@@ -158,3 +158,35 @@ def test_a_cancelled_actor_request_keeps_its_queued_tasks_until_dropped(ray_loca
     manager.schedule_actor_task(live, "setup", args=({},))
     assert drop_cancelled_tasks_of(manager) == 0  # a pending request's tasks are kept
     manager.remove_actor(live)
+
+
+def test_no_result_frames_skips_only_the_per_trial_dataframes(ray_local, tmp_path):
+    """A real Tuner fit inside ``no_result_frames``: its ResultGrid has every trial's last
+    metrics and path but no metrics DataFrame (Tune reads none of the result.json files it
+    would otherwise load into pandas at a fit's end); outside, Tune's behaviour is back."""
+    from ray import tune
+    from ray.tune.analysis.experiment_analysis import ExperimentAnalysis
+    from ray.tune.logger import JsonLoggerCallback
+
+    from tune_jobs.ray_internals import no_result_frames
+
+    def trainable(config):
+        for step in range(1, 4):
+            tune.report({"step": step, "x": config["x"]})
+
+    def fit(name: str):
+        return tune.Tuner(
+            trainable,
+            param_space={"x": tune.grid_search([1, 2, 3])},
+            run_config=tune.RunConfig(name=name, storage_path=str(tmp_path), verbose=0,
+                                      callbacks=[JsonLoggerCallback()]),  # (critbatch turns
+        ).fit()  # Tune's default loggers off; this writes each trial's result.json)  # fmt: skip
+
+    fetch = ExperimentAnalysis._fetch_trial_dataframes
+    with no_result_frames():
+        grid = fit("frameless")
+    assert ExperimentAnalysis._fetch_trial_dataframes is fetch
+    assert sorted(r.metrics["x"] for r in grid) == [1, 2, 3]
+    assert all(r.metrics_dataframe is None and r.metrics["step"] == 3 for r in grid)
+    grid = fit("framed")
+    assert all(len(r.metrics_dataframe) == 3 for r in grid)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import gc
 import json
 import os
 import shutil
@@ -240,6 +241,7 @@ def _fit(
     from tune_jobs.journal import EVENT, journal_path, read_events, read_records
     from tune_jobs.mlflow_writer import SPILL_FILE, MlflowWriter
     from tune_jobs.progress import ProgressCallback
+    from tune_jobs.ray_internals import no_result_frames
     from tune_jobs.scheduler import PerBatchSizeScheduler
     from tune_jobs.searcher import SweepSearcher
     from tune_jobs.tracking import (
@@ -304,8 +306,14 @@ def _fit(
         run_config=run_config,
     )
     if not searcher.exhausted:  # (a driver killed after its last trial: nothing to run)
-        tuner.fit()
+        with no_result_frames():  # its ResultGrid is not read: the journal is the record
+            tuner.fit()
     synced = writer.close()
+    # Tune's trials, the studies and the callbacks are done with: freed before the end's
+    # table, snapshot and analysis, which then reuse their memory (the driver's peak at the
+    # end of a 10,000-trial sweep).
+    del tuner, run_config, callbacks, scheduler, searcher, trainable
+    gc.collect()
 
     records = read_records(journal)
     trials = sorted((r["row"] for r in records),
