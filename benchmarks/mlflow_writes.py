@@ -16,6 +16,8 @@ and the points MLflow holds at the end (must be every one).
 
     uv run --frozen python benchmarks/mlflow_writes.py               # 16 trials x 1000 reports
     uv run --frozen python benchmarks/mlflow_writes.py --trials 4 --reports 100   # smoke test
+    # the driver's capacity: 8 trials at once that wait 5 ms per report (GPU-bound trials)
+    uv run --frozen python benchmarks/mlflow_writes.py --concurrency 8 --num-cpus 8 --sleep-ms 5
 """
 
 from __future__ import annotations
@@ -36,7 +38,10 @@ import tune_jobs.sweep  # noqa: E402,F401  (sets Tune's env before ray.tune is i
 def fast_trial(config):
     from ray import tune
 
+    pause = config.get("sleep_s", 0.0)
     for step in range(1, config["reports"] + 1):
+        if pause:
+            time.sleep(pause)  # a GPU-bound trial waits on its device between reports
         tune.report({"step": step, "train_loss": 1.0 / step, "eval_loss": 2.0 / step,
                      "eval_accuracy": 1 - 1.0 / step, "lr": config["lr"]})  # fmt: skip
 
@@ -99,7 +104,7 @@ class WarningCounter(logging.Handler):
             self.count += 1
 
 
-def arm(mode: str, trials: int, reports: int, concurrency: int) -> dict:
+def arm(mode: str, trials: int, reports: int, concurrency: int, sleep_s: float = 0.0) -> dict:
     from mlflow.tracking import MlflowClient
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
@@ -131,6 +136,7 @@ def arm(mode: str, trials: int, reports: int, concurrency: int) -> dict:
             "lr": tune.grid_search([0.1 * (i + 1) for i in range(trials)]),
             "batch_size": 64,
             "reports": reports,
+            "sleep_s": sleep_s,
         },
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
         run_config=tune.RunConfig(
@@ -206,6 +212,10 @@ def main() -> None:
     ap.add_argument("--reports", type=int, default=1000, help="reports per trial")
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--num-cpus", type=int, default=2)
+    ap.add_argument("--sleep-ms", type=float, default=0.0,
+                    help="each trial sleeps this long before each report (a GPU-bound trial "
+                    "waits on its device; its CPU is free for the driver); 0: report as fast "
+                    "as it can")  # fmt: skip
     ap.add_argument("--no-ray", action="store_true", help="drive the callbacks directly")
     args = ap.parse_args()
     if args.no_ray:
@@ -228,10 +238,12 @@ def main() -> None:
 
     init_ray(None, args.num_cpus)  # retries a slow start on a loaded host
     arm("writer", 2, 20, args.concurrency)  # warm-up: worker start, imports
-    rows = [arm(m, args.trials, args.reports, args.concurrency) for m in MODES]
+    sleep_s = args.sleep_ms / 1000
+    rows = [arm(m, args.trials, args.reports, args.concurrency, sleep_s) for m in MODES]
     ray.shutdown()
     print(f"# {platform.node()} {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}; "
-          f"{args.trials} trials x {args.reports} reports, {args.concurrency} at a time")  # fmt: skip
+          f"{args.trials} trials x {args.reports} reports, {args.concurrency} at a time, "
+          f"{args.sleep_ms:g} ms sleep before each report")  # fmt: skip
     print(
         "| mode | reports | wall s | reports/s | ms in Tune's loop per report | Tune warnings | MLflow points complete |"
     )
