@@ -216,3 +216,32 @@ def test_registered_with_their_own_loops():
     for name in ("nqm_exact", "nqm_sgd"):
         w = get_workload(name)
         assert w.train is not None and w.build is None and w.default_target.value == 0.01
+
+
+def test_a_paced_trial_reports_in_the_time_its_steps_would_take() -> None:
+    """``seconds_per_step``: the reports of an ``nqm_exact`` trial arrive as if each step took
+    that long (a sweep's stops then act when they would in real training); the same reports
+    otherwise. A negative pace is an input error naming the option."""
+    import time as _time
+
+    from trainables.api import InputError, Target, TrialConfig
+    from trainables.workloads.nqm import train_exact
+
+    def run(options: dict) -> tuple[list[dict], list[float]]:
+        out, at = [], []
+        cfg = TrialConfig(workload="nqm_exact", batch_size=256, lr=0.5, max_steps=20_000,
+                          eval_every=1000, target=Target("eval_loss", 1e-9), options=options)  # fmt: skip
+        t0 = _time.perf_counter()
+        train_exact(
+            cfg, lambda m, checkpoint=None: (out.append(m), at.append(_time.perf_counter() - t0))
+        )
+        return out, at
+
+    fast, _ = run({"dim": 100})
+    paced, at = run({"dim": 100, "seconds_per_step": 2e-5})
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_time"} for r in rows]  # noqa: E731
+    assert strip(paced) == strip(fast)
+    assert at[-1] >= 2e-5 * paced[-1]["step"]  # 20,000 steps: at least 0.4 s
+    assert at[9] >= 2e-5 * paced[9]["step"] and at[9] < at[-1]
+    with pytest.raises(InputError, match="seconds_per_step"):
+        run({"dim": 100, "seconds_per_step": -1.0})

@@ -2,7 +2,9 @@
 
 Both train L(theta) = 1/2 sum_i h_i theta_i^2 with h_i = i^-exponent and gradient noise of
 variance c_i / B, c_i = noise_scale * h_i, from E theta_i^2 = s0. Options: ``dim`` (10000),
-``exponent`` (1.0), ``noise_scale`` (1.0), ``s0`` (1.0); ``nqm_exact`` also ``max_reports``.
+``exponent`` (1.0), ``noise_scale`` (1.0), ``s0`` (1.0); ``nqm_exact`` also ``max_reports``
+and ``seconds_per_step`` (0: off; else each report waits as long as its steps would take, so
+a sweep's reports arrive in the time order real training would give them).
 
 - ``nqm_exact`` follows the exact expected loss (:mod:`trainables.nqm_truth`): milliseconds
   per trial at any step count. ``train_loss`` = ``eval_loss`` = the expected loss E L(theta_k).
@@ -55,6 +57,13 @@ class NQMOptions:
     s0: float = 1.0  # initial E[theta_i^2]
     max_reports: int = 100  # most eval points; beyond, they are spaced geometrically
     noise_ema: float = 0.99  # nqm_sgd with log_noise_scale: EMA of the B_simple estimates
+    seconds_per_step: float = 0.0  # nqm_exact: paced as if each step took this long (0: off)
+
+    def __post_init__(self) -> None:
+        if not self.seconds_per_step >= 0:
+            raise ValueError(
+                f"seconds_per_step: {self.seconds_per_step!r}; use 0 (off) or a pace > 0, e.g. 1e-5"
+            )
 
 
 def options(config: TrialConfig) -> NQMOptions:
@@ -168,7 +177,14 @@ def train_exact(config: TrialConfig, report: Report, state: dict | None = None) 
     branch_points = {k for k in config.checkpoint_at if done < k <= end}
     ks = sorted(set(_eval_points(config, end, done)) | branch_points | {end})
     ema = state["ema"] if state else None
+    # Paced (seconds_per_step): each report waits as long as its steps would have taken, so
+    # reports arrive in the time order of real training and a runner's stops act when they
+    # would (an unpaced trial has run to its end before its first report is read).
+    pace, paced_to = options(config).seconds_per_step, done
     for i, (k, loss) in enumerate(zip(ks, losses_at(ks), strict=True)):
+        if pace > 0:
+            time.sleep(pace * max(0, k - paced_to))
+            paced_to = k
         ema = loss if ema is None else config.ema_beta * ema + (1 - config.ema_beta) * loss
         last = i == len(ks) - 1
         metrics: dict[str, Any] = {

@@ -1,0 +1,124 @@
+"""The LR search modes through a real sweep (local Ray, Tune's scheduler, the journal, MLflow
+on SQLite), side by side in one process: the cascade, the parallel search
+(``lr_search.parallel``) and rounds (the default), on ``tune_jobs/jobs/nqm_small.yaml``'s exact
+noisy quadratic model, against `critbatch nqm`'s ground truth.
+
+``benchmarks/search_efficiency.py`` measures the same searches in a simulation where one step
+is one time unit; here the trials are real Tune trials, so which trial finishes first is
+Tune's, and the scheduler's stops and withdrawals happen at real reports. ``nqm_exact``
+computes a trial in milliseconds whatever its steps, so wall time here says nothing about a
+GPU sweep's unless paced (``--pace``: each report of a trial waits as long as its steps would
+take, so the scheduler's stops and withdrawals act when they would in real training; unpaced,
+a trial has run to its end before its first report is read, and nothing can stop it).
+Compute is counted in steps (every trial's steps run, withdrawn and stopped ones included,
+over the oracle's: one run per batch size at its optimal LR).
+
+    .venv/bin/python benchmarks/parallel_sweep.py [--modes cascade,parallel,rounds] [--num-cpus 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+JOB = Path(__file__).resolve().parents[1] / "tune_jobs" / "jobs" / "nqm_small.yaml"
+MODES = {"cascade": {"cascade": True}, "parallel": {"cascade": False, "parallel": True},
+         "rounds": {"cascade": False}}  # fmt: skip
+
+
+def one(mode: str, trials: int, tmp: Path, truth: dict, pace: float, cpus: float) -> dict:
+    from tune_jobs.job_file import parse_job
+    from tune_jobs.summary import sweep_summary
+    from tune_jobs.sweep import run_sweep
+
+    d = yaml.safe_load(JOB.read_text())
+    d.update(name=f"par-{mode}", storage=str(tmp / "runs"),
+             tracking={"uri": f"sqlite:///{tmp / 'mlflow.db'}", "experiment": mode})  # fmt: skip
+    d["lr_search"] |= {"trials_per_batch_size": trials, "confirm_seeds": 0, **MODES[mode]}
+    d["options"] |= {"seconds_per_step": pace}
+    d["resources"] |= {"cpus": cpus}
+    job = parse_job(d)
+    t0 = time.perf_counter()
+    res = run_sweep(job, progress=False)
+    wall = time.perf_counter() - t0
+    summary, _ = sweep_summary(res, job)
+    rows = res.trials
+    compute = sum(int(r.get("steps_run") or 0) for r in rows)
+    steps = dict(zip(truth["batch_sizes"], truth["steps"], strict=True))
+    found = {r.batch_size: r.steps for r in summary.steps_table().itertuples()}
+    excess = [found[b] / steps[b] - 1 for b in steps if found.get(b) == found.get(b)]
+    return {
+        "mode": mode, "trials_per_b": trials, "wall_s": round(wall, 1),
+        "trials": len(rows) / len(job.batch_sizes),
+        "withdrawn": sum(r["status"] == "withdrawn" for r in rows) / len(job.batch_sizes),
+        "compute_x_oracle": compute / sum(truth["steps"]),
+        "b_crit_error": summary.cbs.b_crit / truth["b_crit"] - 1,
+        "mean_excess_steps": sum(excess) / len(excess) if excess else float("nan"),
+        "missed": len(steps) - len(excess),
+    }  # fmt: skip
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--modes", default="cascade,parallel,rounds")
+    ap.add_argument("--trials", type=int, default=8, help="trials_per_batch_size")
+    ap.add_argument("--num-cpus", type=int, default=2)
+    ap.add_argument(
+        "--pace",
+        type=float,
+        default=1e-5,
+        help="nqm_exact's seconds_per_step: each report waits as long as its steps "
+        "would take, so stops and withdrawals act when they would in training; 0: "
+        "unpaced (a trial has run to its end before its first report is read)",
+    )
+    ap.add_argument("--trial-cpus", type=float, default=0.25,
+                    help="CPUs per trial: 0.25 runs 8 paced (sleeping) trials at once on 2")  # fmt: skip
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    import ray
+
+    from analysis.ground_truth import ground_truth
+    from trainables.nqm_truth import NQM
+    from tune_jobs.job_file import load_job
+    from tune_jobs.preflight import init_ray
+
+    job = load_job(JOB)
+    o = job.options
+    truth = ground_truth(NQM(o["dim"], o["exponent"], o["noise_scale"], o["s0"]),
+                         job.batch_sizes, job.target.value)  # fmt: skip
+    tmp = Path(tempfile.mkdtemp(prefix="parallel-sweep-"))
+    init_ray(None, args.num_cpus)
+    rows = [
+        one(m, args.trials, tmp, truth, args.pace, args.trial_cpus) for m in args.modes.split(",")
+    ]
+    ray.shutdown()
+    print(f"# {platform.node()} {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}; "
+          f"nqm_small.yaml (true B_crit {truth['b_crit']:.0f}), {args.trials} trials per batch "
+          f"size, no confirmation runs, local Ray with {args.num_cpus} CPUs, {args.trial_cpus} per "
+          f"trial, paced at {args.pace:g} s per step")  # fmt: skip
+    print(
+        "| mode | trials run / B (withdrawn) | compute / oracle | B_crit error | mean excess steps | missed | wall s |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['mode']} | {r['trials']:.1f} ({r['withdrawn']:.1f}) | {r['compute_x_oracle']:.2f}x | "
+              f"{100 * r['b_crit_error']:+.1f}% | {100 * r['mean_excess_steps']:.2f}% | {r['missed']} | "
+              f"{r['wall_s']} |")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
