@@ -119,8 +119,8 @@ class LRSearchConfig:
     batch size through the batch sizes finished so far (a low placeholder until one predicts
     it); a running first trial the fit has since moved away from is stopped and withdrawn
     (status `withdrawn`: no result, not counted against trials_per_batch_size, its steps
-    still spent). On the NQM about half the cascade's wall time for 7-31% more compute
-    (BENCHMARKS.md); for clusters with a worker per batch size."""
+    still spent). In the NQM simulation about half the cascade's wall time for 7-31% more
+    compute; in a real sweep 2.2x the cascade's compute so far (BENCHMARKS.md)."""
 
 
 @dataclass(frozen=True)
