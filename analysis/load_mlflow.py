@@ -257,6 +257,14 @@ def fetch_histories(
 ) -> pd.DataFrame:
     """Every logged point of every metric of ``runs``: columns run_id, key, step, timestamp,
     value (NaN where a NaN was logged, as ``get_metric_history`` returns it)."""
+    return fetch_points(client, {r.info.run_id: sorted(r.data.metrics) for r in runs}, fetch)
+
+
+def fetch_points(
+    client: MlflowClient, wanted: dict[str, list[str]], fetch: Fetch = "auto"
+) -> pd.DataFrame:
+    """:func:`fetch_histories` of runs given as run id -> its metric keys (no ``Run`` objects
+    held: a 10,000-trial sweep's cost ~205 MiB)."""
     from mlflow.store.tracking.rest_store import RestStore
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
@@ -267,7 +275,6 @@ def fetch_histories(
             else "rest-bulk" if isinstance(store, RestStore)
             else "per-metric"
         )  # fmt: skip
-    wanted = {r.info.run_id: sorted(r.data.metrics) for r in runs}
     if fetch == "sql":
         rows = _fetch_sql(store, list(wanted))
     elif fetch == "rest-bulk":
