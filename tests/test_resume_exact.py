@@ -57,6 +57,14 @@ def _table(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "trial_id"} for r in rows]
 
 
+def _start_driver(tmp_path: Path, job: Path) -> subprocess.Popen:
+    """`critbatch run job` in its own process group (its local Ray too), logging to driver.log."""
+    log = open(tmp_path / "driver.log", "wb")  # noqa: SIM115 (the driver process writes it)
+    return subprocess.Popen([*CLI, "run", str(job), "--num-cpus", "2", "--no-progress"],
+                            env=_env(tmp_path), cwd=tmp_path, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+
 def _started(run_dir: Path) -> int:
     return sum(1 for d in run_dir.glob("*") if (d / "params.json").exists())
 
@@ -85,10 +93,7 @@ def test_driver_sigkill_then_resume_gives_the_uninterrupted_table(
 ) -> None:
     job = _job(tmp_path, "exact")
     run_dir = tmp_path / "runs" / "exact"
-    log = open(tmp_path / "driver.log", "wb")  # noqa: SIM115 (the driver process writes it)
-    driver = subprocess.Popen([*CLI, "run", str(job), "--num-cpus", "2", "--no-progress"],
-                              env=_env(tmp_path), cwd=tmp_path, stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    driver = _start_driver(tmp_path, job)
     deadline = time.time() + 900  # a loaded 2-core host may need minutes to start Ray
     journal = run_dir / JOURNAL_FILE
     while not KILL_AT[point](
@@ -173,10 +178,7 @@ def test_driver_killed_mid_confirmation_then_resume_gives_the_uninterrupted_tabl
 
     job = _job(tmp_path, "conf", confirm_seeds=2)
     run_dir = tmp_path / "runs" / "conf"
-    log = open(tmp_path / "driver.log", "wb")  # noqa: SIM115 (the driver process writes it)
-    driver = subprocess.Popen([*CLI, "run", str(job), "--num-cpus", "2", "--no-progress"],
-                              env=_env(tmp_path), cwd=tmp_path, stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    driver = _start_driver(tmp_path, job)
     deadline = time.time() + 900
     journal = run_dir / JOURNAL_FILE
     while not (run_dir.exists() and _confirm_started(run_dir) >= 1):
@@ -214,10 +216,7 @@ def test_parallel_search_killed_mid_write_then_resume_ends_every_trial_once(
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(data))
     run_dir = tmp_path / "runs" / "par"
-    log = open(tmp_path / "driver.log", "wb")  # noqa: SIM115 (the driver process writes it)
-    driver = subprocess.Popen([*CLI, "run", str(job), "--num-cpus", "2", "--no-progress"],
-                              env=_env(tmp_path), cwd=tmp_path, stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    driver = _start_driver(tmp_path, job)
     deadline = time.time() + 900
     journal = run_dir / JOURNAL_FILE
     while len(read_records(journal)) < 3:
