@@ -32,21 +32,15 @@ from analysis.mlflow_layout import (
     REPORT_ARTIFACTS,
     ROLE_COMPARISON,
     ROLE_TAG,
+    SNAPSHOT_COLUMNS,
     SNAPSHOT_DIR,
     SNAPSHOT_FILE,
     SNAPSHOT_TAG,
 )
 
 SNAPSHOT_CHUNK = 500  # trial runs fetched and written at a time (write_metrics_snapshot)
-SNAPSHOT_DTYPES = {"run_id": "object", "key": "object", "step": "int64", "timestamp": "int64",
-                   "value": "float64"}  # fmt: skip
-
-
-def _snapshot_schema():
-    import pyarrow as pa
-
-    return pa.schema([("run_id", pa.string()), ("key", pa.string()), ("step", pa.int64()),
-                      ("timestamp", pa.int64()), ("value", pa.float64())])  # fmt: skip
+SNAPSHOT_TYPES = dict(zip(SNAPSHOT_COLUMNS, ("string", "string", "int64", "int64", "float64"),
+                          strict=True))  # fmt: skip
 
 
 def write_metrics_snapshot(client: MlflowClient, parent_run_id: str, fetch: Fetch = "auto") -> dict:
@@ -70,10 +64,12 @@ def write_metrics_snapshot(client: MlflowClient, parent_run_id: str, fetch: Fetc
         path = Path(tmp) / SNAPSHOT_FILE
         # SNAPSHOT_CHUNK runs at a time, one row group each: a 10,000-trial sweep's 1.4M points
         # fetched at once cost the driver ~0.9 GiB at the sweep's end.
-        with pq.ParquetWriter(path, schema := _snapshot_schema(), compression="zstd") as out:
+        schema = pa.schema([(c, pa.type_for_alias(t)) for c, t in SNAPSHOT_TYPES.items()])
+        numeric = {c: t for c, t in SNAPSHOT_TYPES.items() if t != "string"}
+        with pq.ParquetWriter(path, schema, compression="zstd") as out:
             for i in range(0, max(len(wanted), 1), SNAPSHOT_CHUNK):
                 part = fetch_points(client, dict(wanted[i : i + SNAPSHOT_CHUNK]), fetch)
-                part = part.astype(SNAPSHOT_DTYPES)
+                part = part.astype(numeric)
                 out.write_table(pa.Table.from_pandas(part, schema, preserve_index=False))
                 points += len(part)
         client.log_artifact(parent_run_id, str(path), SNAPSHOT_DIR)

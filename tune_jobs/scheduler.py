@@ -106,8 +106,8 @@ class PerBatchSizeScheduler(FIFOScheduler):
     # Which trial Tune starts next: the first PENDING trial in the order trials were added,
     # else the first PAUSED one, as FIFOScheduler chooses, but looked for among the live
     # trials only. FIFOScheduler scans every trial of the sweep at every step of Tune's loop,
-    # so the driver's cost per trial grew with the sweep (profile of a 1,500-trial sweep:
-    # 13 s in that scan; 4.7 trials/s early in a 10,000-trial sweep, 2.2 at 6,000).
+    # a cost per step that grows with the sweep (profile of a 1,500-trial sweep: 13 s in
+    # that scan; BENCHMARKS.md, "Driver memory at 10,000 trials").
     def on_trial_add(self, tune_controller, trial) -> None:
         super().on_trial_add(tune_controller, trial)
         self.added[trial.trial_id] = len(self.added)

@@ -25,6 +25,18 @@ from tune_jobs.journal import ASK, EVENT, WITHDRAW, append_record
 from tune_jobs.lr_search import WAIT, LRSearch, Outcome, Proposal, objective
 
 
+def _must_match(what: str, trial_id: str, lr: float, p: Proposal, number: int | None = None):
+    """Replay: a journaled trial (its LR, and for an ask its number in the study) and the
+    proposal the replayed search makes in its place must be the same."""
+    if (number is None or number == p.number) and math.isclose(lr, p.lr, rel_tol=1e-12):
+        return
+    asked = "" if number is None else f" as {p.study} #{number}"
+    raise RuntimeError(
+        f"the journal does not match the search: {what} {trial_id} ran{asked} at lr {lr!r}, "
+        f"the replayed search proposes #{p.number} at lr {p.lr!r}"
+    )
+
+
 def trial_outcome(
     last: dict[str, Any], best_metric: float | None, censored_at: float | None = None
 ) -> Outcome:
@@ -276,11 +288,7 @@ class SweepSearcher(Searcher):
             if rec is None:
                 self.requeue.append(p)
                 continue
-            if not math.isclose(rec["proposal"]["lr"], p.lr, rel_tol=1e-12):
-                raise RuntimeError(
-                    f"the journal does not match the search: trial {rec['trial_id']} ran lr "
-                    f"{rec['proposal']['lr']!r}, the replayed search proposes {p.lr!r}"
-                )
+            _must_match("trial", rec["trial_id"], rec["proposal"]["lr"], p)
             self._tell_record(p, rec)
         if by_key:
             raise RuntimeError(f"journaled trials the search never proposed: {sorted(by_key)}")
@@ -302,12 +310,7 @@ class SweepSearcher(Searcher):
             key = (ev["study"], ev["number"]) if kind else None
             if kind == ASK:
                 p = self.search.ask_study(ev["study"])
-                if p.number != ev["number"] or not math.isclose(p.lr, ev["lr"], rel_tol=1e-12):
-                    raise RuntimeError(
-                        f"the journal does not match the search: trial {ev['trial_id']} was "
-                        f"asked as {ev['study']} #{ev['number']} at lr {ev['lr']!r}, the "
-                        f"replayed search proposes #{p.number} at lr {p.lr!r}"
-                    )
+                _must_match("trial", ev["trial_id"], ev["lr"], p, ev["number"])
                 asked[key] = p
             elif kind == WITHDRAW:
                 if key not in asked:
@@ -329,11 +332,8 @@ class SweepSearcher(Searcher):
             rec = confirmed.pop((c.study, c.number), None)
             if rec is None:
                 self.confirm_requeue.append(c)
-            elif not math.isclose(rec["proposal"]["lr"], c.lr, rel_tol=1e-12):
-                raise RuntimeError(
-                    f"the journal does not match the search: confirmation run {rec['trial_id']} "
-                    f"ran lr {rec['proposal']['lr']!r}, the replayed search chose {c.lr!r}"
-                )
+            else:
+                _must_match("confirmation run", rec["trial_id"], rec["proposal"]["lr"], c)
         if confirmed:
             raise RuntimeError(f"journaled confirmation runs never due: {sorted(confirmed)}")
         self.exhausted = (
