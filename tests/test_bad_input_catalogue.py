@@ -162,6 +162,9 @@ CASES: list[Case] = [
         "early_stopping.reduction_factor",
         job(early_stopping={"reduction_factor": 1}),
     ),  # fmt: skip
+    ("plateau NaN", "early_stopping.plateau", job(early_stopping={"plateau": NAN})),
+    ("plateau 1", "early_stopping.plateau", job(early_stopping={"plateau": 1})),
+    ("plateau negative", "early_stopping.plateau", job(early_stopping={"plateau": -0.01})),
     (
         "strategy.base_lr NaN",
         "strategy.base_lr",

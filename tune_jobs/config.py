@@ -120,7 +120,7 @@ class LRSearchConfig:
     it); a running first trial the fit has since moved away from is stopped and withdrawn
     (status `withdrawn`: no result, not counted against trials_per_batch_size, its steps
     still spent). In the NQM simulation about half the cascade's wall time for 7-31% more
-    compute; in a real sweep 2.2x the cascade's compute so far (BENCHMARKS.md)."""
+    compute; in a real sweep 1.8x the cascade's compute so far (BENCHMARKS.md)."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,11 @@ class EarlyStoppingConfig:
     """Steps before ASHA may stop a trial (0 = 5 eval intervals)."""
     reduction_factor: float = 3.0
     """ASHA reduction factor: keep the top 1/factor at each rung."""
+    plateau: float = 0.01
+    """Stop a trial that has stalled short of the target: over the last doubling of its steps
+    its smoothed target metric closed less than this fraction of its distance to the target
+    (at its noise floor above the target it will not reach it). Checked from twice the
+    grace steps on; the trial counts as needing more steps than it ran. 0 turns it off."""
 
 
 @dataclass(frozen=True)

@@ -151,6 +151,12 @@ def check_values(job: JobConfig) -> None:
         raise JobError(
             "early_stopping.reduction_factor: must be > 1 (3 keeps the top third at each rung)"
         )
+    if not 0 <= job.early_stopping.plateau < 1:
+        raise JobError(
+            f"early_stopping.plateau: {job.early_stopping.plateau} must be in [0, 1) (0.01: stop "
+            "a trial that closed less than 1% of its distance to the target while its steps "
+            "doubled; 0 turns the rule off)"
+        )
     if job.max_concurrent < 0 or job.checkpoint_every < 0 or job.max_failures < 0:
         raise JobError("max_concurrent, checkpoint_every and max_failures must be >= 0")
     if job.divergence_factor <= 1:

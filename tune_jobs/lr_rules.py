@@ -14,6 +14,7 @@ steps) near the optimum.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 
 SEED_STEP = 1.1  # first step out (LR factor) from a seed the neighbours predicted
@@ -245,3 +246,24 @@ def fit_trusted(nearest: float, bracketed: bool, above: Sequence[tuple[int, floa
         return False
     (b1, lr1), (b2, lr2) = above
     return math.log(lr2 / lr1) / math.log(b2 / b1) >= LINEAR_SLOPE
+
+
+# ---- stopping a stalled trial ----------------------------------------------------------------
+def plateaued(
+    steps: Sequence[float], values: Sequence[float], target: float, minimize: bool, tol: float
+) -> bool:
+    """Has a trial stalled short of its target: over the last doubling of its steps, did its
+    distance to the target (``values``, its metric at ``steps``, ascending) shrink by less than
+    ``tol`` of that distance? A trial at its noise floor above the target will not reach it;
+    one still on its way closes a large part of the distance each time its steps double (on
+    the NQM's power-law decay, 30% or more), and one far below its optimum LR is left to the
+    lag rule and the steps bound. The distance, not the metric's own relative change, so that
+    the rule reads the same on a loss, an accuracy or a metric near zero. False until the
+    first point at or before half the last step, and once the target is met.
+    """
+    i = bisect_right(steps, steps[-1] / 2) - 1
+    if i < 0:
+        return False
+    sign = 1.0 if minimize else -1.0
+    before, now = sign * (values[i] - target), sign * (values[-1] - target)
+    return before > 0 and now > (1.0 - tol) * before

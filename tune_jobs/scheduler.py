@@ -15,6 +15,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from trainables.api import Status, StopRule
 from tune_jobs.config import JobConfig
 from tune_jobs.confirm import PHASE
+from tune_jobs.lr_rules import plateaued
 from tune_jobs.lr_search import study_name
 from tune_jobs.ray_internals import (
     asha_bracket,
@@ -27,15 +28,17 @@ from tune_jobs.searcher import SweepSearcher
 class PerBatchSizeScheduler(FIFOScheduler):
     """Early stopping that compares a trial only with trials of the same study.
 
-    Three rules, all within a study (one batch size and seed): ASHA on the target metric at
+    Four rules, all within a study (one batch size and seed): ASHA on the target metric at
     step milestones (grace, grace*rf, grace*rf^2, ...); a bound: a trial still running past
     the best steps-to-target its study has already seen (or the bound from the other batch
-    sizes, :meth:`LRSearch.steps_bound`) can no longer win; and a lag: a trial too far behind
-    its study's fastest one at the same step (``lr_search.lag_stop``, :meth:`LRSearch.behind`).
-    Bound and lag stops are censored (the trial needed more steps); in a cascade, pipeline or
-    parallel search (one trial in flight per study) there is no ASHA (see
-    :meth:`on_trial_result`). A parallel search's obsolete first trials are stopped and
-    withdrawn, with or without early stopping (:meth:`SweepSearcher.withdraw_if_obsolete`).
+    sizes, :meth:`LRSearch.steps_bound`) can no longer win; a lag: a trial too far behind
+    its study's fastest one at the same step (``lr_search.lag_stop``, :meth:`LRSearch.behind`);
+    and a plateau: a trial whose smoothed metric has stalled short of the target
+    (``early_stopping.plateau``, :meth:`_plateaued`). Bound, lag and plateau stops are
+    censored (the trial needed more steps); in a cascade, pipeline or parallel search (one
+    trial in flight per study) there is no ASHA (see :meth:`on_trial_result`). A parallel
+    search's obsolete first trials are stopped and withdrawn, with or without early stopping
+    (:meth:`SweepSearcher.withdraw_if_obsolete`).
     """
 
     def __init__(self, job: JobConfig, searcher: SweepSearcher, max_steps: int):
@@ -52,6 +55,8 @@ class PerBatchSizeScheduler(FIFOScheduler):
         self.stopped: set[str] = set()
         self.target = job.target
         self.smoothed: dict[str, tuple[float, StopRule]] = {}  # trial -> (last step, its EMA)
+        self.curves: dict[str, tuple[list[float], list[float]]] = {}  # trial -> steps, EMA values
+        self.plateau = es.plateau
         self.added: dict[str, int] = {}  # trial -> when Tune added it (choose_trial_to_run)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
@@ -81,14 +86,18 @@ class PerBatchSizeScheduler(FIFOScheduler):
             self.stopped.add(trial.trial_id)
             self.searcher.censored[trial.trial_id] = float(step)  # slower than the fastest
             return TrialScheduler.STOP
+        value = self._smooth(trial.trial_id, step, value)
+        if self._plateaued(trial.trial_id, step):
+            self.stopped.add(trial.trial_id)
+            self.searcher.censored[trial.trial_id] = float(step)  # stalled: will not reach
+            return TrialScheduler.STOP
         if self.searcher.search.paced:
             # A cascade, pipeline or parallel search runs a study's trials one after another, so
             # ASHA would only compare a trial with earlier ones at early milestones, where a
-            # larger LR leads and a lower one (lower noise floor) may still win: the bound and
-            # the lag rule suffice.
+            # larger LR leads and a lower one (lower noise floor) may still win: the bound, the
+            # lag and the plateau rule suffice.
             return self._withdraw_if_obsolete(trial)
         bracket = self._bracket(study)
-        value = self._smooth(trial.trial_id, step, value)
         self.searcher.asha_fed.setdefault(trial.trial_id, []).append((step, self.sign * value))
         action = bracket.on_result(trial, step, self.sign * value)
         if action == TrialScheduler.STOP:
@@ -127,6 +136,7 @@ class PerBatchSizeScheduler(FIFOScheduler):
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         super().on_trial_complete(tune_controller, trial, result)
         self.smoothed.pop(trial.trial_id, None)
+        self.curves.pop(trial.trial_id, None)
         self.added.pop(trial.trial_id, None)
         release_finished_trial(tune_controller, trial)
 
@@ -137,6 +147,8 @@ class PerBatchSizeScheduler(FIFOScheduler):
 
     def on_trial_remove(self, tune_controller, trial) -> None:
         super().on_trial_remove(tune_controller, trial)
+        self.smoothed.pop(trial.trial_id, None)
+        self.curves.pop(trial.trial_id, None)
         self.added.pop(trial.trial_id, None)
         release_finished_trial(tune_controller, trial)
 
@@ -149,8 +161,22 @@ class PerBatchSizeScheduler(FIFOScheduler):
         last, rule = self.smoothed.get(trial_id, (-math.inf, None))
         if rule is None or step <= last:  # a new trial, or one restarted from its first step
             rule = StopRule(self.target)
+            self.curves[trial_id] = ([], [])
         self.smoothed[trial_id] = (step, rule)
-        return rule.update(value, int(step))
+        smoothed = rule.update(value, int(step))
+        steps, values = self.curves[trial_id]
+        steps.append(step)
+        values.append(smoothed)
+        return smoothed
+
+    def _plateaued(self, trial_id: str, step: float) -> bool:
+        """Has the trial stalled short of the target (``early_stopping.plateau``,
+        :func:`tune_jobs.lr_rules.plateaued` on its smoothed metric), judged from twice the
+        grace steps on (the half-way point is then past the grace steps)?"""
+        if not self.plateau or step < 2 * self.grace:
+            return False
+        steps, values = self.curves[trial_id]
+        return plateaued(steps, values, self.target.value, self.sign < 0, self.plateau)
 
     def _bracket(self, study: str) -> Any:
         bracket = self.brackets.get(study)
