@@ -22,6 +22,9 @@ Reported per (problem, estimator): bias of B_crit (median and mean of estimate /
 coverage of the 95% CI over the repeats, median CI width (hi / lo), and compute: steps run
 by all trials over the oracle's (one run per batch size at the optimal LR, exact steps).
 
+``--plateau 0,0.01`` runs each estimator with the plateau stop off and on (search trials only;
+the job default is ``early_stopping.plateau: 0.01``; the figures before it had none).
+
 Run: ``.venv/bin/python benchmarks/noisy_truth.py [--repeats 10] [--problems p1,p2]``
 (``--smoke-test``: one problem, 2 repeats).
 """
@@ -40,11 +43,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.ground_truth import ground_truth  # noqa: E402
 from analysis.summary import summarize  # noqa: E402
-from trainables.api import Status, Target, TrialConfig  # noqa: E402
+from trainables.api import Status, StopRule, Target, TrialConfig  # noqa: E402
 from trainables.nqm_truth import NQM  # noqa: E402
 from trainables.workloads.nqm import train_sgd  # noqa: E402
 from tune_jobs.config import LRSearchConfig  # noqa: E402
 from tune_jobs.confirm import PHASE, Confirmation  # noqa: E402
+from tune_jobs.lr_rules import plateaued  # noqa: E402
 from tune_jobs.lr_search import WAIT, LRSearch, Outcome, Proposal  # noqa: E402
 
 # name: (options, target, momentum, batch sizes)
@@ -64,9 +68,13 @@ class _Stop(Exception):
     pass
 
 
-def run_trial(p: Proposal, problem, smoothing, fields, bound, search, rows, tag) -> Outcome:
+def run_trial(
+    p: Proposal, problem, smoothing, fields, bound, search, rows, tag, plateau=0.0
+) -> Outcome:
     """One nqm_sgd trial; its reports appended to ``rows``. A search trial stops at its
-    study's steps bound or when it lags the study's fastest trial (``search`` given)."""
+    study's steps bound, when it lags the study's fastest trial (``search`` given), or, with
+    ``plateau`` > 0, when its smoothed loss has stalled short of the target (the scheduler's
+    ``early_stopping.plateau`` rule, from twice the default grace steps on)."""
     options, target, momentum, _ = problem
     cfg = TrialConfig(
         workload="nqm_sgd", batch_size=p.batch_size, lr=p.lr, seed=p.seed,
@@ -77,6 +85,7 @@ def run_trial(p: Proposal, problem, smoothing, fields, bound, search, rows, tag)
     )  # fmt: skip
     seen = {"step": 0, "best": math.inf, "status": "", "steps": None, "censored": None}
     curve: list[tuple[float, float]] = []
+    rule, steps, smoothed = StopRule(Target("eval_loss", target, "min", smoothing)), [], []
     trial = f"{tag}-{p.study}-{p.seed}-{p.number}"
 
     def report(m: dict, checkpoint: dict | None = None) -> None:
@@ -93,6 +102,15 @@ def run_trial(p: Proposal, problem, smoothing, fields, bound, search, rows, tag)
             if search.behind(p.study, m["step"], seen["best"]):
                 seen["censored"] = m["step"]
                 raise _Stop
+            steps.append(m["step"])
+            smoothed.append(rule.update(m["eval_loss"], m["step"]))
+            if (
+                plateau
+                and m["step"] >= 2 * 5 * EVAL_EVERY
+                and plateaued(steps, smoothed, target, True, plateau)
+            ):
+                seen["censored"] = m["step"]
+                raise _Stop
 
     try:
         train_sgd(cfg, report)
@@ -105,7 +123,9 @@ def run_trial(p: Proposal, problem, smoothing, fields, bound, search, rows, tag)
                    seen["censored"], tuple(curve))  # fmt: skip
 
 
-def run_sweep(problem, repeat: int, after: bool, confirm_seeds: int) -> tuple[pd.DataFrame, int]:
+def run_sweep(
+    problem, repeat: int, after: bool, confirm_seeds: int, plateau: float = 0.0
+) -> tuple[pd.DataFrame, int]:
     """One sweep in-process; its tidy frame and the steps all its trials ran."""
     _, target, _, sizes = problem
     smoothing = Target().smoothing if after else 0.0
@@ -128,7 +148,9 @@ def run_sweep(problem, repeat: int, after: bool, confirm_seeds: int) -> tuple[pd
         if p is None:
             break
         assert p != WAIT  # sequential: every trial is told before the next ask
-        out = run_trial(p, problem, smoothing, {}, search.steps_bound(p.study), search, rows, "s")
+        out = run_trial(
+            p, problem, smoothing, {}, search.steps_bound(p.study), search, rows, "s", plateau
+        )
         compute += out.steps_run
         search.tell(p, out, MAX_STEPS, target, "min")
     return _frame(rows), compute
@@ -144,7 +166,7 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def measure(
-    name: str, repeats: int, confirm_seeds: int, estimators=("before", "after")
+    name: str, repeats: int, confirm_seeds: int, estimators=("before", "after"), plateaus=(0.0,)
 ) -> list[dict]:
     problem = PROBLEMS[name]
     options, target, momentum, sizes = problem
@@ -152,19 +174,20 @@ def measure(
     truth = ground_truth(nqm, sizes, target, momentum)
     oracle = float(sum(truth["steps"]))
     out = []
-    for after in [e == "after" for e in estimators]:
+    for after, plateau in [(e == "after", pl) for e in estimators for pl in plateaus]:
+        label = ("after" if after else "before") + (f", plateau {plateau:g}" if plateau else "")
         for r in range(repeats):
             t0 = time.perf_counter()
-            df, compute = run_sweep(problem, r, after, confirm_seeds)
+            df, compute = run_sweep(problem, r, after, confirm_seeds, plateau)
             try:
                 s = summarize(df, Target("eval_loss", target, "min"), n_boot=1000, seed=r)
                 b, (lo, hi) = s.cbs.b_crit, s.cbs.b_crit_ci
             except ValueError:
                 b, lo, hi = math.nan, math.nan, math.nan
-            out.append({"problem": name, "estimator": "after" if after else "before", "repeat": r,
+            out.append({"problem": name, "estimator": label, "repeat": r,
                         "b_crit": b, "lo": lo, "hi": hi, "truth": truth["b_crit"],
                         "compute": compute / oracle, "seconds": time.perf_counter() - t0})  # fmt: skip
-            print(f"  {name} {'after ' if after else 'before'} r{r}: B_crit {b:.4g} "
+            print(f"  {name} {label} r{r}: B_crit {b:.4g} "
                   f"[{lo:.4g}, {hi:.4g}] truth {truth['b_crit']:.4g}; compute {compute / oracle:.1f}x "
                   f"oracle; {time.perf_counter() - t0:.1f} s", flush=True)  # fmt: skip
     return out
@@ -190,13 +213,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--problems", default=",".join(PROBLEMS))
     ap.add_argument("--confirm-seeds", type=int, default=LRSearchConfig().confirm_seeds)
     ap.add_argument("--estimators", default="before,after", help="before, after or both")
+    ap.add_argument("--plateau", default="0",
+                    help="early_stopping.plateau values for search trials (0: the rule off)")  # fmt: skip
     ap.add_argument("--smoke-test", action="store_true")
     args = ap.parse_args(argv)
     names = ["p1"] if args.smoke_test else args.problems.split(",")
     repeats = 2 if args.smoke_test else args.repeats
     results = []
     for name in names:
-        results += measure(name, repeats, args.confirm_seeds, args.estimators.split(","))
+        results += measure(name, repeats, args.confirm_seeds, args.estimators.split(","),
+                           [float(x) for x in args.plateau.split(",")])  # fmt: skip
     with pd.option_context("display.width", 160, "display.float_format", "{:.3g}".format):
         print(table(results).to_string(index=False))
     return 0

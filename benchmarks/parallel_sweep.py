@@ -13,7 +13,7 @@ a trial has run to its end before its first report is read, and nothing can stop
 Compute is counted in steps (every trial's steps run, withdrawn and stopped ones included,
 over the oracle's: one run per batch size at its optimal LR).
 
-    .venv/bin/python benchmarks/parallel_sweep.py [--modes cascade,parallel,rounds] [--num-cpus 2]
+    .venv/bin/python benchmarks/parallel_sweep.py [--modes cascade,parallel,rounds] [--plateau 0,0.01]
 """
 
 from __future__ import annotations
@@ -36,17 +36,20 @@ MODES = {"cascade": {"cascade": True}, "parallel": {"cascade": False, "parallel"
          "rounds": {"cascade": False}}  # fmt: skip
 
 
-def one(mode: str, trials: int, tmp: Path, truth: dict, pace: float, cpus: float) -> dict:
+def one(
+    mode: str, trials: int, tmp: Path, truth: dict, pace: float, cpus: float, plateau: float
+) -> dict:
     from tune_jobs.job_file import parse_job
     from tune_jobs.summary import sweep_summary
     from tune_jobs.sweep import run_sweep
 
     d = yaml.safe_load(JOB.read_text())
-    d.update(name=f"par-{mode}", storage=str(tmp / "runs"),
-             tracking={"uri": f"sqlite:///{tmp / 'mlflow.db'}", "experiment": mode})  # fmt: skip
+    d.update(name=f"par-{mode}-{plateau:g}", storage=str(tmp / "runs"),
+             tracking={"uri": f"sqlite:///{tmp / 'mlflow.db'}", "experiment": f"{mode}-{plateau:g}"})  # fmt: skip
     d["lr_search"] |= {"trials_per_batch_size": trials, "confirm_seeds": 0, **MODES[mode]}
     d["options"] |= {"seconds_per_step": pace}
     d["resources"] |= {"cpus": cpus}
+    d["early_stopping"] = {**d.get("early_stopping", {}), "plateau": plateau}
     job = parse_job(d)
     t0 = time.perf_counter()
     res = run_sweep(job, progress=False)
@@ -58,7 +61,7 @@ def one(mode: str, trials: int, tmp: Path, truth: dict, pace: float, cpus: float
     found = {r.batch_size: r.steps for r in summary.steps_table().itertuples()}
     excess = [found[b] / steps[b] - 1 for b in steps if found.get(b) == found.get(b)]
     return {
-        "mode": mode, "trials_per_b": trials, "wall_s": round(wall, 1),
+        "mode": mode, "plateau": plateau, "trials_per_b": trials, "wall_s": round(wall, 1),
         "trials": len(rows) / len(job.batch_sizes),
         "withdrawn": sum(r["status"] == "withdrawn" for r in rows) / len(job.batch_sizes),
         "compute_x_oracle": compute / sum(truth["steps"]),
@@ -83,6 +86,8 @@ def main() -> int:
     )
     ap.add_argument("--trial-cpus", type=float, default=0.25,
                     help="CPUs per trial: 0.25 runs 8 paced (sleeping) trials at once on 2")  # fmt: skip
+    ap.add_argument("--plateau", default="0.01",
+                    help="early_stopping.plateau values, each mode runs with each (0: the rule off)")  # fmt: skip
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -100,7 +105,9 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="parallel-sweep-"))
     init_ray(None, args.num_cpus)
     rows = [
-        one(m, args.trials, tmp, truth, args.pace, args.trial_cpus) for m in args.modes.split(",")
+        one(m, args.trials, tmp, truth, args.pace, args.trial_cpus, float(p))
+        for p in args.plateau.split(",")
+        for m in args.modes.split(",")
     ]
     ray.shutdown()
     print(f"# {platform.node()} {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}; "
@@ -108,11 +115,11 @@ def main() -> int:
           f"size, no confirmation runs, local Ray with {args.num_cpus} CPUs, {args.trial_cpus} per "
           f"trial, paced at {args.pace:g} s per step")  # fmt: skip
     print(
-        "| mode | trials run / B (withdrawn) | compute / oracle | B_crit error | mean excess steps | missed | wall s |"
+        "| mode | plateau | trials run / B (withdrawn) | compute / oracle | B_crit error | mean excess steps | missed | wall s |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['mode']} | {r['trials']:.1f} ({r['withdrawn']:.1f}) | {r['compute_x_oracle']:.2f}x | "
+        print(f"| {r['mode']} | {r['plateau']:g} | {r['trials']:.1f} ({r['withdrawn']:.1f}) | {r['compute_x_oracle']:.2f}x | "
               f"{100 * r['b_crit_error']:+.1f}% | {100 * r['mean_excess_steps']:.2f}% | {r['missed']} | "
               f"{r['wall_s']} |")  # fmt: skip
     if args.json:

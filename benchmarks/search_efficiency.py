@@ -23,9 +23,10 @@ through :class:`tune_jobs.lr_search.LRSearch` over the same LR range:
 
 Every search stops a trial (checked at its reports) once it has run as many steps as the
 search's ``steps_bound`` for its batch size (it can no longer win), once it lags its study's
-fastest trial (``LRSearch.behind``, the job's ``lag_stop``), or once its loss fell by
-less than 1% since half its current step count while still above the target (a plateau at
-its noise floor: it will not reach the target); ``parallel`` also withdraws obsolete ones.
+fastest trial (``LRSearch.behind``, the job's ``lag_stop``), or once its smoothed loss closed
+less than 1% of its distance to the target since half its current step count (a plateau at
+its noise floor: it will not reach the target; the scheduler's ``early_stopping.plateau``
+rule); ``parallel`` also withdraws obsolete ones.
 The simulation is event-driven in simulated time (:func:`run_search`). Reported per
 (search, budget), mean over ``--repeats`` search seeds:
 
@@ -59,15 +60,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.fits import fit_mccandlish  # noqa: E402
 from analysis.ground_truth import ground_truth  # noqa: E402
-from trainables.api import Status, Target, TrialConfig  # noqa: E402
+from trainables.api import Status, StopRule, Target, TrialConfig  # noqa: E402
 from trainables.nqm_truth import NQM, REFERENCE_BATCH_SIZES  # noqa: E402
 from trainables.workloads.nqm import train_exact  # noqa: E402
+from tune_jobs.config import EarlyStoppingConfig  # noqa: E402
 from tune_jobs.job_file import load_job  # noqa: E402
+from tune_jobs.lr_rules import plateaued  # noqa: E402
 from tune_jobs.lr_search import WAIT, LRSearch, Outcome, Proposal  # noqa: E402
 
 TARGET = 0.01
 MAX_STEPS = 10**7  # per trial, as in tune_jobs/jobs/nqm_reference.yaml
 EVAL_EVERY = 100
+PLATEAU = EarlyStoppingConfig().plateau  # the job default
+PLATEAU_FROM = 2 * 5 * EVAL_EVERY  # as the scheduler: twice the default grace (5 evals)
 LR_RANGE = (1e-3, 2.0)  # as in nqm_reference.yaml; the optima run from 0.014 to 1.995
 # name -> (algorithm, cascade, pipeline lead, parallel)
 METHODS = {
@@ -83,28 +88,31 @@ JOB = Path(__file__).resolve().parents[1] / "tune_jobs" / "jobs" / "nqm_referenc
 
 def trial_reports(p: Proposal, options: dict) -> list[dict]:
     """Every report of one nqm_exact trial run to its end: the target, divergence,
-    ``MAX_STEPS``, or a plateau above the target (loss down by < 1% since half its current
-    step, from step 1000 on: stuck at its noise floor, it will not reach), whichever comes
+    ``MAX_STEPS``, or a plateau above the target (the scheduler's rule,
+    :func:`tune_jobs.lr_rules.plateaued` with the job default ``early_stopping.plateau`` on
+    the trial's smoothed loss, from twice the default grace steps on), whichever comes
     first. A trial's reports do not depend on when it runs, so the event simulation
     (:func:`run_search`) replays them in simulated time and applies the stops that depend on
     the search's state (steps bound, lag, obsolete) as the reports arrive."""
     out: list[dict] = []
+    target = Target("eval_loss", TARGET)
+    rule, steps, values = StopRule(target), [], []
 
     def report(m: dict, checkpoint: dict | None = None) -> None:
         m = dict(m)
-        half = [r["eval_loss"] for r in out if r["step"] <= m["step"] / 2]
+        steps.append(m["step"])
+        values.append(rule.update(m["eval_loss"], m["step"]))
         m["plateau"] = (
             m["status"] == Status.RUNNING
-            and m["step"] >= 1000
-            and bool(half)
-            and m["eval_loss"] > 0.99 * half[-1]
+            and m["step"] >= PLATEAU_FROM
+            and plateaued(steps, values, TARGET, True, PLATEAU)
         )
         out.append(m)
         if m["plateau"]:
             raise _Stop
 
     cfg = TrialConfig(workload="nqm_exact", batch_size=p.batch_size, lr=p.lr, max_steps=MAX_STEPS,
-                      eval_every=EVAL_EVERY, target=Target("eval_loss", TARGET), options=options)  # fmt: skip
+                      eval_every=EVAL_EVERY, target=target, options=options)  # fmt: skip
     with contextlib.suppress(_Stop):
         train_exact(cfg, report)
     return out
