@@ -157,6 +157,7 @@ def run_search(method: str, budget: int, seed: int, sizes: list[int], options: d
     trials: list[dict] = []
     busy: set[str] = set()
     by_size: dict[int, int] = {}  # batch size -> steps of its withdrawn trials
+    log: list[tuple] = []  # (batch size, number, lr, status, steps run, end time) per trial
 
     def launch(now: float) -> None:
         nonlocal started
@@ -195,6 +196,7 @@ def run_search(method: str, budget: int, seed: int, sizes: list[int], options: d
                 withdrawn += 1
                 withdrawn_steps += int(step)
                 by_size[p.batch_size] = by_size.get(p.batch_size, 0) + int(step)
+                log.append((p.batch_size, p.number, p.lr, "withdrawn", int(step), now))
                 busy.discard(p.study)
                 search.withdraw(p)
                 launch(now)
@@ -207,6 +209,7 @@ def run_search(method: str, budget: int, seed: int, sizes: list[int], options: d
         best_loss = t["best"] if math.isfinite(t["best"]) else None
         out = Outcome(str(status), steps, best_loss, int(steps or step), censored, curve)
         compute += out.steps_run
+        log.append((p.batch_size, p.number, p.lr, str(status), out.steps_run, now))
         wall = max(wall, now)
         busy.discard(p.study)
         search.tell(p, out, MAX_STEPS, TARGET, "min")
@@ -215,7 +218,7 @@ def run_search(method: str, budget: int, seed: int, sizes: list[int], options: d
         launch(now)
     return {"best": best, "compute": compute, "wall": wall, "started": started,
             "withdrawn": withdrawn, "withdrawn_steps": withdrawn_steps, "withdrawn_by_size": by_size,
-            "studies": len(search.states)}  # fmt: skip
+            "studies": len(search.states), "log": log}  # fmt: skip
 
 
 def evaluate(result: dict, truth: dict) -> dict:
@@ -236,7 +239,7 @@ def evaluate(result: dict, truth: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global TARGET
+    global TARGET, LR_RANGE
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--budgets", default="4,8,12,16,32", help="trials per batch size")
     ap.add_argument("--repeats", type=int, default=3, help="search seeds per (method, budget)")
@@ -244,10 +247,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke-test", action="store_true", help="dim 1000, 5 batch sizes, budget 4")
     ap.add_argument("--dim", type=int, default=10_000, help="NQM dimension (a held-out variant)")
     ap.add_argument("--target", type=float, default=0.01, help="target expected loss")
+    ap.add_argument("--batch-sizes", default="", help="comma-separated (default: the reference)")
+    ap.add_argument("--lr-min", type=float, default=LR_RANGE[0],
+                    help="bottom of the LR range (nqm_small.yaml: 0.01)")  # fmt: skip
+    ap.add_argument("--trace", action="store_true",
+                    help="print every trial (batch size, number, LR, end, steps run, end time)")  # fmt: skip
     args = ap.parse_args(argv)
     budgets = [int(x) for x in args.budgets.split(",")]
     TARGET = args.target  # read by trial_reports and run_search
     sizes, options = list(REFERENCE_BATCH_SIZES), {"dim": args.dim, "max_reports": 100}
+    if args.batch_sizes:
+        sizes = [int(b) for b in args.batch_sizes.split(",")]
+    LR_RANGE = (args.lr_min, LR_RANGE[1])
     if args.smoke_test:
         sizes, options, budgets, args.repeats = [16, 128, 1024, 8192, 65536], {"dim": 1000}, [4], 1
     t0 = time.perf_counter()
@@ -261,10 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     for budget in budgets:
         for name in args.methods.split(","):
-            rows = [
-                evaluate(run_search(name, budget, seed, sizes, options), truth)
-                for seed in range(args.repeats)
-            ]
+            runs = [run_search(name, budget, seed, sizes, options) for seed in range(args.repeats)]
+            rows = [evaluate(r, truth) for r in runs]
+            for line in sorted(runs[0]["log"]) if args.trace else ():
+                b, n, lr, status, steps, end = line
+                print(f"  {name} B={b} #{n} lr {lr:.4g} {status} {steps} steps, ends t={end:.0f}")
             mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
             print(f"| {budget} | {name} | {100 * mean['b_crit_err']:.1f}% | {100 * mean['excess']:.2f}% | "
                   f"{mean['compute']:.2f}x | {mean['wall']:.1f}x | {mean['miss']:.1f} | "
