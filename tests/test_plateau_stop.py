@@ -52,7 +52,7 @@ def test_no_plateau_before_a_point_at_half_the_steps_or_once_the_target_is_met()
 
 
 # ---- the scheduler on real noisy training ------------------------------------------------------
-def _scheduler(tmp_path: Path, plateau: float) -> PerBatchSizeScheduler:
+def _scheduler(tmp_path: Path, plateau: float, **fields) -> PerBatchSizeScheduler:
     job = parse_job({
         "name": "plateau", "workload": "nqm_sgd", "batch_sizes": [B], "options": OPTIONS,
         # a cascade has no ASHA, and no lag rule here: only the plateau (and the bound) can stop
@@ -61,7 +61,7 @@ def _scheduler(tmp_path: Path, plateau: float) -> PerBatchSizeScheduler:
         "target": {"metric": "eval_loss", "value": TARGET}, "budget": {"max_steps": 6000},
         "eval_every": EVAL_EVERY, "early_stopping": {"enabled": True, "plateau": plateau},
         "tracking": {"uri": f"sqlite:///{tmp_path / 'm.db'}"}, "storage": str(tmp_path / "runs"),
-    })  # fmt: skip
+    } | fields)  # fmt: skip
     return PerBatchSizeScheduler(job, SweepSearcher(job, None, {B: 6000}, None), 6000)
 
 
@@ -114,3 +114,40 @@ def test_a_trial_stalled_above_the_target_is_stopped_and_censored(tmp_path: Path
     assert sorted(s.searcher.censored.values()) == sorted(float(step) for _, step in ends)
     # the rule off: the same trial runs on to the step budget
     assert _train(_scheduler(tmp_path, 0.0), 2 * best_lr, 0) == ("not_reached", 6000)
+
+
+# ---- where the rule does not judge --------------------------------------------------------------
+def _flat(s: PerBatchSizeScheduler, steps, lr_at) -> list[str]:
+    """A trial whose loss sits at 0.08 (above the 0.05 target) at every report."""
+    trial = SimpleNamespace(trial_id="flat", config={"study": f"bs{B}-seed0", "batch_size": B,
+                                                     "seed": 0})  # fmt: skip
+    return [
+        s.on_trial_result(
+            None, trial, {"step": k, "status": "running", "eval_loss": 0.08, "lr": lr_at(k)}
+        )  # fmt: skip
+        for k in steps
+    ]
+
+
+def test_the_window_must_have_run_at_one_lr(tmp_path: Path):
+    # a warm-up to step 400 (the reported LR rises every report), then a constant LR: flat
+    # during the warm-up is not a plateau; flat from 400 to 800 at the peak LR is
+    s = _scheduler(tmp_path, 0.01)
+    actions = _flat(s, range(EVAL_EVERY, 804, EVAL_EVERY), lambda k: 0.1 * min(k, 400) / 400)
+    stop = [k for k, a in zip(range(EVAL_EVERY, 804, EVAL_EVERY), actions, strict=True)
+            if a == TrialScheduler.STOP]  # fmt: skip
+    assert stop and stop[0] == 800, stop
+    # the same constant LR from the start: judged from twice the grace steps (40) on
+    s = _scheduler(tmp_path, 0.01)
+    assert _flat(s, range(EVAL_EVERY, 44, EVAL_EVERY), lambda k: 0.1)[-1] == TrialScheduler.STOP
+
+
+@pytest.mark.parametrize("strategy", [{"decay": "cosine"}, {"decay": "step", "decay_epochs": [1]}])
+def test_no_plateau_stop_under_an_lr_that_decays_later(tmp_path: Path, strategy: dict):
+    # a trial at its peak LR levels off above the target; the decay to come may take it below
+    s = _scheduler(tmp_path, 0.01, workload="digits_mlp", options={},
+                   strategy={"name": "tuned", **strategy})  # fmt: skip
+    assert s.plateau == 0.0
+    assert set(_flat(s, range(EVAL_EVERY, 2000, EVAL_EVERY), lambda k: 0.1)) == {
+        TrialScheduler.CONTINUE
+    }

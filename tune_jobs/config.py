@@ -164,8 +164,10 @@ class EarlyStoppingConfig:
     plateau: float = 0.01
     """Stop a trial that has stalled short of the target: over the last doubling of its steps
     its smoothed target metric closed less than this fraction of its distance to the target
-    (at its noise floor above the target it will not reach it). Checked from twice the
-    grace steps on; the trial counts as needing more steps than it ran. 0 turns it off."""
+    (at its noise floor above the target it will not reach it). Judged over windows that
+    start past the grace steps and past the last change of the trial's LR (a warm-up); off
+    under an LR that decays later (strategy.decay other than constant, or decay_epochs). The
+    trial counts as needing more steps than it ran. 0 turns it off."""
 
 
 @dataclass(frozen=True)

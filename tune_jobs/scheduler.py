@@ -56,7 +56,11 @@ class PerBatchSizeScheduler(FIFOScheduler):
         self.target = job.target
         self.smoothed: dict[str, tuple[float, StopRule]] = {}  # trial -> (last step, its EMA)
         self.curves: dict[str, tuple[list[float], list[float]]] = {}  # trial -> steps, EMA values
-        self.plateau = es.plateau
+        self.lr_since: dict[str, tuple[float | None, float]] = {}  # trial -> (its LR, since step)
+        s = job.strategy
+        # A schedule that lowers the LR later (step, cosine, wsd) takes a trial off a plateau
+        # at its peak LR: the rule would stop it before the decay that lets it reach.
+        self.plateau = es.plateau if s.decay == "constant" and not s.decay_epochs else 0.0
         self.added: dict[str, int] = {}  # trial -> when Tune added it (choose_trial_to_run)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
@@ -87,7 +91,7 @@ class PerBatchSizeScheduler(FIFOScheduler):
             self.searcher.censored[trial.trial_id] = float(step)  # slower than the fastest
             return TrialScheduler.STOP
         value = self._smooth(trial.trial_id, step, value)
-        if self._plateaued(trial.trial_id, step):
+        if self._plateaued(trial.trial_id, step, result.get("lr")):
             self.stopped.add(trial.trial_id)
             self.searcher.censored[trial.trial_id] = float(step)  # stalled: will not reach
             return TrialScheduler.STOP
@@ -137,6 +141,7 @@ class PerBatchSizeScheduler(FIFOScheduler):
         super().on_trial_complete(tune_controller, trial, result)
         self.smoothed.pop(trial.trial_id, None)
         self.curves.pop(trial.trial_id, None)
+        self.lr_since.pop(trial.trial_id, None)
         self.added.pop(trial.trial_id, None)
         release_finished_trial(tune_controller, trial)
 
@@ -149,6 +154,7 @@ class PerBatchSizeScheduler(FIFOScheduler):
         super().on_trial_remove(tune_controller, trial)
         self.smoothed.pop(trial.trial_id, None)
         self.curves.pop(trial.trial_id, None)
+        self.lr_since.pop(trial.trial_id, None)
         self.added.pop(trial.trial_id, None)
         release_finished_trial(tune_controller, trial)
 
@@ -169,11 +175,15 @@ class PerBatchSizeScheduler(FIFOScheduler):
         values.append(smoothed)
         return smoothed
 
-    def _plateaued(self, trial_id: str, step: float) -> bool:
+    def _plateaued(self, trial_id: str, step: float, lr: float | None) -> bool:
         """Has the trial stalled short of the target (``early_stopping.plateau``,
-        :func:`tune_jobs.lr_rules.plateaued` on its smoothed metric), judged from twice the
-        grace steps on (the half-way point is then past the grace steps)?"""
-        if not self.plateau or step < 2 * self.grace:
+        :func:`tune_jobs.lr_rules.plateaued` on its smoothed metric)? Judged once the half-way
+        point is past the grace steps and past the last change of the trial's LR (the ``lr``
+        it reports: a warm-up, a batch-size schedule), so the whole window ran at one LR."""
+        since = self.lr_since.get(trial_id)
+        if since is None or since[0] != lr or step < since[1]:  # a new LR, or a restart
+            self.lr_since[trial_id] = since = (lr, step)
+        if not self.plateau or step < 2 * max(self.grace, since[1]):
             return False
         steps, values = self.curves[trial_id]
         return plateaued(steps, values, self.target.value, self.sign < 0, self.plateau)
