@@ -14,6 +14,8 @@ Compute is counted in steps (every trial's steps run, withdrawn and stopped ones
 over the oracle's: one run per batch size at its optimal LR).
 
     .venv/bin/python benchmarks/parallel_sweep.py [--modes cascade,parallel,rounds] [--plateau 0,0.01]
+    .venv/bin/python benchmarks/parallel_sweep.py --job tune_jobs/jobs/nqm_sgd_small.yaml \
+        --confirm-seeds 4 --repeats 3   # noisy training (nqm_sgd), the default estimator
 """
 
 from __future__ import annotations
@@ -37,17 +39,21 @@ MODES = {"cascade": {"cascade": True}, "parallel": {"cascade": False, "parallel"
 
 
 def one(
-    mode: str, trials: int, tmp: Path, truth: dict, pace: float, cpus: float, plateau: float
-) -> dict:
+    mode: str, trials: int, tmp: Path, truth: dict, pace: float, cpus: float, plateau: float,
+    job_file: Path = JOB, confirm: int = 0, repeat: int = 0,
+) -> dict:  # fmt: skip
     from tune_jobs.job_file import parse_job
     from tune_jobs.summary import sweep_summary
     from tune_jobs.sweep import run_sweep
 
-    d = yaml.safe_load(JOB.read_text())
-    d.update(name=f"par-{mode}-{plateau:g}", storage=str(tmp / "runs"),
-             tracking={"uri": f"sqlite:///{tmp / 'mlflow.db'}", "experiment": f"{mode}-{plateau:g}"})  # fmt: skip
-    d["lr_search"] |= {"trials_per_batch_size": trials, "confirm_seeds": 0, **MODES[mode]}
-    d["options"] |= {"seconds_per_step": pace}
+    d = yaml.safe_load(job_file.read_text())
+    tag = f"{mode}-{plateau:g}-r{repeat}"
+    d.update(name=f"par-{tag}", storage=str(tmp / "runs"), seeds=[repeat],
+             tracking={"uri": f"sqlite:///{tmp / 'mlflow.db'}", "experiment": tag})  # fmt: skip
+    d["lr_search"] |= {"trials_per_batch_size": trials, "confirm_seeds": confirm,
+                       "seed": repeat, **MODES[mode]}  # fmt: skip
+    if d["workload"] == "nqm_exact":  # nqm_sgd computes its steps: its time is real
+        d["options"] |= {"seconds_per_step": pace}
     d["resources"] |= {"cpus": cpus}
     d["early_stopping"] = {**d.get("early_stopping", {}), "plateau": plateau}
     job = parse_job(d)
@@ -60,8 +66,10 @@ def one(
     steps = dict(zip(truth["batch_sizes"], truth["steps"], strict=True))
     found = {r.batch_size: r.steps for r in summary.steps_table().itertuples()}
     excess = [found[b] / steps[b] - 1 for b in steps if found.get(b) == found.get(b)]
+    lo, hi = summary.cbs.b_crit_ci
     return {
-        "mode": mode, "plateau": plateau, "trials_per_b": trials, "wall_s": round(wall, 1),
+        "mode": mode, "plateau": plateau, "repeat": repeat, "trials_per_b": trials,
+        "covered": bool(lo <= truth["b_crit"] <= hi), "wall_s": round(wall, 1),
         "trials": len(rows) / len(job.batch_sizes),
         "withdrawn": sum(r["status"] == "withdrawn" for r in rows) / len(job.batch_sizes),
         "compute_x_oracle": compute / sum(truth["steps"]),
@@ -88,6 +96,24 @@ def main() -> int:
                     help="CPUs per trial: 0.25 runs 8 paced (sleeping) trials at once on 2")  # fmt: skip
     ap.add_argument("--plateau", default="0.01",
                     help="early_stopping.plateau values, each mode runs with each (0: the rule off)")  # fmt: skip
+    ap.add_argument(
+        "--job",
+        type=Path,
+        default=JOB,
+        help="an nqm_exact or nqm_sgd job (nqm_sgd_small.yaml: noisy training)",
+    )
+    ap.add_argument(
+        "--confirm-seeds",
+        type=int,
+        default=0,
+        help="lr_search.confirm_seeds (0: B_crit from the search's fastest trials)",
+    )
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="sweeps per mode, training seed and LR-search seed r = 0, 1, ...",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -98,30 +124,45 @@ def main() -> int:
     from tune_jobs.job_file import load_job
     from tune_jobs.preflight import init_ray
 
-    job = load_job(JOB)
+    job = load_job(args.job)
     o = job.options
     truth = ground_truth(NQM(o["dim"], o["exponent"], o["noise_scale"], o["s0"]),
-                         job.batch_sizes, job.target.value)  # fmt: skip
+                         job.batch_sizes, job.target.value, job.optimizer.momentum)  # fmt: skip
     tmp = Path(tempfile.mkdtemp(prefix="parallel-sweep-"))
     init_ray(None, args.num_cpus)
     rows = [
-        one(m, args.trials, tmp, truth, args.pace, args.trial_cpus, float(p))
+        one(m, args.trials, tmp, truth, args.pace, args.trial_cpus, float(p), args.job,
+            args.confirm_seeds, r)
+        for r in range(args.repeats)
         for p in args.plateau.split(",")
         for m in args.modes.split(",")
-    ]
+    ]  # fmt: skip
     ray.shutdown()
     print(f"# {platform.node()} {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}; "
-          f"nqm_small.yaml (true B_crit {truth['b_crit']:.0f}), {args.trials} trials per batch "
-          f"size, no confirmation runs, local Ray with {args.num_cpus} CPUs, {args.trial_cpus} per "
-          f"trial, paced at {args.pace:g} s per step")  # fmt: skip
+          f"{args.job.name} (true B_crit {truth['b_crit']:.0f}), {args.trials} trials per batch "
+          f"size, {args.confirm_seeds} confirmation seeds, local Ray with {args.num_cpus} CPUs, "
+          f"{args.trial_cpus} per trial, nqm_exact paced at {args.pace:g} s per step")  # fmt: skip
     print(
-        "| mode | plateau | trials run / B (withdrawn) | compute / oracle | B_crit error | mean excess steps | missed | wall s |"
+        "| mode | plateau | repeat | trials run / B (withdrawn) | compute / oracle | B_crit error | CI covers | mean excess steps | missed | wall s |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['mode']} | {r['plateau']:g} | {r['trials']:.1f} ({r['withdrawn']:.1f}) | {r['compute_x_oracle']:.2f}x | "
-              f"{100 * r['b_crit_error']:+.1f}% | {100 * r['mean_excess_steps']:.2f}% | {r['missed']} | "
-              f"{r['wall_s']} |")  # fmt: skip
+        print(f"| {r['mode']} | {r['plateau']:g} | {r['repeat']} | {r['trials']:.1f} ({r['withdrawn']:.1f}) | "
+              f"{r['compute_x_oracle']:.2f}x | {100 * r['b_crit_error']:+.1f}% | {r['covered']} | "
+              f"{100 * r['mean_excess_steps']:.2f}% | {r['missed']} | {r['wall_s']} |")  # fmt: skip
+    if args.repeats > 1:
+        import statistics
+
+        print(
+            "| mode | plateau | median B_crit error | median |error| | coverage | median compute / oracle |"
+        )
+        print("|---|---|---|---|---|---|")
+        for key in dict.fromkeys((r["mode"], r["plateau"]) for r in rows):
+            g = [r for r in rows if (r["mode"], r["plateau"]) == key]
+            print(f"| {key[0]} | {key[1]:g} | {100 * statistics.median(r['b_crit_error'] for r in g):+.1f}% | "
+                  f"{100 * statistics.median(abs(r['b_crit_error']) for r in g):.1f}% | "
+                  f"{sum(r['covered'] for r in g)}/{len(g)} | "
+                  f"{statistics.median(r['compute_x_oracle'] for r in g):.2f}x |")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0
