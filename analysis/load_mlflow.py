@@ -175,16 +175,16 @@ def find_trial_runs(client: MlflowClient, parent: Run) -> list[Run]:
     return [run for page in trial_run_pages(client, parent) for run in page]
 
 
-def trial_run_pages(client: MlflowClient, parent: Run) -> Iterator[list[Run]]:
-    """:func:`find_trial_runs` a page (1,000 runs) at a time, none kept once the next is asked
-    for: a 10,000-trial sweep's ``Run`` objects cost ~205 MiB held at once."""
+def trial_run_pages(client: MlflowClient, parent: Run, size: int = 1000) -> Iterator[list[Run]]:
+    """:func:`find_trial_runs` a page (``size`` runs) at a time, none kept once the next is
+    asked for: a 10,000-trial sweep's ``Run`` objects cost ~205 MiB held at once."""
     token = ""
     while token is not None:
         page = client.search_runs(
             [parent.info.experiment_id],
             filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
             run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=1000,
+            max_results=size,
             page_token=token or None,
         )
         token = page.token or None

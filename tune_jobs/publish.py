@@ -39,6 +39,7 @@ from analysis.mlflow_layout import (
 )
 
 SNAPSHOT_CHUNK = 500  # trial runs fetched and written at a time (write_metrics_snapshot)
+SNAPSHOT_PAGE = 250  # trial runs listed at a time: a page of 1,000 Run objects peaks ~65 MiB
 SNAPSHOT_TYPES = dict(zip(SNAPSHOT_COLUMNS, ("string", "string", "int64", "int64", "float64"),
                           strict=True))  # fmt: skip
 
@@ -57,7 +58,7 @@ def write_metrics_snapshot(client: MlflowClient, parent_run_id: str, fetch: Fetc
 
     parent = client.get_run(parent_run_id)
     wanted = []  # a page of Run objects at a time: ~205 MiB at 10,000 trials held at once
-    for page in trial_run_pages(client, parent):
+    for page in trial_run_pages(client, parent, SNAPSHOT_PAGE):
         wanted += [(r.info.run_id, sorted(r.data.metrics)) for r in page]
         del page
     points = 0
