@@ -17,7 +17,8 @@ changed.
     .venv/bin/python benchmarks/sweep_end_memory.py /tmp/critbatch-load-XXXX
     .venv/bin/python benchmarks/sweep_end_memory.py FOLDER --steps ray-before,ray --repeat 2
 
-Steps: ``journal``, ``snapshot``, ``ray`` (``load_ray_folder``), ``ray-before`` (the
+Steps: ``journal`` (what the end keeps of it: the table's rows; every record in older
+trees), ``snapshot``, ``ray`` (``load_ray_folder``), ``ray-before`` (the
 ``load_ray_folder`` and ``tidy_frame`` of commit fb81cda, kept below: per-trial frames
 concatenated 256 at a time), ``numbers`` (``sweep_numbers_of``: ``ray`` plus the
 analysis), ``end``. ``--check`` also compares the frames of ``ray`` and ``ray-before``.
@@ -161,9 +162,14 @@ def one_step(step: str, run_dir: Path, check: bool) -> dict:
     gc.collect()
     start, t0 = rss_mib(), time.time()
     out: dict = {"step": step}
-    if step == "journal":
-        records = read_records(journal_path(run_dir))
-        out["records"] = len(records)
+    try:  # only the table's rows held (since the end-of-sweep memory change)
+        from tune_jobs.journal import iter_records as records_of
+    except ImportError:  # an older tree: every record held through the end
+        records_of = read_records
+    if step == "journal":  # what the end holds of the journal
+        records = records_of(journal_path(run_dir))
+        trials = [r["row"] for r in records]
+        out["trials"] = len(trials)
     elif step == "snapshot":
         out["points"] = write_snapshot(client, meta["parent_run_id"], run_dir)
     elif step in ("ray", "ray-before"):
@@ -173,10 +179,6 @@ def one_step(step: str, run_dir: Path, check: bool) -> dict:
         numbers = sweep_numbers_of(job, run_dir)
         out["b_crit"] = None if numbers is None or numbers.fit is None else numbers.fit.b_crit
     elif step == "end":  # as tune_jobs.sweep._fit after the fit
-        try:  # only the table's rows held (since the end-of-sweep memory change)
-            from tune_jobs.journal import iter_records as records_of
-        except ImportError:  # an older tree: every record held through the end
-            records_of = read_records
         records = records_of(journal_path(run_dir))
         trials = sorted((r["row"] for r in records),
                         key=lambda t: (t["batch_size"], t["seed"], t["study"] or "", t["lr"]))  # fmt: skip
