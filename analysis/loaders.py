@@ -41,6 +41,7 @@ from analysis.load_mlflow import (
     read_metrics_snapshot,
     resolve_tracking_uri,
     tracking_store,
+    trial_run_pages,
 )
 from analysis.load_ray import load_ray_folder
 from analysis.load_tidy import SweepNotFoundError
@@ -65,6 +66,7 @@ __all__ = [
     "read_metrics_snapshot",
     "resolve_tracking_uri",
     "tracking_store",
+    "trial_run_pages",
 ]
 
 

@@ -21,9 +21,9 @@ from analysis.loaders import (
     Fetch,
     fetch_points,
     find_parent_run,
-    find_trial_runs,
     open_client,
     resolve_tracking_uri,
+    trial_run_pages,
 )
 from analysis.mlflow_layout import (
     COMPARE_ARTIFACTS,
@@ -39,6 +39,7 @@ from analysis.mlflow_layout import (
 )
 
 SNAPSHOT_CHUNK = 500  # trial runs fetched and written at a time (write_metrics_snapshot)
+SNAPSHOT_PAGE = 250  # trial runs listed at a time: a page of 1,000 Run objects peaks ~65 MiB
 SNAPSHOT_TYPES = dict(zip(SNAPSHOT_COLUMNS, ("string", "string", "int64", "int64", "float64"),
                           strict=True))  # fmt: skip
 
@@ -56,9 +57,10 @@ def write_metrics_snapshot(client: MlflowClient, parent_run_id: str, fetch: Fetc
     import pyarrow.parquet as pq
 
     parent = client.get_run(parent_run_id)
-    runs = find_trial_runs(client, parent)
-    wanted = [(r.info.run_id, sorted(r.data.metrics)) for r in runs]
-    del runs  # ~205 MiB of Run objects at 10,000 trials: not held while the points come
+    wanted = []  # a page of Run objects at a time: ~205 MiB at 10,000 trials held at once
+    for page in trial_run_pages(client, parent, SNAPSHOT_PAGE):
+        wanted += [(r.info.run_id, sorted(r.data.metrics)) for r in page]
+        del page
     points = 0
     with tempfile.TemporaryDirectory(prefix="critbatch-snapshot-") as tmp:
         path = Path(tmp) / SNAPSHOT_FILE

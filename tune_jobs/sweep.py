@@ -238,7 +238,7 @@ def _fit(
 ) -> SweepResult:
     from ray import tune
 
-    from tune_jobs.journal import EVENT, journal_path, read_events, read_records
+    from tune_jobs.journal import EVENT, iter_records, journal_path, read_events, read_records
     from tune_jobs.mlflow_writer import SPILL_FILE, MlflowWriter
     from tune_jobs.progress import ProgressCallback
     from tune_jobs.ray_internals import no_result_frames
@@ -311,12 +311,11 @@ def _fit(
     synced = writer.close()
     # Tune's trials, the studies and the callbacks are done with: freed before the end's
     # table, snapshot and analysis, which then reuse their memory (the driver's peak at the
-    # end of a 10,000-trial sweep).
+    # end of a 10,000-trial sweep); of the journal's records, only the table's rows are held.
     del tuner, run_config, callbacks, scheduler, searcher, trainable
     gc.collect()
 
-    records = read_records(journal)
-    trials = sorted((r["row"] for r in records),
+    trials = sorted((r["row"] for r in iter_records(journal)),
                     key=lambda t: (t["batch_size"], t["seed"], t["study"] or "", t["lr"]))  # fmt: skip
     attach_errors(run_dir, trials)
     _write_json(run_dir / TRIALS_FILE, trials)  # the sweep's end, for `critbatch sync`
@@ -324,7 +323,7 @@ def _fit(
         # MLflow must hold every report Tune recorded, exactly once, whatever happened to the
         # server or the driver meanwhile: replay what is missing from the run folder.
         try:
-            reconcile(tracker, run_dir, {r["trial_id"]: r for r in records})
+            reconcile(tracker, run_dir, {r["trial_id"]: r for r in read_records(journal)})
         except Exception as e:
             synced = False
             print(f"critbatch: MLflow reconcile failed ({type(e).__name__}: {e})", file=sys.stderr)
