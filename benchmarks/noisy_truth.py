@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.ground_truth import ground_truth  # noqa: E402
 from analysis.summary import summarize  # noqa: E402
-from trainables.api import Status, StopRule, Target, TrialConfig  # noqa: E402
+from trainables.api import Status, Target, TrialConfig  # noqa: E402
 from trainables.nqm_truth import NQM  # noqa: E402
 from trainables.workloads.nqm import train_sgd  # noqa: E402
 from tune_jobs.config import LRSearchConfig  # noqa: E402
@@ -85,7 +85,7 @@ def run_trial(
     )  # fmt: skip
     seen = {"step": 0, "best": math.inf, "status": "", "steps": None, "censored": None}
     curve: list[tuple[float, float]] = []
-    rule, steps, smoothed = StopRule(Target("eval_loss", target, "min", smoothing)), [], []
+    steps, values = [], []
     trial = f"{tag}-{p.study}-{p.seed}-{p.number}"
 
     def report(m: dict, checkpoint: dict | None = None) -> None:
@@ -103,11 +103,11 @@ def run_trial(
                 seen["censored"] = m["step"]
                 raise _Stop
             steps.append(m["step"])
-            smoothed.append(rule.update(m["eval_loss"], m["step"]))
+            values.append(m["eval_loss"])
             if (
                 plateau
                 and m["step"] >= 2 * 5 * EVAL_EVERY
-                and plateaued(steps, smoothed, target, True, plateau)
+                and plateaued(steps, values, target, True, plateau, smoothing)
             ):
                 seen["censored"] = m["step"]
                 raise _Stop

@@ -3,7 +3,7 @@
 On noisy training with a known answer: ``nqm_sgd`` (sampled SGD on the noisy quadratic model,
 dim 100, h_i = 1/i, noise scale 1, target loss 0.05, as ``benchmarks/noisy_truth.py``'s p1 and
 p4), each trial trained with its own seed and its smoothed loss read by the scheduler's rule
-(:func:`tune_jobs.lr_rules.plateaued` on the :class:`trainables.api.StopRule` EMA, from twice
+(:func:`tune_jobs.lr_rules.plateaued`, its level smoothed as the stop rule smooths, from twice
 the default grace steps on). At each batch size, LRs at fractions of the exact optimum
 (:func:`trainables.nqm_truth.optimal_lr`): below it the expected loss reaches the target, a
 little above it (1.3x) it levels off above the target, and at 2x it stalls or diverges.
@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainables.api import Status, StopRule, Target, TrialConfig  # noqa: E402
+from trainables.api import Status, Target, TrialConfig  # noqa: E402
 from trainables.nqm_truth import NQM, optimal_lr, steps_to_target  # noqa: E402
 from trainables.workloads.nqm import train_sgd  # noqa: E402
 from tune_jobs.config import EarlyStoppingConfig  # noqa: E402
@@ -51,16 +51,18 @@ class _End(Exception):
 def run(batch_size: int, lr: float, seed: int, momentum: float, tol: float) -> tuple[str, int]:
     """One trial to its end: ("reached" | "plateau" | its other status, the step)."""
     target = Target("eval_loss", TARGET)
-    rule, steps, values = StopRule(target), [], []
+    steps, values = [], []
     end: list[tuple[str, int]] = []
 
     def report(m: dict, checkpoint: dict | None = None) -> None:
         steps.append(m["step"])
-        values.append(rule.update(m["eval_loss"], m["step"]))
+        values.append(m["eval_loss"])
         if m["status"] != Status.RUNNING:
             end.append((str(m["status"]), m["step"]))
             raise _End
-        if m["step"] >= 2 * 5 * EVAL_EVERY and plateaued(steps, values, TARGET, True, tol):
+        if m["step"] >= 2 * 5 * EVAL_EVERY and plateaued(
+            steps, values, TARGET, True, tol, target.smoothing
+        ):
             end.append(("plateau", m["step"]))
             raise _End
 

@@ -60,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.fits import fit_mccandlish  # noqa: E402
 from analysis.ground_truth import ground_truth  # noqa: E402
-from trainables.api import Status, StopRule, Target, TrialConfig  # noqa: E402
+from trainables.api import Status, Target, TrialConfig  # noqa: E402
 from trainables.nqm_truth import NQM, REFERENCE_BATCH_SIZES  # noqa: E402
 from trainables.workloads.nqm import train_exact  # noqa: E402
 from tune_jobs.config import EarlyStoppingConfig  # noqa: E402
@@ -96,16 +96,16 @@ def trial_reports(p: Proposal, options: dict) -> list[dict]:
     the search's state (steps bound, lag, obsolete) as the reports arrive."""
     out: list[dict] = []
     target = Target("eval_loss", TARGET)
-    rule, steps, values = StopRule(target), [], []
+    steps, values = [], []
 
     def report(m: dict, checkpoint: dict | None = None) -> None:
         m = dict(m)
         steps.append(m["step"])
-        values.append(rule.update(m["eval_loss"], m["step"]))
+        values.append(m["eval_loss"])
         m["plateau"] = (
             m["status"] == Status.RUNNING
             and m["step"] >= PLATEAU_FROM
-            and plateaued(steps, values, TARGET, True, PLATEAU)
+            and plateaued(steps, values, TARGET, True, PLATEAU, target.smoothing)
         )
         out.append(m)
         if m["plateau"]:

@@ -31,24 +31,43 @@ TARGET, B, EVAL_EVERY = 0.05, 16, 4
 # ---- the rule ---------------------------------------------------------------------------------
 def test_a_loss_levelled_off_above_the_target_has_plateaued():
     steps = [100, 200, 300, 400]
-    assert plateaued(steps, [0.5, 0.0601, 0.06005, 0.06], 0.05, True, 0.01)  # 0.0101 -> 0.01
+    assert plateaued(steps, [0.5, 0.0601, 0.06005, 0.06], 0.05, True, 0.01, 0)  # 0.0101 -> 0.01
     # closed 2% of the distance (0.0102 -> 0.01) since step 200: not yet under a 1% tolerance
-    assert not plateaued(steps, [0.5, 0.0602, 0.0601, 0.06], 0.05, True, 0.01)
+    assert not plateaued(steps, [0.5, 0.0602, 0.0601, 0.06], 0.05, True, 0.01, 0)
 
 
 def test_the_distance_to_the_target_counts_not_the_metrics_own_change():
     # the loss fell by only 0.8% of itself since half the steps, but closed 44% of the distance
     # to a target just below it: still on its way
-    assert not plateaued([50, 100], [1.008, 1.0], 0.99, True, 0.01)
+    assert not plateaued([50, 100], [1.008, 1.0], 0.99, True, 0.01, 0)
     # an accuracy (direction max) stuck at 0.90 under a 0.95 target
-    assert plateaued([100, 200, 400], [0.5, 0.9, 0.9], 0.95, False, 0.01)
-    assert not plateaued([100, 200, 400], [0.5, 0.9, 0.92], 0.95, False, 0.01)
+    assert plateaued([100, 200, 400], [0.5, 0.9, 0.9], 0.95, False, 0.01, 0)
+    assert not plateaued([100, 200, 400], [0.5, 0.9, 0.92], 0.95, False, 0.01, 0)
+
+
+def test_the_level_is_smoothed_within_the_doubling_only():
+    # reports thinning out geometrically (the NQM's): a fast fall, then level at 0.0988 above a
+    # 0.01 target from step 17,600 on. The stop rule's EMA from the first eval (beta 0.8) still
+    # falls by more than 1% of the distance per doubling at step 80,000, carrying the first
+    # losses; smoothed within each doubling, the level is flat from twice 17,600 steps on.
+    steps = [int(100 * 1.17**k) for k in range(48)]
+    values = [0.0988 + 1.4 * min(1.0, (100 / s) ** 1.2) * (s < 17_600) for s in steps]
+    until = [i for i, s in enumerate(steps) if s <= 80_000][-1] + 1
+    assert plateaued(steps[:until], values[:until], 0.01, True, 0.01, 0.8)
+    ema, num, den = [], 0.0, 0.0
+    for v in values[:until]:
+        num, den = 0.8 * num + v, 0.8 * den + 1
+        ema.append(num / den)
+    assert not plateaued(steps[:until], ema, 0.01, True, 0.01, 0)  # the EMA from the start
+    # the doubling's own EMA still smooths noise: one low point does not hide a level
+    noisy = values[: until - 1] + [0.0988 * 0.97]
+    assert plateaued(steps[:until], noisy, 0.01, True, 0.01, 0.8)
 
 
 def test_no_plateau_before_a_point_at_half_the_steps_or_once_the_target_is_met():
-    assert not plateaued([100], [0.06], 0.05, True, 0.01)  # nothing at step 50 or before
-    assert not plateaued([100, 200], [0.05, 0.05], 0.05, True, 0.01)  # met at half the steps
-    assert not plateaued([100, 200], [0.045, 0.046], 0.05, True, 0.01)
+    assert not plateaued([100], [0.06], 0.05, True, 0.01, 0)  # nothing at step 50 or before
+    assert not plateaued([100, 200], [0.05, 0.05], 0.05, True, 0.01, 0)  # met at half the steps
+    assert not plateaued([100, 200], [0.045, 0.046], 0.05, True, 0.01, 0)
 
 
 # ---- the scheduler on real noisy training ------------------------------------------------------

@@ -55,7 +55,7 @@ class PerBatchSizeScheduler(FIFOScheduler):
         self.stopped: set[str] = set()
         self.target = job.target
         self.smoothed: dict[str, tuple[float, StopRule]] = {}  # trial -> (last step, its EMA)
-        self.curves: dict[str, tuple[list[float], list[float]]] = {}  # trial -> steps, EMA values
+        self.curves: dict[str, tuple[list[float], list[float]]] = {}  # trial -> steps, raw values
         self.lr_since: dict[str, tuple[float | None, float]] = {}  # trial -> (its LR, since step)
         s = job.strategy
         # A schedule that lowers the LR later (step, cosine, wsd) takes a trial off a plateau
@@ -172,21 +172,24 @@ class PerBatchSizeScheduler(FIFOScheduler):
         smoothed = rule.update(value, int(step))
         steps, values = self.curves[trial_id]
         steps.append(step)
-        values.append(smoothed)
+        values.append(value)  # raw: the plateau rule smooths within its own window
         return smoothed
 
     def _plateaued(self, trial_id: str, step: float, lr: float | None) -> bool:
         """Has the trial stalled short of the target (``early_stopping.plateau``,
-        :func:`tune_jobs.lr_rules.plateaued` on its smoothed metric)? Judged once the half-way
-        point is past the grace steps and past the last change of the trial's LR (the ``lr``
-        it reports: a warm-up, a batch-size schedule), so the whole window ran at one LR."""
+        :func:`tune_jobs.lr_rules.plateaued`: its metric smoothed within each doubling)? Judged
+        once the half-way point is past the grace steps and past the last change of the trial's
+        LR (the ``lr`` it reports: a warm-up, a batch-size schedule), so the whole window ran at
+        one LR."""
         since = self.lr_since.get(trial_id)
         if since is None or since[0] != lr or step < since[1]:  # a new LR, or a restart
             self.lr_since[trial_id] = since = (lr, step)
         if not self.plateau or step < 2 * max(self.grace, since[1]):
             return False
         steps, values = self.curves[trial_id]
-        return plateaued(steps, values, self.target.value, self.sign < 0, self.plateau)
+        return plateaued(
+            steps, values, self.target.value, self.sign < 0, self.plateau, self.target.smoothing
+        )
 
     def _bracket(self, study: str) -> Any:
         bracket = self.brackets.get(study)
