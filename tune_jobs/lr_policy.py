@@ -121,8 +121,17 @@ class LinePolicy:
                 newest = [math.log(lr) for lr in order[-2:]]
                 if newest == [inner, xb] and pts[j][1] <= self.reached_cut:
                     gap = abs(xb - inner)
+                    if self.parallel and self._flat(pts[j][1], pts[i][1]):
+                        gap = None  # a flat bottom: expanding would overshoot the optimum
             return lr_rules.step_out(xb, step, up=i == len(pts) - 1, slope_gap=gap)
         return lr_rules.bracket_lr(pts[i - 1], pts[i], pts[i + 1], self.reached_cut, step, tried)
+
+    def _flat(self, inner: float, best: float) -> bool:
+        """Parallel: did the last step gain (``inner`` to ``best`` steps) less than the
+        convergence tolerance? Then the search is at the curve's flat bottom, not on a slope:
+        the next step out is one step, not twice the last (measured on the NQM: the doubled
+        step overshoots, and at the smallest batch size a trial there costs the most)."""
+        return bool(self.converge_tol) and best > (1 - self.converge_tol) * inner
 
     def _neighbour_bests(
         self, b: int, s: int, finished_only: bool = True
