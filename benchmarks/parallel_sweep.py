@@ -40,7 +40,7 @@ MODES = {"cascade": {"cascade": True}, "parallel": {"cascade": False, "parallel"
 
 def one(
     mode: str, trials: int, tmp: Path, truth: dict, pace: float, cpus: float, plateau: float,
-    job_file: Path = JOB, confirm: int = 0, repeat: int = 0,
+    job_file: Path = JOB, confirm: int = 0, repeat: int = 0, trace: bool = False,
 ) -> dict:  # fmt: skip
     from tune_jobs.job_file import parse_job
     from tune_jobs.summary import sweep_summary
@@ -62,6 +62,10 @@ def one(
     wall = time.perf_counter() - t0
     summary, _ = sweep_summary(res, job)
     rows = res.trials
+    if trace:  # every trial, by batch size in the order the search numbered them
+        for r in sorted(rows, key=lambda r: (r["batch_size"], r.get("number") or 0)):
+            print(f"  {mode} B={r['batch_size']} lr {r['lr']:.4g} {r['status']} "
+                  f"{int(r.get('steps_run') or 0)} steps", flush=True)  # fmt: skip
     compute = sum(int(r.get("steps_run") or 0) for r in rows)
     steps = dict(zip(truth["batch_sizes"], truth["steps"], strict=True))
     found = {r.batch_size: r.steps for r in summary.steps_table().itertuples()}
@@ -114,6 +118,7 @@ def main() -> int:
         default=1,
         help="sweeps per mode, training seed and LR-search seed r = 0, 1, ...",
     )
+    ap.add_argument("--trace", action="store_true", help="print every trial")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -132,7 +137,7 @@ def main() -> int:
     init_ray(None, args.num_cpus)
     rows = [
         one(m, args.trials, tmp, truth, args.pace, args.trial_cpus, float(p), args.job,
-            args.confirm_seeds, r)
+            args.confirm_seeds, r, args.trace)
         for r in range(args.repeats)
         for p in args.plateau.split(",")
         for m in args.modes.split(",")
