@@ -3,16 +3,20 @@
 it replaced (the callback buffered points and sent them with ``log_batch`` from inside
 Tune's event loop every 2 s and at each trial's end), side by side in one run.
 
-Four arms (``MODES``): Tune alone without MLflow (the ceiling), the synchronous flush, the
-writer as first built (each request sent as soon as something was queued) and the writer
-gathering ``LINGER_S`` between requests. Every arm runs the same real Tune experiment on one
-local Ray: ``--trials`` function trials,
+Six arms (``MODES``). With one Tune result per report (the behaviour before trials coalesced
+reports): Tune alone without MLflow (the ceiling), the synchronous flush, the writer as first
+built (each request sent as soon as something was queued) and the writer gathering
+``LINGER_S`` between requests. With trials that send their reports through the sweep's own
+:class:`tune_jobs.trainable.ReportCoalescer` (a packet per ``REPORT_WINDOW_S``): Tune alone
+(``tune-coalesced``) and the writer (``writer-coalesced``). Every arm runs the same real Tune
+experiment on one local Ray: ``--trials`` function trials,
 ``--concurrency`` at a time, each reporting ``--reports`` times as fast as it can (4 metrics
 per report, like a fast trial evaluating every few steps), with Tune's JSON logger and an
-MLflow child run per trial in a fresh SQLite store. Measured per arm: reports/s over the whole
-``fit`` (and the writer's drain after it, counted in the wall time), the time the MLflow
-callback spent inside Tune's loop per report, Tune's "callbacks.on_trial_result took" warnings,
-and the points MLflow holds at the end (must be every one).
+MLflow child run per trial in a fresh SQLite store. Measured per arm: reports (points, not
+Tune results) per second over the whole ``fit`` (and the writer's drain after it, counted in
+the wall time), the Tune results that carried them, the time the MLflow callback spent inside
+Tune's loop per report, Tune's "callbacks.on_trial_result took" warnings, and the points
+MLflow holds at the end (must be every one).
 
     uv run --frozen python benchmarks/mlflow_writes.py               # 16 trials x 1000 reports
     uv run --frozen python benchmarks/mlflow_writes.py --trials 4 --reports 100   # smoke test
@@ -38,12 +42,23 @@ import tune_jobs.sweep  # noqa: E402,F401  (sets Tune's env before ray.tune is i
 def fast_trial(config):
     from ray import tune
 
+    from tune_jobs.trainable import ReportCoalescer
+
     pause = config.get("sleep_s", 0.0)
+    # "coalesce": reports go through the sweep's own ReportCoalescer (a packet of them per
+    # REPORT_WINDOW_S), else one tune.report per report (the behaviour before it)
+    report = ReportCoalescer(lambda r, c=None: tune.report(r)) if config["coalesce"] else None
     for step in range(1, config["reports"] + 1):
         if pause:
             time.sleep(pause)  # a GPU-bound trial waits on its device between reports
-        tune.report({"step": step, "train_loss": 1.0 / step, "eval_loss": 2.0 / step,
-                     "eval_accuracy": 1 - 1.0 / step, "lr": config["lr"]})  # fmt: skip
+        m = {"step": step, "train_loss": 1.0 / step, "eval_loss": 2.0 / step,
+             "eval_accuracy": 1 - 1.0 / step, "lr": config["lr"]}  # fmt: skip
+        if report is None:
+            tune.report(m)
+        else:
+            report(m)
+    if report is not None:
+        report.flush()
 
 
 from ray.tune import Callback  # noqa: E402
@@ -52,9 +67,17 @@ from tune_jobs.mlflow_writer import LINGER_S  # noqa: E402
 from tune_jobs.tracking import MlflowCallback, metric_points  # noqa: E402
 
 # Arms: Tune alone (no MLflow: the ceiling), the synchronous flush, the writer sending what
-# it has as soon as it has it (as first built), the writer gathering LINGER_S between requests.
-MODES = ("tune", "sync", "writer-nolinger", "writer")
+# it has as soon as it has it (as first built), the writer gathering LINGER_S between requests;
+# all with one Tune result per report (before tune_jobs.trainable.ReportCoalescer). Then Tune
+# alone and the writer with trials that coalesce reports (a packet per REPORT_WINDOW_S).
+MODES = ("tune", "sync", "writer-nolinger", "writer", "tune-coalesced", "writer-coalesced")
 SPENT = {"s": 0.0}  # seconds the MLflow callback spent in on_trial_result (Tune's loop)
+RESULTS = {"n": 0}  # Tune results delivered to the callbacks (a packet counts once)
+
+
+class ResultCounter(Callback):
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        RESULTS["n"] += 1
 
 
 class SyncFlushCallback(Callback):
@@ -126,7 +149,7 @@ def arm(mode: str, trials: int, reports: int, concurrency: int, sleep_s: float =
         callbacks = [TimedWriterCallback(writer, tracker, {})]
     elif mode == "sync":
         callbacks = [SyncFlushCallback(tracker)]
-    SPENT["s"] = 0.0
+    SPENT["s"], RESULTS["n"] = 0.0, 0
     warnings = WarningCounter()
     logging.getLogger("ray.tune.utils.util").addHandler(warnings)
     t = time.perf_counter()
@@ -137,10 +160,13 @@ def arm(mode: str, trials: int, reports: int, concurrency: int, sleep_s: float =
             "batch_size": 64,
             "reports": reports,
             "sleep_s": sleep_s,
+            "coalesce": mode.endswith("-coalesced"),
         },
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
         run_config=tune.RunConfig(
-            storage_path=str(tmp / "runs"), verbose=0, callbacks=[JsonLoggerCallback(), *callbacks]
+            storage_path=str(tmp / "runs"),
+            verbose=0,
+            callbacks=[JsonLoggerCallback(), ResultCounter(), *callbacks],
         ),  # fmt: skip
     ).fit()
     fit_s = time.perf_counter() - t
@@ -150,12 +176,12 @@ def arm(mode: str, trials: int, reports: int, concurrency: int, sleep_s: float =
     logging.getLogger("ray.tune.utils.util").removeHandler(warnings)
     runs = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=1000)
     points = sum(len(client.get_metric_history(r.info.run_id, "train_loss")) for r in runs)
-    n = trials * reports
-    if mode == "tune":  # no MLflow in this arm
-        points = n
-    return {"mode": mode, "reports": n, "fit_s": fit_s, "wall_s": wall, "reports_per_s": n / wall,
-            "loop_ms_per_report": 1000 * SPENT["s"] / n, "tune_warnings": warnings.count,
-            "mlflow_points": points, "complete": points == n}  # fmt: skip
+    n = trials * reports  # reports (points), whatever number of Tune results carried them
+    complete = "-" if mode.startswith("tune") else points == n  # no MLflow in Tune's arms
+    return {"mode": mode, "reports": n, "results": RESULTS["n"], "fit_s": fit_s, "wall_s": wall,
+            "reports_per_s": n / wall, "loop_ms_per_report": 1000 * SPENT["s"] / n,
+            "tune_warnings": warnings.count, "mlflow_points": points,
+            "complete": complete}  # fmt: skip
 
 
 def loop_only(mode: str, trials: int, reports: int) -> dict:
@@ -237,7 +263,7 @@ def main() -> None:
     from tune_jobs.preflight import init_ray
 
     init_ray(None, args.num_cpus)  # retries a slow start on a loaded host
-    arm("writer", 2, 20, args.concurrency)  # warm-up: worker start, imports
+    arm("writer-coalesced", 2, 20, args.concurrency)  # warm-up: worker start, imports
     sleep_s = args.sleep_ms / 1000
     rows = [arm(m, args.trials, args.reports, args.concurrency, sleep_s) for m in MODES]
     ray.shutdown()
@@ -245,15 +271,17 @@ def main() -> None:
           f"{args.trials} trials x {args.reports} reports, {args.concurrency} at a time, "
           f"{args.sleep_ms:g} ms sleep before each report")  # fmt: skip
     print(
-        "| mode | reports | wall s | reports/s | ms in Tune's loop per report | Tune warnings | MLflow points complete |"
+        "| mode | reports | Tune results | wall s | reports/s | ms in Tune's loop per report | Tune warnings | MLflow points complete |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['mode']} | {r['reports']} | {r['wall_s']:.1f} | {r['reports_per_s']:.0f} | "
-              f"{r['loop_ms_per_report']:.3f} | {r['tune_warnings']} | {r['complete']} |")  # fmt: skip
+        print(f"| {r['mode']} | {r['reports']} | {r['results']} | {r['wall_s']:.1f} | "
+              f"{r['reports_per_s']:.0f} | {r['loop_ms_per_report']:.3f} | {r['tune_warnings']} | "
+              f"{r['complete']} |")  # fmt: skip
     by = {r["mode"]: r["reports_per_s"] for r in rows}
     print(f"writer / sync reports/s: {by['writer'] / by['sync']:.2f}x; "
-          f"writer / Tune alone: {by['writer'] / by['tune']:.2f}x")  # fmt: skip
+          f"writer / Tune alone: {by['writer'] / by['tune']:.2f}x; "
+          f"writer-coalesced / writer: {by['writer-coalesced'] / by['writer']:.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":
