@@ -234,3 +234,34 @@ def test_the_searcher_folds_in_every_report_of_a_packet(tmp_path: Path) -> None:
     s.searcher.on_trial_result("t", {**reports[-1], POINTS: reports})
     assert s.searcher.curves["t"] == [(4.0, 0.9), (8.0, 0.2), (12.0, 0.4)]
     assert s.searcher.best_metric["t"] == 0.2  # not the packet's top level (0.4)
+
+
+def test_the_mlflow_callback_queues_every_report_of_a_packet_once(tmp_path: Path) -> None:
+    """The sweep's callback and writer on a real SQLite store (the sweep's end would also
+    fill gaps from result.json, so tests/test_sweep.py cannot tell the callback missed some)."""
+    from mlflow.tracking import MlflowClient
+
+    from tune_jobs.mlflow_writer import MlflowWriter
+    from tune_jobs.tracking import MlflowCallback, Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("packets")
+    tracker = Tracker(uri, exp, client.create_run(exp).info.run_id, {})
+    tracker.fresh = True
+    writer = MlflowWriter(tracker, tmp_path / "spill.jsonl", linger_s=0.1)
+    cb = MlflowCallback(writer, tracker, {})
+    trial = SimpleNamespace(trial_id="t", config={"batch_size": 8, "lr": 0.1}, last_result=None)
+    cb.on_trial_start(0, [], trial)
+
+    def packet(steps, loss=None):
+        points = [_metrics(k) | ({"train_loss": loss} if loss else {}) for k in steps]
+        return {**points[-1], POINTS: points, "timestamp": 5, "device_name": "CPU: x"}
+
+    cb.on_trial_result(0, [], trial, _metrics(10) | {"timestamp": 5})
+    cb.on_trial_result(0, [], trial, packet([20, 30, 40]))
+    # restored from a checkpoint at step 20: 30 and 40 again (MLflow keeps the first report)
+    cb.on_trial_result(0, [], trial, packet([30, 40, 50], loss=0.02))
+    assert writer.close(timeout_s=60)
+    hist = client.get_metric_history(tracker.runs["t"], "train_loss")
+    assert sorted((m.step, m.value) for m in hist) == [(k, 1 / k) for k in (10, 20, 30, 40, 50)]
