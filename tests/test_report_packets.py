@@ -227,6 +227,20 @@ def test_a_rule_that_fires_mid_packet_censors_at_that_report(tmp_path: Path) -> 
     assert s.curves["flat"][0][-1] == 40
 
 
+def test_a_packet_that_ends_the_trial_is_its_outcome_not_a_stop(tmp_path: Path) -> None:
+    # the trial spent its budget in the window after the report the plateau rule fires at: it
+    # ended by itself (not reached), so it is neither stopped nor censored
+    trial = SimpleNamespace(trial_id="flat", config={"study": "bs16-seed0", "batch_size": 16,
+                                                     "seed": 0})  # fmt: skip
+    s = _plateau_scheduler(tmp_path)
+    reports = [_flat(k) for k in range(4, 64, 4)]
+    reports[-1] = reports[-1] | {"status": "not_reached"}
+    assert s.on_trial_result(None, trial, {**reports[-1], POINTS: reports}) == (
+        TrialScheduler.CONTINUE
+    )
+    assert not s.searcher.censored and not s.stopped
+
+
 def test_the_searcher_folds_in_every_report_of_a_packet(tmp_path: Path) -> None:
     s = _plateau_scheduler(tmp_path)
     reports = [{"step": k, "status": "running", "eval_loss": v}

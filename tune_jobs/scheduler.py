@@ -70,9 +70,14 @@ class PerBatchSizeScheduler(FIFOScheduler):
         # A packet (analysis/packets.py) is judged report by report, in order, as if each had
         # come alone: the first report a rule stops the trial at is where it is censored.
         # A trial's final report (status not `running`) and confirmation runs are not judged.
-        points = [p for p in points_of(result) if p.get("status") == Status.RUNNING]
+        reports = points_of(result)
+        points = [p for p in reports if p.get("status") == Status.RUNNING]
         if not points or trial.config.get("phase") == PHASE:  # confirmation: its stop rule
             return TrialScheduler.CONTINUE
+        # A packet that ends with the trial's final report: the trial ended by itself (reached,
+        # not reached, diverged) within the window after the report a rule would stop it at.
+        # That end is its outcome (a diverged or spent trial is no censored one): not stopped.
+        ended = reports[-1].get("status") != Status.RUNNING
         if not self.enabled:
             return self._withdraw_if_obsolete(trial)
         study = trial.config.get("study") or study_name(
@@ -84,6 +89,10 @@ class PerBatchSizeScheduler(FIFOScheduler):
         action = TrialScheduler.CONTINUE
         for point in points:
             action, best = self._judge(trial, study, point, best)
+            if action == TrialScheduler.STOP and ended:
+                self.stopped.discard(trial.trial_id)
+                self.searcher.censored.pop(trial.trial_id, None)
+                return TrialScheduler.CONTINUE
             if action == TrialScheduler.STOP:
                 return action
         return self._withdraw_if_obsolete(trial) if action is _PACED else action
