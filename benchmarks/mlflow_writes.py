@@ -14,8 +14,9 @@ experiment on one local Ray: ``--trials`` function trials,
 per report, like a fast trial evaluating every few steps), with Tune's JSON logger and an
 MLflow child run per trial in a fresh SQLite store. Measured per arm: reports (points, not
 Tune results) per second over the whole ``fit`` (and the writer's drain after it, counted in
-the wall time), the Tune results that carried them, the time the MLflow callback spent inside
-Tune's loop per report, Tune's "callbacks.on_trial_result took" warnings, and the points
+the wall time) and while ``--concurrency`` trials were in flight at once (:func:`sustained`:
+without the Ray workers' start, seconds on 2 cores, that bounds short arms), the Tune results
+that carried them, the time the MLflow callback spent inside Tune's loop per report, Tune's "callbacks.on_trial_result took" warnings, and the points
 MLflow holds at the end (must be every one).
 
     uv run --frozen python benchmarks/mlflow_writes.py               # 16 trials x 1000 reports
@@ -63,6 +64,7 @@ def fast_trial(config):
 
 from ray.tune import Callback  # noqa: E402
 
+from analysis.packets import points_of  # noqa: E402
 from tune_jobs.mlflow_writer import LINGER_S  # noqa: E402
 from tune_jobs.tracking import MlflowCallback, metric_points  # noqa: E402
 
@@ -72,12 +74,30 @@ from tune_jobs.tracking import MlflowCallback, metric_points  # noqa: E402
 # alone and the writer with trials that coalesce reports (a packet per REPORT_WINDOW_S).
 MODES = ("tune", "sync", "writer-nolinger", "writer", "tune-coalesced", "writer-coalesced")
 SPENT = {"s": 0.0}  # seconds the MLflow callback spent in on_trial_result (Tune's loop)
-RESULTS = {"n": 0}  # Tune results delivered to the callbacks (a packet counts once)
+RESULTS: list[tuple[float, str, int]] = []  # each Tune result: (when, trial, its reports)
 
 
 class ResultCounter(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        RESULTS["n"] += 1
+        RESULTS.append((time.perf_counter(), trial.trial_id, len(points_of(result))))
+
+
+def sustained(results: list[tuple[float, str, int]], concurrency: int) -> float | None:
+    """Reports/s the driver delivered while ``concurrency`` trials were in flight (between a
+    trial's first and last result): the driver's rate with the load it was asked to carry,
+    without the trials' start (a Ray worker each: seconds on 2 cores) and the sweep's tail.
+    None when that many never were in flight together for 1 s."""
+    spans: dict[str, list[float]] = {}
+    for t, tid, _ in results:
+        spans.setdefault(tid, [t, t])[1] = t
+    edges = sorted({t for span in spans.values() for t in span})
+    full = [(a, b) for a, b in zip(edges, edges[1:], strict=False)
+            if sum(s[0] <= a and b <= s[1] for s in spans.values()) >= concurrency]  # fmt: skip
+    seconds = sum(b - a for a, b in full)
+    if seconds < 1.0:
+        return None
+    n = sum(k for t, _, k in results if any(a < t <= b for a, b in full))
+    return n / seconds
 
 
 class SyncFlushCallback(Callback):
@@ -149,7 +169,8 @@ def arm(mode: str, trials: int, reports: int, concurrency: int, sleep_s: float =
         callbacks = [TimedWriterCallback(writer, tracker, {})]
     elif mode == "sync":
         callbacks = [SyncFlushCallback(tracker)]
-    SPENT["s"], RESULTS["n"] = 0.0, 0
+    SPENT["s"] = 0.0
+    RESULTS.clear()
     warnings = WarningCounter()
     logging.getLogger("ray.tune.utils.util").addHandler(warnings)
     t = time.perf_counter()
@@ -178,7 +199,9 @@ def arm(mode: str, trials: int, reports: int, concurrency: int, sleep_s: float =
     points = sum(len(client.get_metric_history(r.info.run_id, "train_loss")) for r in runs)
     n = trials * reports  # reports (points), whatever number of Tune results carried them
     complete = "-" if mode.startswith("tune") else points == n  # no MLflow in Tune's arms
-    return {"mode": mode, "reports": n, "results": RESULTS["n"], "fit_s": fit_s, "wall_s": wall,
+    assert sum(k for _, _, k in RESULTS) == n  # every report reached the driver
+    return {"mode": mode, "reports": n, "results": len(RESULTS), "fit_s": fit_s, "wall_s": wall,
+            "sustained": sustained(RESULTS, min(concurrency, trials)),
             "reports_per_s": n / wall, "loop_ms_per_report": 1000 * SPENT["s"] / n,
             "tune_warnings": warnings.count, "mlflow_points": points,
             "complete": complete}  # fmt: skip
@@ -271,13 +294,14 @@ def main() -> None:
           f"{args.trials} trials x {args.reports} reports, {args.concurrency} at a time, "
           f"{args.sleep_ms:g} ms sleep before each report")  # fmt: skip
     print(
-        "| mode | reports | Tune results | wall s | reports/s | ms in Tune's loop per report | Tune warnings | MLflow points complete |"
+        "| mode | reports | Tune results | wall s | reports/s | reports/s, all trials in flight | ms in Tune's loop per report | Tune warnings | MLflow points complete |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        full = "-" if r["sustained"] is None else f"{r['sustained']:.0f}"
         print(f"| {r['mode']} | {r['reports']} | {r['results']} | {r['wall_s']:.1f} | "
-              f"{r['reports_per_s']:.0f} | {r['loop_ms_per_report']:.3f} | {r['tune_warnings']} | "
-              f"{r['complete']} |")  # fmt: skip
+              f"{r['reports_per_s']:.0f} | {full} | {r['loop_ms_per_report']:.3f} | "
+              f"{r['tune_warnings']} | {r['complete']} |")  # fmt: skip
     by = {r["mode"]: r["reports_per_s"] for r in rows}
     print(f"writer / sync reports/s: {by['writer'] / by['sync']:.2f}x; "
           f"writer / Tune alone: {by['writer'] / by['tune']:.2f}x; "
