@@ -145,6 +145,7 @@ class WarningCounter(logging.Handler):
     def emit(self, record):
         if "on_trial_result" in record.getMessage():
             self.count += 1
+            print(f"  Tune: {record.getMessage()[:120]}", flush=True)  # which step, how long
 
 
 def arm(mode: str, trials: int, reports: int, concurrency: int, sleep_s: float = 0.0) -> dict:
