@@ -163,6 +163,10 @@ class PerBatchSizeScheduler(FIFOScheduler):
     # long sweeps: tune_jobs/ray_internals.py). Tune calls these after the trial's last result.
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         super().on_trial_complete(tune_controller, trial, result)
+        # Tune tells the searcher no result the scheduler stopped a trial at: the searcher
+        # hears that last packet's reports here, before the release below drops them from
+        # Tune's state (Tune tells the searcher of the completion next; folding is idempotent).
+        self.searcher.on_trial_result(trial.trial_id, result)
         self.smoothed.pop(trial.trial_id, None)
         self.curves.pop(trial.trial_id, None)
         self.lr_since.pop(trial.trial_id, None)
