@@ -14,6 +14,7 @@ import pandas as pd
 from analysis.frame import PHASE_COLUMN
 from analysis.load_tidy import SweepNotFoundError, tidy_frame, with_devices
 from analysis.mlflow_layout import DEVICE_NAME, STEP_LR, is_tune_key
+from analysis.packets import points_of
 from trainables.api import final_status
 
 CONCAT_BLOCK = 256  # trial frames concatenated at a time (the per-trial frames' path)
@@ -106,7 +107,7 @@ class _ColumnReader:
         return list(keys.sort_values(["b", "t"], kind="stable").index)
 
     def _trial(self, result_json: Path) -> None:
-        rows = [json.loads(line) for line in result_json.read_text().splitlines() if line.strip()]
+        rows = _reports(result_json)
         if not rows:
             return
         trial = _trial_values(result_json, rows)
@@ -167,6 +168,13 @@ class _ColumnReader:
             return _coerced(value)
         number = self.numbers[value] = _coerced(value)
         return number
+
+
+def _reports(result_json: Path) -> list[dict]:
+    """A trial's reports in order: each line of its ``result.json`` is one, or a packet of
+    several (analysis/packets.py), read as a row each."""
+    lines = result_json.read_text().splitlines()
+    return [p for line in lines if line.strip() for p in points_of(json.loads(line))]
 
 
 def _coerced(value) -> float:
@@ -230,7 +238,7 @@ def _folder_target(path: Path) -> dict | None:
 
 
 def _ray_trial_frame(result_json: Path) -> pd.DataFrame:
-    rows = [json.loads(line) for line in result_json.read_text().splitlines() if line.strip()]
+    rows = _reports(result_json)
     if not rows:
         return pd.DataFrame()
     values = _trial_values(result_json, rows)

@@ -7,6 +7,8 @@ words. Changing a name here changes it for both sides at once.
 
 from __future__ import annotations
 
+from analysis.packets import POINTS
+
 # ---- tags
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: nests a trial run under its sweep's run
 ROLE_TAG = "critbatch.role"  # ROLE_SWEEP on the parent run, ROLE_TRIAL on each child
@@ -43,6 +45,7 @@ TUNE_KEYS = frozenset({
     "hostname", "node_ip", "time_since_restore", "iterations_since_restore", "done",
     "training_iteration", "checkpoint_dir_name", "should_checkpoint", "experiment_tag",
     "episodes_total", "timesteps_total", "timesteps_since_restore", "experiment_id",
+    POINTS,  # critbatch's own: a packet's list of reports (analysis.packets), read as rows
 })  # fmt: skip
 TUNE_KEY_PREFIXES = ("config/", "time_", "iterations_", "node_")
 

@@ -3,16 +3,21 @@
 it replaced (the callback buffered points and sent them with ``log_batch`` from inside
 Tune's event loop every 2 s and at each trial's end), side by side in one run.
 
-Four arms (``MODES``): Tune alone without MLflow (the ceiling), the synchronous flush, the
-writer as first built (each request sent as soon as something was queued) and the writer
-gathering ``LINGER_S`` between requests. Every arm runs the same real Tune experiment on one
-local Ray: ``--trials`` function trials,
+Six arms (``MODES``). With one Tune result per report (the behaviour before trials coalesced
+reports): Tune alone without MLflow (the ceiling), the synchronous flush, the writer as first
+built (each request sent as soon as something was queued) and the writer gathering
+``LINGER_S`` between requests. With trials that send their reports through the sweep's own
+:class:`tune_jobs.trainable.ReportCoalescer` (a packet per ``REPORT_WINDOW_S``): Tune alone
+(``tune-coalesced``) and the writer (``writer-coalesced``). Every arm runs the same real Tune
+experiment on one local Ray: ``--trials`` function trials,
 ``--concurrency`` at a time, each reporting ``--reports`` times as fast as it can (4 metrics
 per report, like a fast trial evaluating every few steps), with Tune's JSON logger and an
-MLflow child run per trial in a fresh SQLite store. Measured per arm: reports/s over the whole
-``fit`` (and the writer's drain after it, counted in the wall time), the time the MLflow
-callback spent inside Tune's loop per report, Tune's "callbacks.on_trial_result took" warnings,
-and the points MLflow holds at the end (must be every one).
+MLflow child run per trial in a fresh SQLite store. Measured per arm: reports (points, not
+Tune results) per second over the whole ``fit`` (and the writer's drain after it, counted in
+the wall time) and while ``--concurrency`` trials were in flight at once (:func:`sustained`:
+without the Ray workers' start, seconds on 2 cores, that bounds short arms), the Tune results
+that carried them, the time the MLflow callback spent inside Tune's loop per report, Tune's "callbacks.on_trial_result took" warnings, and the points
+MLflow holds at the end (must be every one).
 
     uv run --frozen python benchmarks/mlflow_writes.py               # 16 trials x 1000 reports
     uv run --frozen python benchmarks/mlflow_writes.py --trials 4 --reports 100   # smoke test
@@ -38,23 +43,61 @@ import tune_jobs.sweep  # noqa: E402,F401  (sets Tune's env before ray.tune is i
 def fast_trial(config):
     from ray import tune
 
+    from tune_jobs.trainable import ReportCoalescer
+
     pause = config.get("sleep_s", 0.0)
+    # "coalesce": reports go through the sweep's own ReportCoalescer (a packet of them per
+    # REPORT_WINDOW_S), else one tune.report per report (the behaviour before it)
+    report = ReportCoalescer(lambda r, c=None: tune.report(r)) if config["coalesce"] else None
     for step in range(1, config["reports"] + 1):
         if pause:
             time.sleep(pause)  # a GPU-bound trial waits on its device between reports
-        tune.report({"step": step, "train_loss": 1.0 / step, "eval_loss": 2.0 / step,
-                     "eval_accuracy": 1 - 1.0 / step, "lr": config["lr"]})  # fmt: skip
+        m = {"step": step, "train_loss": 1.0 / step, "eval_loss": 2.0 / step,
+             "eval_accuracy": 1 - 1.0 / step, "lr": config["lr"]}  # fmt: skip
+        if report is None:
+            tune.report(m)
+        else:
+            report(m)
+    if report is not None:
+        report.flush()
 
 
 from ray.tune import Callback  # noqa: E402
 
+from analysis.packets import points_of  # noqa: E402
 from tune_jobs.mlflow_writer import LINGER_S  # noqa: E402
 from tune_jobs.tracking import MlflowCallback, metric_points  # noqa: E402
 
 # Arms: Tune alone (no MLflow: the ceiling), the synchronous flush, the writer sending what
-# it has as soon as it has it (as first built), the writer gathering LINGER_S between requests.
-MODES = ("tune", "sync", "writer-nolinger", "writer")
+# it has as soon as it has it (as first built), the writer gathering LINGER_S between requests;
+# all with one Tune result per report (before tune_jobs.trainable.ReportCoalescer). Then Tune
+# alone and the writer with trials that coalesce reports (a packet per REPORT_WINDOW_S).
+MODES = ("tune", "sync", "writer-nolinger", "writer", "tune-coalesced", "writer-coalesced")
 SPENT = {"s": 0.0}  # seconds the MLflow callback spent in on_trial_result (Tune's loop)
+RESULTS: list[tuple[float, str, int]] = []  # each Tune result: (when, trial, its reports)
+
+
+class ResultCounter(Callback):
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        RESULTS.append((time.perf_counter(), trial.trial_id, len(points_of(result))))
+
+
+def sustained(results: list[tuple[float, str, int]], concurrency: int) -> float | None:
+    """Reports/s the driver delivered while ``concurrency`` trials were in flight (between a
+    trial's first and last result): the driver's rate with the load it was asked to carry,
+    without the trials' start (a Ray worker each: seconds on 2 cores) and the sweep's tail.
+    None when that many never were in flight together for 1 s."""
+    spans: dict[str, list[float]] = {}
+    for t, tid, _ in results:
+        spans.setdefault(tid, [t, t])[1] = t
+    edges = sorted({t for span in spans.values() for t in span})
+    full = [(a, b) for a, b in zip(edges, edges[1:], strict=False)
+            if sum(s[0] <= a and b <= s[1] for s in spans.values()) >= concurrency]  # fmt: skip
+    seconds = sum(b - a for a, b in full)
+    if seconds < 1.0:
+        return None
+    n = sum(k for t, _, k in results if any(a < t <= b for a, b in full))
+    return n / seconds
 
 
 class SyncFlushCallback(Callback):
@@ -102,6 +145,7 @@ class WarningCounter(logging.Handler):
     def emit(self, record):
         if "on_trial_result" in record.getMessage():
             self.count += 1
+            print(f"  Tune: {record.getMessage()[:120]}", flush=True)  # which step, how long
 
 
 def arm(mode: str, trials: int, reports: int, concurrency: int, sleep_s: float = 0.0) -> dict:
@@ -127,6 +171,7 @@ def arm(mode: str, trials: int, reports: int, concurrency: int, sleep_s: float =
     elif mode == "sync":
         callbacks = [SyncFlushCallback(tracker)]
     SPENT["s"] = 0.0
+    RESULTS.clear()
     warnings = WarningCounter()
     logging.getLogger("ray.tune.utils.util").addHandler(warnings)
     t = time.perf_counter()
@@ -137,10 +182,13 @@ def arm(mode: str, trials: int, reports: int, concurrency: int, sleep_s: float =
             "batch_size": 64,
             "reports": reports,
             "sleep_s": sleep_s,
+            "coalesce": mode.endswith("-coalesced"),
         },
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
         run_config=tune.RunConfig(
-            storage_path=str(tmp / "runs"), verbose=0, callbacks=[JsonLoggerCallback(), *callbacks]
+            storage_path=str(tmp / "runs"),
+            verbose=0,
+            callbacks=[JsonLoggerCallback(), ResultCounter(), *callbacks],
         ),  # fmt: skip
     ).fit()
     fit_s = time.perf_counter() - t
@@ -150,12 +198,14 @@ def arm(mode: str, trials: int, reports: int, concurrency: int, sleep_s: float =
     logging.getLogger("ray.tune.utils.util").removeHandler(warnings)
     runs = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=1000)
     points = sum(len(client.get_metric_history(r.info.run_id, "train_loss")) for r in runs)
-    n = trials * reports
-    if mode == "tune":  # no MLflow in this arm
-        points = n
-    return {"mode": mode, "reports": n, "fit_s": fit_s, "wall_s": wall, "reports_per_s": n / wall,
-            "loop_ms_per_report": 1000 * SPENT["s"] / n, "tune_warnings": warnings.count,
-            "mlflow_points": points, "complete": points == n}  # fmt: skip
+    n = trials * reports  # reports (points), whatever number of Tune results carried them
+    complete = "-" if mode.startswith("tune") else points == n  # no MLflow in Tune's arms
+    assert sum(k for _, _, k in RESULTS) == n  # every report reached the driver
+    return {"mode": mode, "reports": n, "results": len(RESULTS), "fit_s": fit_s, "wall_s": wall,
+            "sustained": sustained(RESULTS, min(concurrency, trials)),
+            "reports_per_s": n / wall, "loop_ms_per_report": 1000 * SPENT["s"] / n,
+            "tune_warnings": warnings.count, "mlflow_points": points,
+            "complete": complete}  # fmt: skip
 
 
 def loop_only(mode: str, trials: int, reports: int) -> dict:
@@ -237,7 +287,7 @@ def main() -> None:
     from tune_jobs.preflight import init_ray
 
     init_ray(None, args.num_cpus)  # retries a slow start on a loaded host
-    arm("writer", 2, 20, args.concurrency)  # warm-up: worker start, imports
+    arm("writer-coalesced", 2, 20, args.concurrency)  # warm-up: worker start, imports
     sleep_s = args.sleep_ms / 1000
     rows = [arm(m, args.trials, args.reports, args.concurrency, sleep_s) for m in MODES]
     ray.shutdown()
@@ -245,15 +295,18 @@ def main() -> None:
           f"{args.trials} trials x {args.reports} reports, {args.concurrency} at a time, "
           f"{args.sleep_ms:g} ms sleep before each report")  # fmt: skip
     print(
-        "| mode | reports | wall s | reports/s | ms in Tune's loop per report | Tune warnings | MLflow points complete |"
+        "| mode | reports | Tune results | fit s | wall s (+ MLflow drain) | reports/s (wall) | reports/s, all trials in flight | ms in Tune's loop per report | Tune warnings | MLflow points complete |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['mode']} | {r['reports']} | {r['wall_s']:.1f} | {r['reports_per_s']:.0f} | "
-              f"{r['loop_ms_per_report']:.3f} | {r['tune_warnings']} | {r['complete']} |")  # fmt: skip
+        full = "-" if r["sustained"] is None else f"{r['sustained']:.0f}"
+        print(f"| {r['mode']} | {r['reports']} | {r['results']} | {r['fit_s']:.1f} | "
+              f"{r['wall_s']:.1f} | {r['reports_per_s']:.0f} | {full} | {r['loop_ms_per_report']:.3f} | "
+              f"{r['tune_warnings']} | {r['complete']} |")  # fmt: skip
     by = {r["mode"]: r["reports_per_s"] for r in rows}
     print(f"writer / sync reports/s: {by['writer'] / by['sync']:.2f}x; "
-          f"writer / Tune alone: {by['writer'] / by['tune']:.2f}x")  # fmt: skip
+          f"writer / Tune alone: {by['writer'] / by['tune']:.2f}x; "
+          f"writer-coalesced / writer: {by['writer-coalesced'] / by['writer']:.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ from typing import Any
 import psutil
 import pytest
 
+from analysis.packets import points_of
+
 # Ray's raylet gives its node a fixed 30 s to register and its metrics agent 15 s
 # (ray-project/ray#65983): on a loaded 2-core machine a start fails now and then. Retry, and
 # kill what a failed attempt left behind (only processes this test process started).
@@ -105,12 +107,13 @@ def synthetic_job_data(tmp_path: Path, name: str, tracking_uri: str, **fields: A
 
 
 def trial_rows(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
-    """Tune's durable record: trial id -> its result.json rows."""
+    """Tune's durable record: trial id -> its result.json reports (analysis.packets)."""
     out = {}
     for d in sorted(run_dir.iterdir()):
         f = d / "result.json"
         if d.is_dir() and f.exists():
-            rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+            lines = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+            rows = [p for r in lines for p in points_of(r)]  # a packet: each of its reports
             if rows:
                 out[rows[-1]["trial_id"]] = rows
     return out

@@ -119,10 +119,17 @@ def release_finished_trial(tune_controller: Any, trial: Any) -> None:
       metrics, read only while the trial has no result of its own; an ObjectRef held keeps an
       entry in the driver's reference table (outside Python's heap).
     - the queued tasks of cancelled actor requests (:func:`drop_cancelled_actor_tasks`).
+    - the list of reports in ``last_result`` when it is a packet (analysis/packets.py: up to
+      a window's worth of reports, kilobytes a trial); its top level, the last report, stays.
     """
     import ray
 
+    from analysis.packets import POINTS
+
     meta = trial.run_metadata
+    if POINTS in meta.last_result:  # (setting it invalidates the cached JSON state)
+        meta.last_result = {k: v for k, v in meta.last_result.items() if k != POINTS}
+        tune_controller._mark_trial_to_checkpoint(trial)
     if meta.last_result and isinstance(trial._default_result_or_future, ray.ObjectRef):
         trial._default_result_or_future = None
     if meta.metric_analysis or meta.metric_n_steps:

@@ -12,6 +12,7 @@ from typing import Any
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from analysis.packets import points_of
 from trainables.api import Status, StopRule
 from tune_jobs.config import JobConfig
 from tune_jobs.confirm import PHASE
@@ -23,6 +24,8 @@ from tune_jobs.ray_internals import (
     release_finished_trial,
 )
 from tune_jobs.searcher import SweepSearcher
+
+_PACED = "paced"  # _judge: a report of a paced search that no rule stopped (no ASHA)
 
 
 class PerBatchSizeScheduler(FIFOScheduler):
@@ -64,49 +67,70 @@ class PerBatchSizeScheduler(FIFOScheduler):
         self.added: dict[str, int] = {}  # trial -> when Tune added it (choose_trial_to_run)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if (
-            result.get("status") != Status.RUNNING
-            or trial.config.get("phase") == PHASE  # confirmation runs go to their stop rule
-        ):
+        # A packet (analysis/packets.py) is judged report by report, in order, as if each had
+        # come alone: the first report a rule stops the trial at is where it is censored.
+        # A trial's final report (status not `running`) and confirmation runs are not judged.
+        reports = points_of(result)
+        points = [p for p in reports if p.get("status") == Status.RUNNING]
+        if not points or trial.config.get("phase") == PHASE:  # confirmation: its stop rule
             return TrialScheduler.CONTINUE
+        # A packet that ends with the trial's final report: the trial ended by itself (reached,
+        # not reached, diverged) within the window after the report a rule would stop it at.
+        # That end is its outcome (a diverged or spent trial is no censored one): not stopped.
+        ended = reports[-1].get("status") != Status.RUNNING
         if not self.enabled:
             return self._withdraw_if_obsolete(trial)
         study = trial.config.get("study") or study_name(
             trial.config["batch_size"], trial.config["seed"]
         )
-        step = result.get("step", 0)
+        # Tune tells the scheduler before the searcher: the best so far folds in the packet's
+        # reports as they are judged.
+        best = self.searcher.best_metric.get(trial.trial_id)
+        action = TrialScheduler.CONTINUE
+        for point in points:
+            action, best = self._judge(trial, study, point, best)
+            if action == TrialScheduler.STOP and ended:
+                self.stopped.discard(trial.trial_id)
+                self.searcher.censored.pop(trial.trial_id, None)
+                return TrialScheduler.CONTINUE
+            if action == TrialScheduler.STOP:
+                return action
+        return self._withdraw_if_obsolete(trial) if action is _PACED else action
+
+    def _judge(self, trial, study: str, point: dict, best: float | None) -> tuple[Any, Any]:
+        """One running report: (STOP, CONTINUE, or _PACED: no ASHA in a paced search; the best
+        target metric so far, this report's folded in)."""
+        step = point.get("step", 0)
         bound = self.searcher.search.steps_bound(study)
         if step >= bound:
             self.stopped.add(trial.trial_id)
             self.searcher.censored[trial.trial_id] = float(bound)
-            return TrialScheduler.STOP
-        value = result.get(self.target_metric)
+            return TrialScheduler.STOP, best
+        value = point.get(self.target_metric)
         if value is None or not math.isfinite(value):
-            return TrialScheduler.CONTINUE
-        # Tune tells the scheduler before the searcher: fold this report into the best so far.
-        best = self.searcher.best_metric.get(trial.trial_id, value)
-        best = min(best, value) if self.sign < 0 else max(best, value)
+            return TrialScheduler.CONTINUE, best
+        best = value if best is None else min(best, value) if self.sign < 0 else max(best, value)
         if self.searcher.search.behind(study, step, best):
             self.stopped.add(trial.trial_id)
             self.searcher.censored[trial.trial_id] = float(step)  # slower than the fastest
-            return TrialScheduler.STOP
+            return TrialScheduler.STOP, best
         value = self._smooth(trial.trial_id, step, value)
-        if self._plateaued(trial.trial_id, step, result.get("lr")):
+        if self._plateaued(trial.trial_id, step, point.get("lr")):
             self.stopped.add(trial.trial_id)
             self.searcher.censored[trial.trial_id] = float(step)  # stalled: will not reach
-            return TrialScheduler.STOP
+            return TrialScheduler.STOP, best
         if self.searcher.search.paced:
             # A cascade, pipeline or parallel search runs a study's trials one after another, so
             # ASHA would only compare a trial with earlier ones at early milestones, where a
             # larger LR leads and a lower one (lower noise floor) may still win: the bound, the
             # lag and the plateau rule suffice.
-            return self._withdraw_if_obsolete(trial)
+            return _PACED, best
         bracket = self._bracket(study)
         self.searcher.asha_fed.setdefault(trial.trial_id, []).append((step, self.sign * value))
         action = bracket.on_result(trial, step, self.sign * value)
         if action == TrialScheduler.STOP:
             self.stopped.add(trial.trial_id)
-        return action
+        return action, best
 
     def _withdraw_if_obsolete(self, trial) -> str:
         """Parallel search: stop a running first trial that the provisional fit has moved away
@@ -139,6 +163,10 @@ class PerBatchSizeScheduler(FIFOScheduler):
     # long sweeps: tune_jobs/ray_internals.py). Tune calls these after the trial's last result.
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         super().on_trial_complete(tune_controller, trial, result)
+        # Tune tells the searcher no result the scheduler stopped a trial at: the searcher
+        # hears that last packet's reports here, before the release below drops them from
+        # Tune's state (Tune tells the searcher of the completion next; folding is idempotent).
+        self.searcher.on_trial_result(trial.trial_id, result)
         self.smoothed.pop(trial.trial_id, None)
         self.curves.pop(trial.trial_id, None)
         self.lr_since.pop(trial.trial_id, None)

@@ -18,6 +18,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
+from analysis.packets import points_of
 from trainables.api import Status, final_status
 from tune_jobs.config import JobConfig
 from tune_jobs.confirm import PHASE, Confirmation
@@ -161,11 +162,15 @@ class SweepSearcher(Searcher):
         return p
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        v = result.get(self.job.target.metric)
+        for point in points_of(result):  # a packet: each of its reports, in order
+            self._fold(trial_id, point)
+
+    def _fold(self, trial_id: str, point: dict) -> None:
+        v = point.get(self.job.target.metric)
         if v is None or not math.isfinite(v):
             return
         curve = self.curves.setdefault(trial_id, [])
-        step = float(result.get("step", 0))
+        step = float(point.get("step", 0))
         if curve and step <= curve[-1][0]:  # the final report, or a restored trial's repeat
             curve[-1] = (curve[-1][0], float(v)) if step == curve[-1][0] else curve[-1]
         else:

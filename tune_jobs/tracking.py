@@ -40,6 +40,7 @@ from analysis.mlflow_layout import (
     TRIAL_PARAMS,
     is_tune_key,
 )
+from analysis.packets import points_of
 from trainables.api import Status, final_status
 
 log = logging.getLogger("critbatch.tracking")
@@ -49,17 +50,21 @@ MAX_PARAMS = 100  # and of params
 
 
 def metric_points(result: dict[str, Any]) -> list[Metric]:
-    """The per-step metric points of one report, keyed by its step, stamped with the report's
-    own time (Tune's ``timestamp``, s): a point sent again is then identical, and kept once."""
-    step = int(result.get("step", 0))
+    """The per-step metric points of a result's reports (every one of a packet,
+    :func:`analysis.packets.points_of`), each keyed by its report's step, stamped with the
+    result's own time (Tune's ``timestamp``, s): a point sent again is then identical, and
+    kept once."""
     timestamp_ms = int(float(result.get("timestamp") or time.time()) * 1000)
     out = []
-    for k, v in result.items():
-        if k in NON_METRICS or k in DEVICE_PARAMS or is_tune_key(k):
-            continue
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            continue
-        out.append(Metric(k, float(v) if math.isfinite(v) else float("nan"), timestamp_ms, step))
+    for point in points_of(result):
+        step = int(point.get("step", 0))
+        for k, v in point.items():
+            if k in NON_METRICS or k in DEVICE_PARAMS or is_tune_key(k):
+                continue
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                continue
+            value = float(v) if math.isfinite(v) else float("nan")
+            out.append(Metric(k, value, timestamp_ms, step))
     return out
 
 
@@ -197,14 +202,15 @@ class MlflowCallback(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         # A step already queued (a trial restored from an older checkpoint reports it again)
-        # is skipped, so MLflow holds every step once.
-        step = int(result.get("step", 0))
-        if step <= self.logged_step.get(trial.trial_id, -1):
+        # is skipped, so MLflow holds every step once. A packet: each of its reports.
+        done = self.logged_step.get(trial.trial_id, -1)
+        new = [p for p in points_of(result) if int(p.get("step", 0)) > done]
+        if not new:
             return
         if trial.trial_id not in self.logged_step and "device_name" in result:
             self.writer.put(("params", trial.trial_id, device_params(result)))
-        self.logged_step[trial.trial_id] = step
-        self.writer.put(("points", trial.trial_id, metric_points(result)))
+        self.logged_step[trial.trial_id] = int(new[-1].get("step", 0))
+        self.writer.put(("points", trial.trial_id, [m for p in new for m in metric_points(p)]))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._end(trial, None)
