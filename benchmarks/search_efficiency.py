@@ -69,6 +69,8 @@ from tune_jobs.lr_rules import plateaued  # noqa: E402
 from tune_jobs.lr_search import WAIT, LRSearch, Outcome, Proposal  # noqa: E402
 
 TARGET = 0.01
+SLOTS = 0  # trials in flight at most (--slots); 0: unlimited
+START_DELAY = 0.0  # time from a trial's ask to its first step (--start-delay)
 MAX_STEPS = 10**7  # per trial, as in tune_jobs/jobs/nqm_reference.yaml
 EVAL_EVERY = 100
 PLATEAU = EarlyStoppingConfig().plateau  # the job default
@@ -152,29 +154,35 @@ def run_search(method: str, budget: int, seed: int, sizes: list[int], options: d
     )
     paced = cascade or pipeline or parallel
     best: dict[int, float] = {}
-    compute, wall, started, withdrawn, withdrawn_steps = 0, 0.0, 0, 0, 0
+    compute, wall, started, ended, withdrawn, withdrawn_steps = 0, 0.0, 0, 0, 0, 0
     queue: list[tuple[float, int, int]] = []  # (time, trial index, report index)
     trials: list[dict] = []
     busy: set[str] = set()
     by_size: dict[int, int] = {}  # batch size -> steps of its withdrawn trials
     log: list[tuple] = []  # (batch size, number, lr, status, steps run, end time) per trial
 
+    def free() -> bool:  # a worker free (``--slots``: as many as a cluster has; 0: unlimited)
+        return not SLOTS or started - ended < SLOTS
+
     def launch(now: float) -> None:
         nonlocal started
         props = []
         if paced:
-            while (p := search.ask()) not in (None, WAIT):
+            while free() and (p := search.ask()) not in (None, WAIT):
                 props.append(p)
+                started += 1
         else:
             for name, st in search.states.items():
-                if name not in busy and st.asked < budget and not st.converged:
+                if name not in busy and st.asked < budget and not st.converged and free():
                     props.append(search.ask_study(name))
+                    busy.add(name)
+                    started += 1
         for p in props:
             busy.add(p.study)
             reports = trial_reports(p, options)
-            trials.append({"p": p, "start": now, "reports": reports, "best": math.inf})
-            started += 1
-            heapq.heappush(queue, (now + reports[0]["step"], len(trials) - 1, 0))
+            start = now + START_DELAY  # a worker's start, in steps of time
+            trials.append({"p": p, "start": start, "reports": reports, "best": math.inf})
+            heapq.heappush(queue, (start + reports[0]["step"], len(trials) - 1, 0))
 
     launch(0.0)
     while queue:
@@ -198,6 +206,7 @@ def run_search(method: str, budget: int, seed: int, sizes: list[int], options: d
                 by_size[p.batch_size] = by_size.get(p.batch_size, 0) + int(step)
                 log.append((p.batch_size, p.number, p.lr, "withdrawn", int(step), now))
                 busy.discard(p.study)
+                ended += 1
                 search.withdraw(p)
                 launch(now)
                 continue
@@ -212,6 +221,7 @@ def run_search(method: str, budget: int, seed: int, sizes: list[int], options: d
         log.append((p.batch_size, p.number, p.lr, str(status), out.steps_run, now))
         wall = max(wall, now)
         busy.discard(p.study)
+        ended += 1
         search.tell(p, out, MAX_STEPS, TARGET, "min")
         if steps is not None:
             best[p.batch_size] = min(best.get(p.batch_size, math.inf), steps)
@@ -239,7 +249,7 @@ def evaluate(result: dict, truth: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global TARGET, LR_RANGE
+    global TARGET, LR_RANGE, SLOTS, START_DELAY
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--budgets", default="4,8,12,16,32", help="trials per batch size")
     ap.add_argument("--repeats", type=int, default=3, help="search seeds per (method, budget)")
@@ -252,7 +262,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="bottom of the LR range (nqm_small.yaml: 0.01)")  # fmt: skip
     ap.add_argument("--trace", action="store_true",
                     help="print every trial (batch size, number, LR, end, steps run, end time)")  # fmt: skip
+    ap.add_argument("--slots", type=int, default=0,
+                    help="trials in flight at most, as on a cluster of that many workers "
+                         "(default 0: every trial the search asks for runs at once)")  # fmt: skip
+    ap.add_argument("--start-delay", type=float, default=0.0,
+                    help="steps of time from a trial's ask to its first step (a worker's start; "
+                         "a paced real sweep's overhead per trial)")  # fmt: skip
     args = ap.parse_args(argv)
+    SLOTS, START_DELAY = args.slots, args.start_delay
     budgets = [int(x) for x in args.budgets.split(",")]
     TARGET = args.target  # read by trial_reports and run_search
     sizes, options = list(REFERENCE_BATCH_SIZES), {"dim": args.dim, "max_reports": 100}
