@@ -119,8 +119,10 @@ class LRSearchConfig:
     batch size through the batch sizes finished so far (a low placeholder until one predicts
     it); a running first trial the fit has since moved away from is stopped and withdrawn
     (status `withdrawn`: no result, not counted against trials_per_batch_size, its steps
-    still spent). In the NQM simulation about half the cascade's wall time for 7-31% more
-    compute; in a real sweep 1.8x the cascade's compute so far (BENCHMARKS.md)."""
+    still spent). On the NQM reference 3.68x the oracle's compute in the simulation and
+    4.18x in a real sweep of 8 workers (the cascade: 3.15x, 3.11x), B_crit within 1%; on the
+    quickstart's digits at 5 trials per batch size it does not determine B_crit, so it is
+    not the default (BENCHMARKS.md)."""
 
 
 @dataclass(frozen=True)
