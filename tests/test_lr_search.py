@@ -414,3 +414,20 @@ def test_parallel_study_slower_than_a_smaller_batch_size_tries_the_neighbours_be
     assert s._seed_lrs(256, 0) == []  # the finished-only fit has nothing yet
     assert set(s._seed_lrs(256, 0, finished_only=False)) == {fast.lr}
     assert s._low_guess("bs256-seed0", 256, 0) == fast.lr
+
+
+@pytest.mark.parametrize(("steps", "factor"), [(6990, 2), (5000, 4)])
+def test_parallel_steps_out_by_one_step_from_a_flat_bottom(steps, factor):
+    # 2.0 fails; the coarse step (1.65) reaches in 8000, one step down (1.5) in 7000, a 2x
+    # step down (0.75) in `steps`. A gain under converge_tol (0.1%) is the curve's flat
+    # bottom, where doubling the step would overshoot the optimum: one step (2x) again. A
+    # real gain (29%) is a slope: the step doubles the last gap (4x).
+    s = LRSearch([4, 64], [0], 1e-3, 2.0, 8, converge_tol=0.01, parallel=True)
+    top = s.ask_study("bs4-seed0")
+    s.tell(top, Outcome("stopped_early", None, 0.3, 900, 900.0), 10**6, 0.2, "min")
+    lr_steps = [8000, 7000, steps]
+    for n in lr_steps:
+        p = s.ask_study("bs4-seed0")
+        s.tell(p, Outcome("reached", n, 0.1, n), 10**6, 0.2, "min")
+    assert p.lr == pytest.approx(2.0 / 1.1**3 / 2)  # 1.65, 1.5, 0.75
+    assert s.ask_study("bs4-seed0").lr == pytest.approx(p.lr / factor)
