@@ -227,18 +227,25 @@ def test_a_rule_that_fires_mid_packet_censors_at_that_report(tmp_path: Path) -> 
     assert s.curves["flat"][0][-1] == 40
 
 
-def test_a_packet_that_ends_the_trial_is_its_outcome_not_a_stop(tmp_path: Path) -> None:
-    # the trial spent its budget in the window after the report the plateau rule fires at: it
-    # ended by itself (not reached), so it is neither stopped nor censored
+def test_a_packet_that_ends_the_trial_still_stops_it_where_a_rule_fired(tmp_path: Path) -> None:
+    # the trial spent its budget in the window after the report the plateau rule fires at:
+    # judged as if each report had come alone, it is stopped and censored at that report (a
+    # slower trial, one report per packet, would have been), so the search's decisions do not
+    # depend on how many reports a packet holds
     trial = SimpleNamespace(trial_id="flat", config={"study": "bs16-seed0", "batch_size": 16,
                                                      "seed": 0})  # fmt: skip
-    s = _plateau_scheduler(tmp_path)
     reports = [_flat(k) for k in range(4, 64, 4)]
     reports[-1] = reports[-1] | {"status": "not_reached"}
-    assert s.on_trial_result(None, trial, {**reports[-1], POINTS: reports}) == (
-        TrialScheduler.CONTINUE
+    alone = _plateau_scheduler(tmp_path / "alone")
+    for r in reports:
+        if alone.on_trial_result(None, trial, r) == TrialScheduler.STOP:
+            break
+    packed = _plateau_scheduler(tmp_path / "packed")
+    assert packed.on_trial_result(None, trial, {**reports[-1], POINTS: reports}) == (
+        TrialScheduler.STOP
     )
-    assert not s.searcher.censored and not s.stopped
+    assert packed.searcher.censored == alone.searcher.censored == {"flat": 40.0}
+    assert packed.stopped == alone.stopped == {"flat"}
 
 
 def test_the_searcher_folds_in_every_report_of_a_packet(tmp_path: Path) -> None:
@@ -279,3 +286,33 @@ def test_the_mlflow_callback_queues_every_report_of_a_packet_once(tmp_path: Path
     assert writer.close(timeout_s=60)
     hist = client.get_metric_history(tracker.runs["t"], "train_loss")
     assert sorted((m.step, m.value) for m in hist) == [(k, 1 / k) for k in (10, 20, 30, 40, 50)]
+
+
+def test_the_search_hears_a_stopped_trial_as_tune_saw_it_whatever_its_packets(
+    tmp_path: Path,
+) -> None:
+    # a fast trial whose packet runs past the report the plateau rule fires at (step 40) to its
+    # own end, reached at 60: the search hears it stopped at 40 with the best metric up to 40,
+    # exactly as when each report came alone (measured on the quickstart: hearing the packet's
+    # end moved B_crit from 69.2 to 79.6)
+    reports = [_flat(k) for k in range(4, 60, 4)]
+    reports.append({"step": 60, "status": "reached", "eval_loss": 0.04, "steps_to_target": 60})
+    records = []
+    for arm in ("alone", "packed"):
+        s = _plateau_scheduler(tmp_path / arm)
+        cfg = s.searcher.suggest("t")
+        trial = SimpleNamespace(trial_id="t", config=cfg)
+        packets = [[r] for r in reports] if arm == "alone" else [reports]
+        for pts in packets:
+            last = pts[-1] if len(pts) == 1 else {**pts[-1], POINTS: pts}
+            if s.on_trial_result(None, trial, last) == TrialScheduler.STOP:
+                break
+            s.searcher.on_trial_result("t", last)  # Tune: a result the scheduler let through
+        s.searcher.on_trial_complete("t", last)  # Tune: the last result it took
+        records.append(s.searcher.records["t"])
+        assert not s.searcher.stopped_at  # released with the trial
+    alone, packed = records
+    assert packed["outcome"] == alone["outcome"]
+    assert packed["status"] == alone["status"] == "stopped_early"
+    assert packed["outcome"]["steps_run"] == 40 and packed["outcome"]["censored_at"] == 40
+    assert packed["outcome"]["best_metric"] == 0.08  # not the packet's 0.04 after the stop

@@ -83,6 +83,9 @@ class SweepSearcher(Searcher):
         self.confirming: dict[str, Proposal] = {}  # trial id -> its confirmation run
         self.best_metric: dict[str, float] = {}
         self.censored: dict[str, float] = {}  # trial id -> steps bound it was stopped at
+        # trial id -> the report the scheduler stopped it at: what the trial sent after it
+        # (the rest of its packet) is not part of the result, as if each report came alone
+        self.stopped_at: dict[str, dict[str, Any]] = {}
         self.curves: dict[str, list[tuple[float, float]]] = {}  # trial id -> (step, metric)
         # No storage: the studies live in memory and travel in this searcher's snapshot
         # (save/restore), taken by Tune together with its own trial states, so a resumed
@@ -162,8 +165,10 @@ class SweepSearcher(Searcher):
         return p
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        stop = self.stopped_at.get(trial_id, {}).get("step", math.inf)
         for point in points_of(result):  # a packet: each of its reports, in order
-            self._fold(trial_id, point)
+            if point.get("step", 0) <= stop:  # none past the report it was stopped at
+                self._fold(trial_id, point)
 
     def _fold(self, trial_id: str, point: dict) -> None:
         v = point.get(self.job.target.metric)
@@ -223,10 +228,12 @@ class SweepSearcher(Searcher):
         outcome = None
         if not (error or not result):
             self.on_trial_result(trial_id, result)
+            result = self.stopped_at.get(trial_id, result)  # its last report, as Tune saw it
             outcome = trial_outcome(
                 result, self.best_metric.get(trial_id), self.censored.get(trial_id)
             )
             outcome = dataclasses.replace(outcome, curve=tuple(self.curves.pop(trial_id, ())))
+        self.stopped_at.pop(trial_id, None)
         record = self._record(trial_id, p, result if outcome else None, outcome)
         if self.journal is not None:  # on disk before anything acts on the result
             append_record(self.journal, record)
@@ -352,6 +359,7 @@ class SweepSearcher(Searcher):
             "proposals": self.proposals,
             "best_metric": self.best_metric,
             "censored": self.censored,
+            "stopped_at": self.stopped_at,
             "curves": self.curves,
             "studies": self.search.studies if self.in_memory else None,
             "confirm": self.confirm.state(),
@@ -369,6 +377,7 @@ class SweepSearcher(Searcher):
         self.proposals = state["proposals"]
         self.best_metric = state["best_metric"]
         self.censored = state.get("censored", {})
+        self.stopped_at = state.get("stopped_at", {})
         self.curves = state.get("curves", {})
         self.confirm.load_state(state.get("confirm", {}))
         self.confirming = state.get("confirming", {})
