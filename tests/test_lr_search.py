@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tune_jobs.lr_search import WAIT, LRSearch, Outcome, objective
+from tune_jobs.lr_search import WAIT, LRSearch, Outcome, Proposal, objective
 
 
 def test_objective_ranks_reached_before_not_reached_by_best_metric():
@@ -431,3 +431,68 @@ def test_parallel_steps_out_by_one_step_from_a_flat_bottom(steps, factor):
         s.tell(p, Outcome("reached", n, 0.1, n), 10**6, 0.2, "min")
     assert p.lr == pytest.approx(2.0 / 1.1**3 / 2)  # 1.65, 1.5, 0.75
     assert s.ask_study("bs4-seed0").lr == pytest.approx(p.lr / factor)
+
+
+def test_parallel_asks_the_largest_batch_size_first():
+    # With fewer workers than studies the first results come from the cheap large batch
+    # sizes, and they steer the small ones' first trials (below).
+    s = LRSearch([8, 16, 64], [0], 1e-3, 2.0, 8, converge_tol=0.01, parallel=True)
+    assert [s.ask().batch_size for _ in range(3)] == [64, 16, 8]
+
+
+def test_parallel_coarse_pass_starts_below_a_larger_batch_sizes_failure():
+    s = LRSearch([8, 64], [0], 1e-3, 2.0, 8, converge_tol=0.01, parallel=True)
+    top = s.ask_study("bs64-seed0")
+    assert top.lr == 2.0
+    s.tell(top, Outcome("diverged", None, None, 9), 10**6, 0.2, "min")
+    # 2.0 diverged at B = 64: the stability edge is no higher at B = 8, start a step below
+    first = s.ask_study("bs8-seed0")
+    assert first.lr == pytest.approx(2.0 / 1.1**2)
+    # an ASHA stop says nothing about the LR (a lower one may be as slow early): not a failure
+    s2 = LRSearch([8, 64], [0], 1e-3, 2.0, 8, converge_tol=0.01, parallel=True)
+    top = s2.ask_study("bs64-seed0")
+    s2.tell(top, Outcome("stopped_early", None, 0.3, 200, None), 10**6, 0.2, "min")
+    assert s2.ask_study("bs8-seed0").lr == 2.0
+
+
+def _two_coarse_failures(s, name):
+    for _ in range(2):
+        p = s.ask_study(name)
+        s.tell(p, Outcome("stopped_early", None, 0.3, 400, 400.0), 1000, 0.2, "min")
+
+
+def test_parallel_placeholder_stays_where_the_step_budget_can_reach_the_target():
+    # B = 64 reached at LR 1.0 in 200 steps: a "time" (LR x steps) of 200. Below
+    # 1.25 x 200 / 1000 = 0.25 a trial at B = 8 cannot reach within max_steps = 1000 (noise
+    # only adds to the time): the placeholder is 0.25, not the linearly scaled 0.125, which
+    # would run to max_steps and cost a trial of the study's budget.
+    s = LRSearch([8, 64], [0], 1e-3, 2.0, 8, converge_tol=0.01, parallel=True)
+    top = s.ask_study("bs64-seed0")
+    s.tell(top, Outcome("diverged", None, None, 9), 1000, 0.2, "min")
+    half = s.ask_study("bs64-seed0")
+    assert half.lr == 1.0
+    s.tell(half, Outcome("reached", 200, 0.1, 200), 1000, 0.2, "min")
+    _two_coarse_failures(s, "bs8-seed0")
+    assert s.ask_study("bs8-seed0").lr == pytest.approx(0.25)
+    # with an unbounded budget the linear rule's 0.125 stands
+    s = LRSearch([8, 64], [0], 1e-3, 2.0, 8, converge_tol=0.01, parallel=True)
+    s.tell(s.ask_study("bs64-seed0"), Outcome("diverged", None, None, 9), 10**7, 0.2, "min")
+    s.tell(s.ask_study("bs64-seed0"), Outcome("reached", 200, 0.1, 200), 10**7, 0.2, "min")
+    for _ in range(2):
+        p = s.ask_study("bs8-seed0")
+        s.tell(p, Outcome("stopped_early", None, 0.3, 400, 400.0), 10**7, 0.2, "min")
+    assert s.ask_study("bs8-seed0").lr == pytest.approx(0.125)
+
+
+def test_parallel_placeholder_never_below_the_jobs_lr_min_nor_withdrawn_for_a_tried_one():
+    s = LRSearch([8, 64], [0], 1e-3, 2.0, 8, converge_tol=0.01, parallel=True)
+    _two_coarse_failures(s, "bs8-seed0")
+    s.states["bs8-seed0"].range = (2.5e-4, 2.0)  # widened below lr.min by failures at its edge
+    low = s.ask_study("bs8-seed0")
+    assert low.lr == 1e-3  # the job's lr_search.min, not the widened range's bottom
+    s.tell(low, Outcome("not_reached", None, 0.3, 1000), 1000, 0.2, "min")
+    # the low guess is still 1e-3, tried: a trial the search proposed below it instead is not
+    # withdrawn for it (1e-3 is not proposed again: it would be withdrawn forever)
+    below = Proposal("bs8-seed0", 8, 0, 5e-4, 99)
+    assert s._low_guess("bs8-seed0", 8, 0) == 1e-3
+    assert not s.obsolete(below)

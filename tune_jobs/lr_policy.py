@@ -163,13 +163,16 @@ class LinePolicy:
         :data:`~tune_jobs.lr_rules.COARSE_TRIALS` trials down from the top of the range by
         :data:`~tune_jobs.lr_rules.COARSE_STEP` each: where the best LR sits near the
         stability edge (large batch sizes) it reaches the target, and where it does not a
-        too large LR fails fast (diverges or stalls at its noise floor). Then a placeholder,
-        low on purpose: the best LR so far of the nearest batch size that reached the target
-        (finished or not) scaled by the linear rule (the best LR grows more slowly than B;
-        from a smaller batch size its LR unscaled, as the best LR grows with B), or the
-        bottom of the range if that is higher or nothing reached. A too low LR runs on
-        (a too high one stops soon and takes a trial of the budget), so the trial stays in
-        flight until :meth:`obsolete` withdraws it. ``None``: a fit is trusted, or (the
+        too large LR fails fast (diverges or stalls at its noise floor); it starts below
+        any LR that failed in a larger batch size's coarse pass (:meth:`_failed_above`).
+        Then a placeholder, low on purpose: the best LR so far of the nearest batch size
+        that reached the target (finished or not) scaled by the linear rule (the best LR
+        grows more slowly than B; from a smaller batch size its LR unscaled, as the best LR
+        grows with B), or the floor if that is higher or nothing reached: the job's
+        ``lr_search.min`` (not a range widened below it) or, if higher, the lowest LR that
+        can reach the target within the step budget (:meth:`_feasible_floor`). A too low LR
+        runs on (a too high one stops soon and takes a trial of the budget), so the trial
+        stays in flight until :meth:`obsolete` withdraws it. ``None``: a fit is trusted, or (the
         largest batch size, nothing reached) the cascade's start from the top of the range
         applies."""
         if self._fit_trusted(b, s):
@@ -178,13 +181,52 @@ class LinePolicy:
         if not done and b == self.batch_sizes[-1]:
             return None
         st = self.states[name]
+        lo = max(self.lr_min, self._feasible_floor(s))
         if len(st.results) < lr_rules.COARSE_TRIALS:  # the coarse pass: down from the top
-            return st.range[1] if not st.results else min(st.results) / lr_rules.COARSE_STEP
-        lo = st.range[0]
+            top = st.range[1] if not st.results else min(st.results) / lr_rules.COARSE_STEP
+            top = max(min(top, self._failed_above(b, s) / lr_rules.COARSE_STEP), lo)
+            if lr_rules.fresh(math.log(top), [math.log(lr) for lr in st.results]):
+                return top  # else at the floor already: on to the placeholder
         if not done:
             return lo
         nb, lr_nb = lr_rules.nearest(done, b)
         return max(min(lr_nb * b / nb, lr_nb), lo)  # from a smaller one: its LR, not more
+
+    def _failed_above(self, b: int, s: int) -> float:
+        """Parallel: the lowest LR of a larger batch size's coarse pass (its first
+        :data:`~tune_jobs.lr_rules.COARSE_TRIALS` results) that failed: diverged, or stopped
+        by a rule that shows it worse (not ASHA's ``unknown``), or ran out of steps. The
+        stability edge is no higher and the noise floor no lower at a smaller batch size,
+        so the coarse pass here starts below it; inf if none."""
+        out = math.inf
+        for bb in self.batch_sizes:
+            if bb <= b:
+                continue
+            other = self.states[study_name(bb, s)]
+            for lr in list(other.results)[: lr_rules.COARSE_TRIALS]:
+                if other.results[lr] > self.reached_cut and lr not in other.unknown:
+                    out = min(out, lr)
+        return out
+
+    def _feasible_floor(self, s: int) -> float:
+        """Parallel: the lowest LR a placeholder may have, from the step budget: the least
+        "time" (LR x steps to target) any reached trial of seed ``s`` took, times
+        :data:`~tune_jobs.lr_rules.FEASIBLE_MARGIN`, over ``max_steps``. Below it a trial
+        cannot reach the target within the budget (at a small LR training follows the
+        gradient flow, whose time to the target is the same at every batch size, and noise
+        only adds to it): it runs to ``max_steps`` and costs a trial of the study's budget.
+        0 while nothing reached or the budget is unbounded."""
+        if not math.isfinite(self.reached_cut):
+            return 0.0
+        times = [
+            lr * v
+            for bb in self.batch_sizes
+            for lr, v in self.states[study_name(bb, s)].results.items()
+            if v <= self.reached_cut
+        ]
+        if not times:
+            return 0.0
+        return lr_rules.FEASIBLE_MARGIN * min(times) / self.reached_cut
 
     def _near_best(self, pts: list[tuple[float, float]]) -> list[tuple[float, float]]:
         """Parallel: the (log LR, objective) points a study's line search brackets with:
@@ -220,8 +262,15 @@ class LinePolicy:
         if any(v <= self.reached_cut for v in st.results.values()):
             return False  # its own line search leads now
         if not self._fit_trusted(b, s):
+            # Only for a low guess the study would try next (one it tried is not proposed
+            # again: withdrawing for it would repeat forever).
             low = self._low_guess(proposal.study, b, s)
-            return low is not None and low > proposal.lr * lr_rules.OBSOLETE
+            tried = [math.log(lr) for lr in st.results]
+            return (
+                low is not None
+                and low > proposal.lr * lr_rules.OBSOLETE
+                and lr_rules.fresh(math.log(low), tried)
+            )
         basis = st.basis.get(proposal.number, math.inf)
         now = self._fit_distance(b, s)
         seeds = self._seed_lrs(b, s)

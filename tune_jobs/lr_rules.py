@@ -26,6 +26,7 @@ TRUST = math.log(4)  # log batch size: a fit predicts a best LR this far from a 
 FAR_MISS = math.log(4)  # log LR: an unreached trial further from the best brackets nothing
 COARSE_TRIALS = 2  # parallel: first trials of a study, down from the top of the range
 COARSE_STEP = SEED_STEP**2  # LR factor between them
+FEASIBLE_MARGIN = 1.25  # parallel: a placeholder LR at least this x the least time seen / max_steps
 LINEAR_SLOPE = 0.75  # log-log slope of best LR vs B from which the fit extrapolates down
 
 Point = tuple[float, float]  # (log LR, objective)
