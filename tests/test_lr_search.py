@@ -433,13 +433,6 @@ def test_parallel_steps_out_by_one_step_from_a_flat_bottom(steps, factor):
     assert s.ask_study("bs4-seed0").lr == pytest.approx(p.lr / factor)
 
 
-def test_parallel_asks_the_largest_batch_size_first():
-    # With fewer workers than studies the first results come from the cheap large batch
-    # sizes, and they steer the small ones' first trials (below).
-    s = LRSearch([8, 16, 64], [0], 1e-3, 2.0, 8, converge_tol=0.01, parallel=True)
-    assert [s.ask().batch_size for _ in range(3)] == [64, 16, 8]
-
-
 def test_parallel_coarse_pass_starts_below_a_larger_batch_sizes_failure():
     s = LRSearch([8, 64], [0], 1e-3, 2.0, 8, converge_tol=0.01, parallel=True)
     top = s.ask_study("bs64-seed0")

@@ -228,10 +228,6 @@ class LRSearch(LinePolicy):
             if not open_:
                 return WAIT
         order = list(states)
-        if self.parallel:
-            # Largest batch size first on a tie: the cheapest trials, whose results (the
-            # coarse pass's failures, the first reached LR) steer the smaller ones' first trials.
-            order.sort(key=lambda n: -parse_study_name(n)[0])
         name = min(open_, key=lambda n: (states[n].asked, order.index(n)))
         return self.ask_study(name)
 
