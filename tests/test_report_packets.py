@@ -189,13 +189,13 @@ def test_a_packed_folder_reads_as_the_same_frame_as_one_report_per_line(
 
 
 # ---- the scheduler judges a packet report by report ------------------------------------------
-def _plateau_scheduler(tmp_path: Path) -> PerBatchSizeScheduler:
+def _plateau_scheduler(tmp_path: Path, mode: str = "cascade") -> PerBatchSizeScheduler:
     # the plateau rule alone (a cascade: no ASHA; no lag rule), judged from step 2 * 20 = 40 on
     job = parse_job({
         "name": "pk", "workload": "nqm_sgd", "batch_sizes": [16],
         "options": {"dim": 10, "noise_scale": 1.0, "exponent": 1.0, "s0": 1.0},
         "lr_search": {"min": 1e-3, "max": 2.0, "trials_per_batch_size": 4, "confirm_seeds": 0,
-                      "cascade": True, "lag_stop": 0},
+                      mode: True, "lag_stop": 0},
         "target": {"metric": "eval_loss", "value": 0.05}, "budget": {"max_steps": 6000},
         "eval_every": 4, "early_stopping": {"enabled": True, "plateau": 0.01},
         "tracking": {"uri": f"sqlite:///{tmp_path / 'm.db'}"}, "storage": str(tmp_path / "runs"),
@@ -246,6 +246,28 @@ def test_a_packet_that_ends_the_trial_still_stops_it_where_a_rule_fired(tmp_path
     )
     assert packed.searcher.censored == alone.searcher.censored == {"flat": 40.0}
     assert packed.stopped == alone.stopped == {"flat"}
+
+
+def test_the_parallel_search_keeps_a_packets_end_past_where_a_rule_fired(tmp_path: Path) -> None:
+    # the parallel search hangs on timing anyway: a trial that went on to reach the target in
+    # the packet holding the report the plateau rule fires at (40) ends as it ended, reached
+    reports = [_flat(k) for k in range(4, 60, 4)]
+    reports.append({"step": 60, "status": "reached", "eval_loss": 0.04, "steps_to_target": 60})
+    s = _plateau_scheduler(tmp_path, mode="parallel")
+    trial = SimpleNamespace(trial_id="t", config=s.searcher.suggest("t"))
+    packet = {**reports[-1], POINTS: reports}
+    assert s.on_trial_result(None, trial, packet) == TrialScheduler.CONTINUE
+    assert not s.stopped and not s.searcher.censored and not s.searcher.stopped_at
+    s.searcher.on_trial_result("t", packet)
+    s.searcher.on_trial_complete("t", packet)
+    out = s.searcher.records["t"]["outcome"]
+    assert out["status"] == "reached" and out["steps_to_target"] == 60
+    # a packet that does not end the trial is still stopped at the firing report
+    s = _plateau_scheduler(tmp_path / "running", mode="parallel")
+    trial = SimpleNamespace(trial_id="u", config=s.searcher.suggest("u"))
+    flat = [_flat(k) for k in range(4, 60, 4)]
+    assert s.on_trial_result(None, trial, {**flat[-1], POINTS: flat}) == TrialScheduler.STOP
+    assert s.searcher.censored == {"u": 40.0}
 
 
 def test_the_searcher_folds_in_every_report_of_a_packet(tmp_path: Path) -> None:

@@ -74,7 +74,13 @@ class PerBatchSizeScheduler(FIFOScheduler):
         # must not (measured on the quickstart: letting such an end stand moved B_crit from
         # 69.2 to 79.6 and made it differ from run to run).
         # A trial's final report (status not `running`) and confirmation runs are not judged.
-        points = [p for p in points_of(result) if p.get("status") == Status.RUNNING]
+        # The parallel search (``lr_search.parallel``), whose proposals hang on which trials
+        # have finished and so on timing anyway, keeps such an end: the trial ran those steps,
+        # and hearing it stopped where it went on to reach cost that search about one
+        # oracle's compute on the NQM reference (4.12x -> 5.1x, BENCHMARKS.md).
+        reports = points_of(result)
+        points = [p for p in reports if p.get("status") == Status.RUNNING]
+        keep_end = self.searcher.search.parallel and reports[-1].get("status") != Status.RUNNING
         if not points or trial.config.get("phase") == PHASE:  # confirmation: its stop rule
             return TrialScheduler.CONTINUE
         if not self.enabled:
@@ -88,6 +94,10 @@ class PerBatchSizeScheduler(FIFOScheduler):
         action = TrialScheduler.CONTINUE
         for point in points:
             action, best = self._judge(trial, study, point, best)
+            if action == TrialScheduler.STOP and keep_end:
+                self.stopped.discard(trial.trial_id)
+                self.searcher.censored.pop(trial.trial_id, None)
+                return TrialScheduler.CONTINUE
             if action == TrialScheduler.STOP:
                 self.searcher.stopped_at[trial.trial_id] = point
                 return action
