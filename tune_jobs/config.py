@@ -121,7 +121,7 @@ class LRSearchConfig:
     (status `withdrawn`: no result, not counted against trials_per_batch_size, its steps
     still spent). On the NQM reference 3.68x the oracle's compute in the simulation and
     4.2-5.2x in real sweeps of 8 workers (the cascade: 3.15x, 3.11x), B_crit within 1%; on the
-    quickstart's digits at 5 trials per batch size its B_crit spreads +32% over training
+    quickstart's digits at 5 trials per batch size its B_crit spreads +28-32% over training
     seeds (rounds: +6%) and, as trials finish in whatever order, differs run to run for one
     seed, so it is not the default (BENCHMARKS.md)."""
 
