@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from tune_jobs.lr_search import WAIT, LRSearch, Outcome, objective
@@ -292,3 +293,37 @@ def test_pipeline_history_survives_a_resume():
     s2 = LRSearch([8, 32], [0], 1e-3, 2.0, 6, converge_tol=0.01, pipeline=2)
     s2.load_state(state, {})
     assert s2.history == s.history and s2.ask().lr == s.ask().lr
+
+
+def test_the_range_widens_only_past_a_best_lr_that_points_out_there():
+    """A study's range grows by 4x past the edge its best LR sits at when the best is the
+    outermost LR tried there and reached the target, or missed it in a way a step further
+    out may mend (too slow at the top; stalled at the bottom). Before, a high LR that
+    stalled, best among failures, widened the range above an LR that diverged, and TPE
+    proposed there (the parallel quickstart: 7.9 and 11 after 3.0 diverged)."""
+
+    def study(told):
+        s = LRSearch([8], [0], 1e-3, 1.0, 8, seed=0)
+        for lr, out in told:
+            p = dataclasses.replace(s.ask(), lr=lr)
+            s.tell(p, out, 1000, 0.95, "max")
+        return s.states["bs8-seed0"].range
+
+    diverged = Outcome("diverged", None, None, 10)
+    stalled = Outcome("stopped_early", None, 0.90, 400, censored_at=400)  # e.g. the plateau rule
+    slow = Outcome("not_reached", None, 0.90, 1000)  # ran out of steps
+    asha = Outcome("stopped_early", None, 0.50, 200)  # ASHA: not censored, says nothing
+    reached = Outcome("reached", 300, 0.96, 300)
+    top, bottom, neither = (1e-3, 4.0), (2.5e-4, 1.0), (1e-3, 1.0)
+    assert study([(0.9, reached)]) == top
+    assert study([(0.9, slow)]) == top  # too slow at the top: larger LRs may reach
+    assert study([(1.0, diverged)]) == neither
+    assert study([(1.0, diverged), (0.9, slow)]) == neither  # worse above it
+    assert study([(1.0, diverged), (0.9, stalled)]) == neither  # the quickstart's case
+    assert study([(0.9, stalled)]) == neither  # a stall at the top points down
+    assert study([(1.0, diverged), (0.95, reached)]) == neither  # its edge is just above
+    assert study([(1.0, asha), (0.9, reached)]) == top
+    assert study([(1.2e-3, reached)]) == bottom
+    assert study([(1.2e-3, stalled)]) == bottom  # a noise floor: smaller LRs may reach
+    assert study([(1.2e-3, slow)]) == neither  # too slow at the bottom points up
+    assert study([(1e-3, slow), (1.2e-3, reached)]) == neither  # worse below it

@@ -81,7 +81,9 @@ class LRSearchConfig:
     neighbouring batch sizes' best LRs; Optuna TPE where it has nothing to propose), `random`,
     or `grid` (log grid). Formerly called `tpe`."""
     widen_on_edge: bool = True
-    """Widen the range by 4x when a study's best LR sits at its edge (McCandlish, App. A)."""
+    """Widen the range by 4x when a study's best LR sits at its edge and is the outermost LR
+    tried there (McCandlish, App. A); a diverged or stalled best at the top, or one that ran
+    out of steps at the bottom, widens nothing (`LinePolicy._maybe_widen`)."""
     stop_when_converged: bool = True
     """`line_search` only: a study stops before trials_per_batch_size once its best LR has a
     worse trial on each side and the steps still to gain inside that bracket (estimated from a

@@ -346,14 +346,30 @@ class LinePolicy:
         )
 
     def _maybe_widen(self, name: str) -> None:
+        """Widen the study's range by 4x past an edge its best LR sits at (within 10% of the
+        range, in log), when the best points out there: it is the outermost LR tried on that
+        side (a trial further out that did worse shows the optimum is not out there; ASHA's
+        ``unknown`` stops do not count), and it reached the target, or missed it in a way a
+        step further out may mend: at the top, by running out of steps (too slow); at the
+        bottom, by a stop that shows it stalled or slow (censored, e.g. a noise floor). A
+        diverged best widens nothing. (Without these checks a high LR that stalled, best
+        among failures, widened the range above one that diverged, and TPE proposed there:
+        7.9 and 11 after 3.0 diverged, a trial of the quickstart's five each.)"""
         st = self.states[name]
         lo, hi = st.range
         assert st.best is not None  # called after a result
-        _, lr = st.best
+        value, lr = st.best
+        if lr in st.diverged:
+            return
+        cut = self.reached_cut
+        reached, censored = value <= cut, cut < value <= 1.5 * cut  # see lr_study.objective
+        tried = [x for x in st.results if x not in st.unknown]
         edge = 0.1 * math.log(hi / lo)  # within 10% (log) of an edge
-        if math.log(hi / lr) < edge:
+        at_top = math.log(hi / lr) < edge
+        at_bottom = not at_top and math.log(lr / lo) < edge
+        if at_top and not any(x > lr for x in tried) and (reached or value > 1.5 * cut):
             st.range = (lo, hi * 4)
-        elif math.log(lr / lo) < edge:
+        elif at_bottom and not any(x < lr for x in tried) and (reached or censored):
             st.range = (lo / 4, hi)
 
     def _cross_bound(self, b: int, s: int, examples: bool = True) -> float:
