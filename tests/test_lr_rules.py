@@ -24,6 +24,7 @@ from tune_jobs.lr_rules import (
     saturating_lr,
     seed_lrs,
     step_out,
+    widest_gap,
 )
 
 
@@ -48,6 +49,19 @@ def test_step_out_doubles_the_lr_or_follows_a_slope_up_to_an_e_fold_gap():
     assert step_out(x, math.log(2), up=True, slope_gap=0.2) == pytest.approx(0.2)
     # gap 1.5 > 1: too far apart to be a slope worth following
     assert step_out(x, math.log(2), up=True, slope_gap=1.5) == pytest.approx(0.2)
+
+
+def test_widest_gap_splits_the_widest_stretch_of_the_range_not_tried():
+    lo, hi = math.log(0.003), math.log(3.0)
+    # the quickstart's B = 16: 3.0 and 2.05 failed high, 0.003 ran out of steps
+    x = widest_gap([math.log(3.0), math.log(2.05), math.log(0.003)], lo, hi)
+    assert x == pytest.approx(math.log(math.sqrt(0.003 * 2.05)))
+    # one failure at the top: the stretch below it, the range's bottom as its other end
+    assert widest_gap([math.log(3.0)], lo, hi) == pytest.approx(math.log(math.sqrt(0.009)))
+    assert widest_gap([math.log(0.01)], lo, hi) == pytest.approx(math.log(math.sqrt(0.03)))
+    assert widest_gap([], lo, hi) is None  # nothing tried: TPE's first proposal
+    used_up = [lo + i * 1.5 * math.log(SEED_STEP) for i in range(100)]
+    assert widest_gap([t for t in used_up if t <= hi], lo, hi) is None
 
 
 def test_parabola_vertex_of_three_points_on_a_known_parabola():

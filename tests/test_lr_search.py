@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import pytest
+
 from tune_jobs.lr_search import WAIT, LRSearch, Outcome, objective
 
 
@@ -327,3 +329,19 @@ def test_the_range_widens_only_past_a_best_lr_that_points_out_there():
     assert study([(1.2e-3, stalled)]) == bottom  # a noise floor: smaller LRs may reach
     assert study([(1.2e-3, slow)]) == neither  # too slow at the bottom points up
     assert study([(1e-3, slow), (1.2e-3, reached)]) == neither  # worse below it
+
+
+def test_with_nothing_reached_and_no_neighbour_the_search_splits_the_untried_range():
+    """Once a study's own trials all missed and no neighbour has a best LR to start from, the
+    next LR is the middle (in log) of the widest stretch of the range not tried yet, not a
+    TPE draw, which with two or three trials told can land beside a failure."""
+    s = LRSearch([16], [0], 0.003, 3.0, 5, seed=0)
+    first = dataclasses.replace(s.ask(), lr=3.0)
+    s.tell(first, Outcome("diverged", None, None, 10), 1000, 0.95, "max")
+    second = s.ask()
+    assert second.lr == pytest.approx(math.sqrt(0.003 * 3.0))  # below the failure
+    s.tell(second, Outcome("not_reached", None, 0.8, 1000), 1000, 0.95, "max")
+    third = s.ask()
+    assert third.lr == pytest.approx(math.sqrt(second.lr * 3.0))  # between the two misses
+    s.tell(third, Outcome("reached", 400, 0.96, 400), 1000, 0.95, "max")
+    assert s.ask().lr not in (pytest.approx(third.lr),)  # a reach: the line search leads

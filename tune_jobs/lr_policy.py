@@ -58,12 +58,15 @@ class LinePolicy:
 
         Steps-to-target is unimodal in log LR (too small: slow; too large: noise floor or
         divergence), and the best LR moves smoothly with the batch size. So: with no reached
-        trial yet, start where the neighbours point (:meth:`_seed_lrs`); once the best reached
+        trial yet, start where the neighbours point (:meth:`_seed_lrs`), and once their LRs
+        are tried split the widest stretch of the range not tried yet
+        (:func:`~tune_jobs.lr_rules.widest_gap`); once the best reached
         trial has a worse trial on each side, take the vertex of the parabola through it and
         its neighbours (log steps against log LR; golden section, at most one step, when a
         neighbour did not reach); if it is the largest or smallest LR tried, step out: by ``SEED_STEP`` from a
         seed the neighbours predicted, 2x from one they did not, then twice the distance to
-        the next LR tried (an expanding search). ``None``: nothing to suggest (TPE proposes).
+        the next LR tried (an expanding search). ``None``: nothing to suggest (TPE proposes:
+        the first trial of a study with no neighbour to start from, or a range used up).
         The numbers come from :mod:`tune_jobs.lr_rules` (:func:`~tune_jobs.lr_rules.step_out`,
         :func:`~tune_jobs.lr_rules.bracket_lr`); this picks the points and the step.
         """
@@ -98,7 +101,11 @@ class LinePolicy:
                 # noise floor: early stopping) where a too small one runs for long.
                 return self.states[name].range[1] if not pts else math.exp(pts[0][0]) / 2
             if not pts or min(v for _, v in pts) > self.reached_cut:
-                return None  # nothing reached here yet, the neighbours' LRs tried: TPE
+                # Nothing reached here yet, the neighbours' LRs tried: split the widest
+                # stretch of the range not tried yet (TPE when nothing was tried at all).
+                lo, hi = self.states[name].range
+                x = lr_rules.widest_gap(tried, math.log(lo), math.log(hi))
+                return None if x is None else math.exp(x)
         pts = self._near_best(pts)
         i = min(range(len(pts)), key=lambda j: pts[j][1])
         xb = pts[i][0]

@@ -56,6 +56,26 @@ def step_out(x_best: float, step: float, up: bool, slope_gap: float | None = Non
     return math.exp(x_best + step if up else x_best - step)
 
 
+def widest_gap(tried: Sequence[float], lo: float, hi: float) -> float | None:
+    """Log LR at the middle of the widest stretch of ``[lo, hi]`` (log LRs) that no trial in
+    ``tried`` has sampled: where to look next when nothing reached the target and the
+    neighbours have nothing to suggest. A bisection of what is left of the range, which does
+    not land beside an LR that failed (random or TPE proposals there, with two or three trials
+    told, can: the quickstart's B = 16 tried 2.81 between failures at 3.0 and 2.05). ``None``
+    with nothing tried (no gap to split: the first proposal is TPE's) or when every stretch is
+    narrower than two first steps (:data:`SEED_STEP`), i.e. the range is used up. Of
+    stretches as wide, the highest."""
+    if not tried:
+        return None
+    pts = sorted({lo, hi, *(min(max(t, lo), hi) for t in tried)})
+    gaps = [(b - a, a) for a, b in zip(pts, pts[1:], strict=False)]
+    width = max(w for w, _ in gaps)
+    # of stretches as wide (to rounding), the highest: a too low LR runs long, a too high
+    # one fails fast
+    left = max(a for w, a in gaps if w >= width - 1e-9)
+    return left + width / 2 if width > 2 * math.log(SEED_STEP) else None
+
+
 def parabola_vertex(left: Point, best: Point, right: Point) -> float | None:
     """Abscissa of the vertex of the parabola through three ``(x, f)`` points (successive
     parabolic interpolation); ``None`` when they are collinear. Not checked for convexity:
