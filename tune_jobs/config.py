@@ -124,8 +124,9 @@ class LRSearchConfig:
     still spent). On the NQM reference 3.68x the oracle's compute in the simulation and
     4.2-5.2x in real sweeps of 8 workers (the cascade: 3.15x, 3.11x), B_crit within 1%; on the
     quickstart's digits at 5 trials per batch size its B_crit spreads +28-32% over training
-    seeds with 2 slots and 25-57% with every batch size in flight (rounds: +6%) and, as trials finish in whatever order, differs run to run for one
-    seed, so it is not the default (BENCHMARKS.md)."""
+    seeds with 2 slots and 25-57% with every batch size in flight (rounds: +6%) and, as
+    trials finish in whatever order, differs run to run for one seed, so it is not the
+    default (BENCHMARKS.md)."""
 
 
 @dataclass(frozen=True)
