@@ -12,7 +12,7 @@ import math
 
 from tune_jobs import lr_rules
 from tune_jobs.lr_rules import COARSE_STEP, SEED_STEP
-from tune_jobs.lr_study import StudyState, parse_study_name, study_name
+from tune_jobs.lr_study import CENSORED_MAX, StudyState, parse_study_name, study_name
 
 
 class LinePolicy:
@@ -368,13 +368,13 @@ class LinePolicy:
         value, lr = st.best
         if lr in st.diverged:
             return
-        cut = self.reached_cut
-        reached, censored = value <= cut, cut < value <= 1.5 * cut  # see lr_study.objective
+        cut, top = self.reached_cut, CENSORED_MAX * self.reached_cut  # lr_study.objective
+        reached, censored, missed = value <= cut, cut < value <= top, value > top
         tried = [x for x in st.results if x not in st.unknown]
         edge = 0.1 * math.log(hi / lo)  # within 10% (log) of an edge
         at_top = math.log(hi / lr) < edge
         at_bottom = not at_top and math.log(lr / lo) < edge
-        if at_top and not any(x > lr for x in tried) and (reached or value > 1.5 * cut):
+        if at_top and not any(x > lr for x in tried) and (reached or missed):
             st.range = (lo, hi * 4)
         elif at_bottom and not any(x < lr for x in tried) and (reached or censored):
             st.range = (lo / 4, hi)

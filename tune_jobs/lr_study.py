@@ -44,6 +44,9 @@ class Outcome:
 
 
 WAIT = "wait"  # ask() result: nothing to propose until running trials report
+# objective() / max_steps: up to 1 a reached trial, above 1 and up to this a censored one
+# (stopped on its way), above this one that missed (ran out of steps, or stopped by ASHA)
+CENSORED_MAX = 1.5
 
 
 def study_name(batch_size: int, seed: int) -> str:
@@ -68,7 +71,7 @@ def objective(outcome: Outcome, max_steps: int, target: float, direction: str) -
         # `censored_at` steps. Behind every reached trial, ahead of every plain miss, ordered
         # among its kind by how close its metric came.
         gap = abs(math.log(best / target)) if best and best > 0 and target > 0 else 20.0
-        return max_steps * (1.0 + 0.5 * min(gap, 20.0) / 20.0)
+        return max_steps * (1.0 + (CENSORED_MAX - 1.0) * min(gap, 20.0) / 20.0)
     if best is None or not math.isfinite(best):
         return max_steps * 1e3
     if best > 0 and target > 0:

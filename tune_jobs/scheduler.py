@@ -93,50 +93,46 @@ class PerBatchSizeScheduler(FIFOScheduler):
         best = self.searcher.best_metric.get(trial.trial_id)
         action = TrialScheduler.CONTINUE
         for point in points:
-            action, best = self._judge(trial, study, point, best)
-            if action == TrialScheduler.STOP and keep_end:
-                self.stopped.discard(trial.trial_id)
-                self.searcher.censored.pop(trial.trial_id, None)
-                return TrialScheduler.CONTINUE
+            action, best, censor = self._judge(trial, study, point, best)
             if action == TrialScheduler.STOP:
+                if keep_end:
+                    return TrialScheduler.CONTINUE
+                self.stopped.add(trial.trial_id)
+                if censor is not None:
+                    self.searcher.censored[trial.trial_id] = censor
                 self.searcher.stopped_at[trial.trial_id] = point
                 return action
         return self._withdraw_if_obsolete(trial) if action is _PACED else action
 
-    def _judge(self, trial, study: str, point: dict, best: float | None) -> tuple[Any, Any]:
+    def _judge(
+        self, trial, study: str, point: dict, best: float | None
+    ) -> tuple[Any, Any, float | None]:
         """One running report: (STOP, CONTINUE, or _PACED: no ASHA in a paced search; the best
-        target metric so far, this report's folded in)."""
+        target metric so far, this report's folded in; for a stop by the bound, the lag or the
+        plateau rule the step it is censored at, else None). Records nothing of a stop: the
+        caller does, unless the packet's own end stands."""
         step = point.get("step", 0)
         bound = self.searcher.search.steps_bound(study)
         if step >= bound:
-            self.stopped.add(trial.trial_id)
-            self.searcher.censored[trial.trial_id] = float(bound)
-            return TrialScheduler.STOP, best
+            return TrialScheduler.STOP, best, float(bound)
         value = point.get(self.target_metric)
         if value is None or not math.isfinite(value):
-            return TrialScheduler.CONTINUE, best
+            return TrialScheduler.CONTINUE, best, None
         best = value if best is None else min(best, value) if self.sign < 0 else max(best, value)
         if self.searcher.search.behind(study, step, best):
-            self.stopped.add(trial.trial_id)
-            self.searcher.censored[trial.trial_id] = float(step)  # slower than the fastest
-            return TrialScheduler.STOP, best
+            return TrialScheduler.STOP, best, float(step)  # slower than the fastest
         value = self._smooth(trial.trial_id, step, value)
         if self._plateaued(trial.trial_id, step, point.get("lr")):
-            self.stopped.add(trial.trial_id)
-            self.searcher.censored[trial.trial_id] = float(step)  # stalled: will not reach
-            return TrialScheduler.STOP, best
+            return TrialScheduler.STOP, best, float(step)  # stalled: will not reach
         if self.searcher.search.paced:
             # A cascade, pipeline or parallel search runs a study's trials one after another, so
             # ASHA would only compare a trial with earlier ones at early milestones, where a
             # larger LR leads and a lower one (lower noise floor) may still win: the bound, the
             # lag and the plateau rule suffice.
-            return _PACED, best
+            return _PACED, best, None
         bracket = self._bracket(study)
         self.searcher.asha_fed.setdefault(trial.trial_id, []).append((step, self.sign * value))
-        action = bracket.on_result(trial, step, self.sign * value)
-        if action == TrialScheduler.STOP:
-            self.stopped.add(trial.trial_id)
-        return action, best
+        return bracket.on_result(trial, step, self.sign * value), best, None
 
     def _withdraw_if_obsolete(self, trial) -> str:
         """Parallel search: stop a running first trial that the provisional fit has moved away
