@@ -11,7 +11,10 @@ GPU sweep's unless paced (``--pace``: each report of a trial waits as long as it
 take, so the scheduler's stops and withdrawals act when they would in real training; unpaced,
 a trial has run to its end before its first report is read, and nothing can stop it).
 Compute is counted in steps (every trial's steps run, withdrawn and stopped ones included,
-over the oracle's: one run per batch size at its optimal LR).
+over the oracle's: one run per batch size at its optimal LR): ``compute`` up to where the
+search ended each trial, ``ran`` up to its last report in ``result.json`` (on the parallel
+search's virtual clock a trial may run past the report the search ends it at, while the driver
+holds that report back for a slower trial; in the other modes a packet's reports past a stop).
 
     .venv/bin/python benchmarks/parallel_sweep.py [--modes cascade,parallel,rounds] [--plateau 0,0.01]
     .venv/bin/python benchmarks/parallel_sweep.py --job tune_jobs/jobs/nqm_sgd_small.yaml \
@@ -67,6 +70,7 @@ def one(
             print(f"  {mode} B={r['batch_size']} lr {r['lr']:.4g} {r['status']} "
                   f"{int(r.get('steps_run') or 0)} steps", flush=True)  # fmt: skip
     compute = sum(int(r.get("steps_run") or 0) for r in rows)
+    ran = _steps_ran(res.run_dir)
     steps = dict(zip(truth["batch_sizes"], truth["steps"], strict=True))
     found = {r.batch_size: r.steps for r in summary.steps_table().itertuples()}
     excess = [found[b] / steps[b] - 1 for b in steps if found.get(b) == found.get(b)]
@@ -77,10 +81,25 @@ def one(
         "trials": len(rows) / len(job.batch_sizes),
         "withdrawn": sum(r["status"] == "withdrawn" for r in rows) / len(job.batch_sizes),
         "compute_x_oracle": compute / sum(truth["steps"]),
+        "ran_x_oracle": ran / sum(truth["steps"]),
         "b_crit_error": summary.cbs.b_crit / truth["b_crit"] - 1,
         "mean_excess_steps": sum(excess) / len(excess) if excess else float("nan"),
         "missed": len(steps) - len(excess),
     }  # fmt: skip
+
+
+def _steps_ran(run_dir: Path) -> int:
+    """Steps every trial ran in reality (its last report in ``result.json``): a trial the
+    parallel search's virtual clock ended at an earlier step ran past it (the trial's result,
+    ``steps_run`` in the table, ends there; the steps past it were spent all the same)."""
+    from analysis.packets import points_of
+
+    total = 0
+    for f in run_dir.glob("*/result.json"):
+        steps = [int(p.get("step") or 0) for line in f.read_text().splitlines() if line.strip()
+                 for p in points_of(json.loads(line))]  # fmt: skip
+        total += max(steps, default=0)
+    return total
 
 
 def main() -> int:
@@ -148,12 +167,13 @@ def main() -> int:
           f"size, {args.confirm_seeds} confirmation seeds, local Ray with {args.num_cpus} CPUs, "
           f"{args.trial_cpus} per trial, nqm_exact paced at {args.pace:g} s per step")  # fmt: skip
     print(
-        "| mode | plateau | repeat | trials run / B (withdrawn) | compute / oracle | B_crit error | CI covers | mean excess steps | missed | wall s |"
+        "| mode | plateau | repeat | trials run / B (withdrawn) | compute / oracle | ran / oracle | B_crit error | CI covers | mean excess steps | missed | wall s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['mode']} | {r['plateau']:g} | {r['repeat']} | {r['trials']:.1f} ({r['withdrawn']:.1f}) | "
-              f"{r['compute_x_oracle']:.2f}x | {100 * r['b_crit_error']:+.1f}% | {r['covered']} | "
+              f"{r['compute_x_oracle']:.2f}x | {r['ran_x_oracle']:.2f}x | "
+              f"{100 * r['b_crit_error']:+.1f}% | {r['covered']} | "
               f"{100 * r['mean_excess_steps']:.2f}% | {r['missed']} | {r['wall_s']} |")  # fmt: skip
     if args.repeats > 1:
         import statistics

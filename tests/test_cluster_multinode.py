@@ -9,6 +9,7 @@ loaded machine, reading the run folder and MLflow back).
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -140,10 +141,17 @@ def assert_mlflow_matches_tune(
 ) -> None:
     """Every trial Tune recorded is one MLflow child run whose `key` history holds exactly the
     (step, value) points of its result.json, each step once (a retried trial reports its first
-    steps again; the tracker keeps the first report of a step): none lost, none doubled."""
+    steps again; the tracker keeps the first report of a step): none lost, none doubled. A
+    trial the parallel search ended on its virtual clock (its journal record has ``at``) holds
+    them up to where the search ended it (``steps_run``): the steps it ran past are not its
+    result."""
     from mlflow.tracking import MlflowClient
 
+    from tune_jobs.journal import journal_path, read_records
+
     client = MlflowClient(tracking_uri)
+    ends = {r["trial_id"]: r["row"]["steps_run"] for r in read_records(journal_path(run_dir))
+            if "at" in r and r["row"].get("steps_run") is not None}  # fmt: skip
     rows = trial_rows(run_dir)
     runs = child_runs(tracking_uri, experiment)
     assert set(runs) == set(rows), f"MLflow trials {sorted(runs)} != Tune trials {sorted(rows)}"
@@ -153,7 +161,8 @@ def assert_mlflow_matches_tune(
         got = sorted((m.step, round(m.value, 9)) for m in hist)
         first: dict[int, float] = {}
         for r in rs:
-            first.setdefault(int(r["step"]), round(float(r[key]), 9))
+            if int(r["step"]) <= ends.get(tid, math.inf):
+                first.setdefault(int(r["step"]), round(float(r[key]), 9))
         want = sorted(first.items())
         assert got == want, f"trial {tid}: MLflow {key} {got} != result.json {want}"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -93,3 +94,51 @@ def test_parallel_sweep_recovers_nqm_ground_truth(ray_local, tmp_path):
     }
     assert len(runs) == len(records)
     assert all(status.get(t) == "withdrawn" for t in withdrawn)
+
+
+def _search_events(run_dir: Path) -> tuple[list[tuple], list[str]]:
+    """The journal as the search saw it, without Tune's random trial ids: asks, withdrawals
+    and results, in order, at their virtual times; and the confirmation runs' records (off
+    the clock: journaled as they end in real time), sorted."""
+    out, confirm = [], []
+    for e in read_events(journal_path(run_dir)):
+        if e.get(EVENT):
+            out.append((e[EVENT], e["study"], e["number"], e["lr"], e.get("at")))
+            continue
+        row = {k: v for k, v in e["row"].items() if k != "trial_id"}
+        rec = (e["proposal"]["study"], e["proposal"]["number"], e["status"], e["outcome"],
+               e.get("at"), sorted(row.items()))  # fmt: skip
+        if e.get("phase") == "confirm":
+            assert "at" not in e
+            confirm.append(repr(rec))
+        else:
+            out.append(rec)
+    return out, sorted(confirm)
+
+
+@pytest.mark.slow
+def test_parallel_sweep_is_the_same_whatever_the_real_timing(ray_local, tmp_path):
+    """The parallel search on its virtual clock (tune_jobs/vclock.py) through real Ray: the same
+    job run unpaced on 2 slots (each trial runs to its end before its first report is read;
+    3 of 5 studies wait for a worker) and paced on 8 (every study in flight, stops acting
+    mid-trial) proposes, stops, withdraws and journals the same trials, and prints the same
+    B_crit."""
+    runs = []
+    for name, pace, cpus in (("unpaced", 0.0, 1.0), ("paced", 2e-6, 0.25)):
+        d = yaml.safe_load(JOB.read_text())
+        d.update(name=name, batch_sizes=[64, 256, 1024, 4096, 16384],
+                 storage=str(tmp_path / name),
+                 tracking={"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": name})  # fmt: skip
+        d["lr_search"] |= {"trials_per_batch_size": 8, "cascade": False, "parallel": True}
+        d["options"] |= {"seconds_per_step": pace}
+        d["resources"] |= {"cpus": cpus}
+        job = parse_job(d)
+        res = run_sweep(job, progress=False)
+        summary, _ = sweep_summary(res, job)
+        runs.append((res, summary))
+    (a, sa), (b, sb) = runs
+    assert _search_events(a.run_dir) == _search_events(b.run_dir)
+    assert sa.cbs.b_crit == sb.cbs.b_crit
+    assert sa.text() == sb.text()  # what `critbatch run` prints
+    ta, tb = (s.steps_table().drop(columns=["trial"]) for s in (sa, sb))  # Tune's random ids
+    pd.testing.assert_frame_equal(ta, tb)

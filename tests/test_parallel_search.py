@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import random
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -60,17 +61,22 @@ def _reports(cfg: dict) -> list[dict]:
 
 
 class Driver:
-    """What Tune does with the searcher and scheduler, in simulated time (a step is one time
-    unit at every batch size; a worker for every trial asked): suggest whenever it may, deliver
-    each report to the scheduler then the searcher, complete a trial at its last report or
-    when the scheduler stops it."""
+    """What Tune does with the searcher and scheduler, in simulated real time (a worker for
+    every trial asked): suggest whenever it may, deliver each report to the scheduler then (if
+    not stopped) the searcher, and end a trial at its last report or when the scheduler stops
+    it (the scheduler's ``trial_ended``, then the searcher's ``on_trial_complete``, as Tune's
+    ``stop_trial``). ``speed(trial config)``: the real time a step of that trial takes (1: a
+    step is one time unit at every batch size)."""
 
-    def __init__(self, searcher: SweepSearcher, scheduler: PerBatchSizeScheduler, prefix: str):
-        self.searcher, self.scheduler, self.prefix = searcher, scheduler, prefix
+    def __init__(self, searcher: SweepSearcher, scheduler: PerBatchSizeScheduler, prefix: str,
+                 speed=lambda cfg: 1.0):  # fmt: skip
+        self.searcher, self.scheduler, self.prefix, self.speed = searcher, scheduler, prefix, speed
         self.queue: list[tuple] = []
-        self.trials: dict[str, tuple[dict, list[dict], float]] = {}
+        self.trials: dict[str, tuple[dict, list[dict], float, float]] = {}
         self.n = 0
         self.events = 0  # reports and completions delivered
+        self.steps = 0  # steps the trials ran in reality (up to where each was stopped)
+        self.ended: list[str] = []  # trial ids in the order they ended in reality
 
     def fill(self, now: float) -> None:
         while True:
@@ -80,26 +86,30 @@ class Driver:
                 return
             self.n += 1
             reports = _reports(cfg)
-            self.trials[tid] = (cfg, reports, now)
-            heapq.heappush(self.queue, (now + reports[0]["step"], self.n, tid, 0))
+            pace = self.speed(cfg)
+            self.trials[tid] = (cfg, reports, now, pace)
+            heapq.heappush(self.queue, (now + pace * reports[0]["step"], self.n, tid, 0))
 
     def run(self, stop_after: int | None = None) -> None:
         self.fill(0.0)
         while self.queue:
             now, order, tid, k = heapq.heappop(self.queue)
-            cfg, reports, start = self.trials[tid]
+            cfg, reports, start, pace = self.trials[tid]
             result = reports[k]
             self.events += 1
             if result["status"] == Status.RUNNING and k + 1 < len(reports):
                 trial = SimpleNamespace(trial_id=tid, config=cfg)
                 action = self.scheduler.on_trial_result(None, trial, result)
-                self.searcher.on_trial_result(tid, result)
                 if action != TrialScheduler.STOP:
+                    self.searcher.on_trial_result(tid, result)
                     nxt = reports[k + 1]["step"]
-                    heapq.heappush(self.queue, (start + nxt, order, tid, k + 1))
+                    heapq.heappush(self.queue, (start + pace * nxt, order, tid, k + 1))
                     if self.events == stop_after:
                         return
                     continue
+            self.steps += int(result["step"])
+            self.ended.append(tid)
+            self.scheduler.trial_ended(tid, result)
             self.searcher.on_trial_complete(tid, result)
             del self.trials[tid]
             if self.events == stop_after:
@@ -160,6 +170,25 @@ def test_every_batch_size_starts_at_once_and_obsolete_trials_are_withdrawn(whole
     assert fails == len(withdrawn)
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_search_is_the_same_whatever_speed_each_trial_runs_at(
+    tmp_path: Path, whole, seed: int
+) -> None:
+    # Each trial's step takes its own real time, 0.2x to 5x (drawn per trial): reports reach
+    # the scheduler in another order, and trials end in another order than on the clock; the
+    # search must ask, stop, withdraw and journal exactly the same trials, in the same order.
+    run_dir, searcher, _ = whole
+    rng = random.Random(seed)
+    fast, f_sched = _pair(tmp_path, "s")
+    driver = Driver(fast, f_sched, "t", speed=lambda cfg: rng.uniform(0.2, 5.0))
+    driver.run()
+    assert read_events(journal_path(tmp_path / "s")) == read_events(journal_path(run_dir))
+    assert fast.search.state() == searcher.search.state()
+    on_clock = [r["trial_id"] for r in read_records(journal_path(run_dir))]
+    assert driver.ended != on_clock, "the real order must differ, or this shows nothing"
+    assert sorted(driver.ended) == sorted(on_clock)
+
+
 @pytest.mark.parametrize("fraction", [0.05, 0.2, 0.35, 0.5, 0.65, 0.8, 0.95])
 def test_a_killed_driver_replays_to_the_same_search(tmp_path: Path, whole, fraction) -> None:
     _, _, total = whole
@@ -175,10 +204,17 @@ def test_a_killed_driver_replays_to_the_same_search(tmp_path: Path, whole, fract
     # the same search: every study's counters, results, fits' bases, and Optuna's trials
     assert resumed.search.state() == killed.search.state()
     assert _optuna(resumed) == _optuna(killed)
-    # owed first: exactly the trials in flight when the driver died (withdrawn ones are not)
-    live = {(p.study, p.number) for tid, p in killed.proposals.items() if tid in driver.trials
-            and tid not in killed.withdrawn}  # fmt: skip
+    # owed first: exactly the trials asked and not ended when the driver died (running, or
+    # asked on the virtual clock and not started yet; withdrawn ones are not), each where it
+    # started on the clock
+    running = {(p.study, p.number) for tid, p in killed.proposals.items() if tid in driver.trials
+               and tid not in killed.withdrawn}  # fmt: skip
+    live = set(killed.clock.live)
+    assert running <= live
     assert {(p.study, p.number) for p in resumed.requeue} == live
+    assert {k: (t.start, t.order) for k, t in resumed.clock.live.items()} == {
+        k: (t.start, t.order) for k, t in killed.clock.live.items()
+    }
 
     # the resumed driver finishes the sweep; every proposal ends exactly once (a result or a
     # withdrawal, under the trial id that ran it last), none told twice

@@ -13,6 +13,7 @@ holds every report).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -248,26 +249,34 @@ def test_a_packet_that_ends_the_trial_still_stops_it_where_a_rule_fired(tmp_path
     assert packed.stopped == alone.stopped == {"flat"}
 
 
-def test_the_parallel_search_keeps_a_packets_end_past_where_a_rule_fired(tmp_path: Path) -> None:
-    # the parallel search hangs on timing anyway: a trial that went on to reach the target in
-    # the packet holding the report the plateau rule fires at (40) ends as it ended, reached
+def test_the_parallel_search_stops_a_packet_where_a_rule_fired_as_the_others(
+    tmp_path: Path,
+) -> None:
+    # On its virtual clock the parallel search judges a packet report by report too: a trial
+    # that went on to reach the target in the packet holding the report the plateau rule fires
+    # at (40) is stopped and censored at 40, as it would be had each report come alone, and its
+    # result ends there (what it ran past 40 is spent, not its result)
     reports = [_flat(k) for k in range(4, 60, 4)]
     reports.append({"step": 60, "status": "reached", "eval_loss": 0.04, "steps_to_target": 60})
     s = _plateau_scheduler(tmp_path, mode="parallel")
     trial = SimpleNamespace(trial_id="t", config=s.searcher.suggest("t"))
     packet = {**reports[-1], POINTS: reports}
-    assert s.on_trial_result(None, trial, packet) == TrialScheduler.CONTINUE
-    assert not s.stopped and not s.searcher.censored and not s.searcher.stopped_at
-    s.searcher.on_trial_result("t", packet)
+    assert s.on_trial_result(None, trial, packet) == TrialScheduler.STOP
+    assert s.stopped == {"t"} and s.searcher.censored == {"t": 40.0}
+    s.trial_ended("t", packet)  # Tune's stop: nothing more for the search
     s.searcher.on_trial_complete("t", packet)
-    out = s.searcher.records["t"]["outcome"]
-    assert out["status"] == "reached" and out["steps_to_target"] == 60
-    # a packet that does not end the trial is still stopped at the firing report
-    s = _plateau_scheduler(tmp_path / "running", mode="parallel")
-    trial = SimpleNamespace(trial_id="u", config=s.searcher.suggest("u"))
-    flat = [_flat(k) for k in range(4, 60, 4)]
-    assert s.on_trial_result(None, trial, {**flat[-1], POINTS: flat}) == TrialScheduler.STOP
-    assert s.searcher.censored == {"u": 40.0}
+    record = s.searcher.records["t"]
+    out = record["outcome"]
+    assert out["status"] == "stopped_early" and out["steps_to_target"] is None
+    assert out["censored_at"] == 40.0 and out["curve"][-1][0] == 40
+    assert record["row"]["steps_run"] == 40 and s.searcher.settled_step("t") == 40
+    # the same reports one at a time: the same record
+    alone = _plateau_scheduler(tmp_path / "alone", mode="parallel")
+    trial = SimpleNamespace(trial_id="t", config=alone.searcher.suggest("t"))
+    for r in reports:
+        if alone.on_trial_result(None, trial, r) == TrialScheduler.STOP:
+            break
+    assert alone.searcher.records["t"]["outcome"] == out
 
 
 def test_the_searcher_folds_in_every_report_of_a_packet(tmp_path: Path) -> None:
@@ -308,6 +317,47 @@ def test_the_mlflow_callback_queues_every_report_of_a_packet_once(tmp_path: Path
     assert writer.close(timeout_s=60)
     hist = client.get_metric_history(tracker.runs["t"], "train_loss")
     assert sorted((m.step, m.value) for m in hist) == [(k, 1 / k) for k in (10, 20, 30, 40, 50)]
+
+
+def test_the_mlflow_callback_logs_a_clock_trials_result_as_the_search_ended_it(
+    tmp_path: Path,
+) -> None:
+    """The parallel search's virtual clock settles a trial's reports later than Tune delivers
+    them, and may end it at an earlier step: the callback logs a report once settled, logs
+    none past the record's end, and ends the run once the record exists (real SQLite store)."""
+    from mlflow.tracking import MlflowClient
+
+    from tune_jobs.mlflow_writer import MlflowWriter
+    from tune_jobs.tracking import MlflowCallback, Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("clock")
+    tracker = Tracker(uri, exp, client.create_run(exp).info.run_id, {})
+    tracker.fresh = True
+    writer = MlflowWriter(tracker, tmp_path / "spill.jsonl", linger_s=0.1)
+    records: dict = {}
+    settled = {"t": 10.0}
+    cb = MlflowCallback(writer, tracker, records, lambda tid: settled.get(tid, -math.inf))
+    trial = SimpleNamespace(trial_id="t", config={"batch_size": 8, "lr": 0.1}, last_result=None)
+    cb.on_trial_start(0, [], trial)
+    points = [_metrics(k) for k in (10, 20, 30, 40)]
+    cb.on_trial_result(0, [], trial, {**points[-1], POINTS: points, "timestamp": 5})
+    assert [int(p["step"]) for p in cb.waiting["t"]] == [20, 30, 40]  # 10 logged
+    settled["t"] = 20.0
+    cb.on_step_end(0, [])
+    assert [int(p["step"]) for p in cb.waiting["t"]] == [30, 40]
+    cb.on_trial_complete(0, [], trial)  # Tune's end, before the search ended it: it waits
+    assert "t" in cb.ends
+    records["t"] = {"at": 25.0, "status": "stopped_early", "objective": 3.0,
+                    "row": {"steps_run": 30, "steps_to_target": None}}  # fmt: skip
+    cb.on_step_end(0, [])
+    assert not cb.ends and not cb.waiting
+    assert writer.close(timeout_s=60)
+    run = client.get_run(tracker.runs["t"])
+    hist = client.get_metric_history(run.info.run_id, "train_loss")
+    assert sorted(m.step for m in hist) == [10, 20, 30]  # none past the end (30)
+    assert run.data.tags["critbatch.status"] == "stopped_early" and run.info.status == "FINISHED"
 
 
 def test_the_search_hears_a_stopped_trial_as_tune_saw_it_whatever_its_packets(

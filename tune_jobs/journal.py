@@ -13,11 +13,14 @@ Each record holds what the search was told (``outcome``), what MLflow must show 
 scheduler's ASHA brackets recorded (``asha``), so nothing needs Tune's state to rebuild.
 
 A parallel LR search (``lr_search.parallel``) also journals its *events*: each trial it
-proposes (``{"event": "ask", ...}``, before Tune hears of it) and each running trial it takes
-back (``{"event": "withdraw", ...}``, before it tells the search). Its proposals depend on
-which trials had finished when they were made, so a resumed driver replays asks, results and
-withdrawals in the order they happened (:func:`read_events`). Trial records have no
-``event`` key; :func:`read_records` returns those alone.
+proposes (``{"event": "ask", ...}``, before Tune hears of it, so with no trial id yet) and each
+running trial it takes back (``{"event": "withdraw", ...}``, before it tells the search). Its
+proposals depend on which trials had finished when they were made, so a resumed driver replays
+asks, results and withdrawals in the order they happened (:func:`read_events`). That search
+runs on a virtual clock (tune_jobs/vclock.py): its events and trial records carry the virtual
+time they happened at (``at``), an ask also its place among the asks (``order``), so a trial
+that was running when the driver died restarts where it started on the clock. Trial records
+have no ``event`` key; :func:`read_records` returns those alone.
 """
 
 from __future__ import annotations

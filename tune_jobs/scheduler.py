@@ -24,6 +24,7 @@ from tune_jobs.ray_internals import (
     release_finished_trial,
 )
 from tune_jobs.searcher import SweepSearcher
+from tune_jobs.vclock import END, ERROR
 
 _PACED = "paced"  # _judge: a report of a paced search that no rule stopped (no ASHA)
 
@@ -41,7 +42,9 @@ class PerBatchSizeScheduler(FIFOScheduler):
     censored (the trial needed more steps); in a cascade, pipeline or parallel search (one
     trial in flight per study) there is no ASHA (see :meth:`on_trial_result`). A parallel
     search's obsolete first trials are stopped and withdrawn, with or without early stopping
-    (:meth:`SweepSearcher.withdraw_if_obsolete`).
+    (:meth:`SweepSearcher.withdraw_if_obsolete`). The parallel search's trials are judged on
+    its virtual clock (:mod:`tune_jobs.vclock`), each report once no live trial can precede
+    it in virtual time (:meth:`_on_clock`), so its decisions do not hang on the real timing.
     """
 
     def __init__(self, job: JobConfig, searcher: SweepSearcher, max_steps: int):
@@ -65,6 +68,7 @@ class PerBatchSizeScheduler(FIFOScheduler):
         # at its peak LR: the rule would stop it before the decay that lets it reach.
         self.plateau = es.plateau if s.decay == "constant" and not s.decay_epochs else 0.0
         self.added: dict[str, int] = {}  # trial -> when Tune added it (choose_trial_to_run)
+        self.last_point: dict[str, dict] = {}  # clock: trial -> its last report handed out
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         # A packet (analysis/packets.py) is judged report by report, in order, as if each had
@@ -74,13 +78,11 @@ class PerBatchSizeScheduler(FIFOScheduler):
         # must not (measured on the quickstart: letting such an end stand moved B_crit from
         # 69.2 to 79.6 and made it differ from run to run).
         # A trial's final report (status not `running`) and confirmation runs are not judged.
-        # The parallel search (``lr_search.parallel``), whose proposals hang on which trials
-        # have finished and so on timing anyway, keeps such an end: the trial ran those steps,
-        # and hearing it stopped where it went on to reach cost that search about one
-        # oracle's compute on the NQM reference (4.12x -> 5.1x, BENCHMARKS.md).
+        # The parallel search judges on its virtual clock instead (_on_clock).
         reports = points_of(result)
+        if self.searcher.clock_key(trial.trial_id) is not None:
+            return self._on_clock(trial.trial_id, reports)
         points = [p for p in reports if p.get("status") == Status.RUNNING]
-        keep_end = self.searcher.search.parallel and reports[-1].get("status") != Status.RUNNING
         if not points or trial.config.get("phase") == PHASE:  # confirmation: its stop rule
             return TrialScheduler.CONTINUE
         if not self.enabled:
@@ -95,14 +97,68 @@ class PerBatchSizeScheduler(FIFOScheduler):
         for point in points:
             action, best, censor = self._judge(trial, study, point, best)
             if action == TrialScheduler.STOP:
-                if keep_end:
-                    return TrialScheduler.CONTINUE
-                self.stopped.add(trial.trial_id)
-                if censor is not None:
-                    self.searcher.censored[trial.trial_id] = censor
-                self.searcher.stopped_at[trial.trial_id] = point
+                self._record_stop(trial.trial_id, point, censor)
                 return action
         return self._withdraw_if_obsolete(trial) if action is _PACED else action
+
+    def _record_stop(self, trial_id: str, point: dict, censor: float | None) -> None:
+        self.stopped.add(trial_id)
+        if censor is not None:
+            self.searcher.censored[trial_id] = censor
+        self.searcher.stopped_at[trial_id] = point
+
+    # ---- the parallel search's virtual clock (tune_jobs/vclock.py) ---------------------------
+    def _on_clock(self, trial_id: str, reports: list[dict], finished: bool = False,
+                  error: bool = False) -> str:  # fmt: skip
+        """Buffer a search trial's reports on the clock, hand out (and act on) every event no
+        live trial can precede, then tell Tune whether this trial is still live: STOP once the
+        search has ended it (at an earlier step, maybe: the steps past it are spent, not part
+        of its result)."""
+        clock, key = self.searcher.clock, self.searcher.clock_key(trial_id)
+        if not clock.is_live(key):
+            return TrialScheduler.STOP
+        for point in reports:
+            clock.report(key, trial_id, point)
+        if finished or error:
+            clock.finish(key, trial_id, error)
+        self._advance()
+        return TrialScheduler.CONTINUE if clock.is_live(key) else TrialScheduler.STOP
+
+    def _advance(self) -> None:
+        while (event := self.searcher.clock.pop()) is not None:
+            _, trial_id, point = event
+            self._on_event(trial_id, point)
+
+    def _on_event(self, trial_id: str, point: Any) -> None:
+        """One report in virtual-time order (or the trial's end, or its error): the stop rules
+        and the withdrawal as for a report that came alone, then the search ends the trial
+        where one fired or where it ended."""
+        s = self.searcher
+        if point in (END, ERROR):  # ended in reality after its last report
+            last = self.last_point.get(trial_id)
+            self._conclude(trial_id, last, error=point == ERROR or last is None)
+            return
+        self.last_point[trial_id] = point
+        if point.get("status") != Status.RUNNING:  # its own end: reached, spent, diverged
+            s.fold(trial_id, point)
+            self._conclude(trial_id, point)
+            return
+        action, censor = TrialScheduler.CONTINUE, None
+        if self.enabled:
+            ref = SimpleNamespace(trial_id=trial_id)
+            action, _, censor = self._judge(ref, s.proposals[trial_id].study, point,
+                                            s.best_metric.get(trial_id))  # fmt: skip
+        s.fold(trial_id, point)
+        if action == TrialScheduler.STOP:
+            self._record_stop(trial_id, point, censor)
+            self._conclude(trial_id, point)
+        elif (action is _PACED or not self.enabled) and s.withdraw_if_obsolete(trial_id):
+            self.stopped.add(trial_id)
+            self._conclude(trial_id, point)
+
+    def _conclude(self, trial_id: str, last: dict | None, error: bool = False) -> None:
+        self.searcher.conclude(trial_id, last, error)
+        self._forget(trial_id)
 
     def _judge(
         self, trial, study: str, point: dict, best: float | None
@@ -110,7 +166,7 @@ class PerBatchSizeScheduler(FIFOScheduler):
         """One running report: (STOP, CONTINUE, or _PACED: no ASHA in a paced search; the best
         target metric so far, this report's folded in; for a stop by the bound, the lag or the
         plateau rule the step it is censored at, else None). Records nothing of a stop: the
-        caller does, unless the packet's own end stands."""
+        caller does."""
         step = point.get("step", 0)
         bound = self.searcher.search.steps_bound(study)
         if step >= bound:
@@ -165,28 +221,46 @@ class PerBatchSizeScheduler(FIFOScheduler):
     # long sweeps: tune_jobs/ray_internals.py). Tune calls these after the trial's last result.
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         super().on_trial_complete(tune_controller, trial, result)
-        # Tune tells the searcher no result the scheduler stopped a trial at: the searcher
-        # hears that last packet's reports here, before the release below drops them from
-        # Tune's state (Tune tells the searcher of the completion next; folding is idempotent).
-        self.searcher.on_trial_result(trial.trial_id, result)
-        self.smoothed.pop(trial.trial_id, None)
-        self.curves.pop(trial.trial_id, None)
-        self.lr_since.pop(trial.trial_id, None)
+        self.trial_ended(trial.trial_id, result)
         self.added.pop(trial.trial_id, None)
         release_finished_trial(tune_controller, trial)
 
+    def trial_ended(self, trial_id: str, result: dict | None) -> None:
+        """A trial's end as Tune reports it (the part of :meth:`on_trial_complete` that needs no
+        Tune state). Tune tells the searcher no result the scheduler stopped a trial at: the
+        searcher hears that last packet's reports here, before Tune's state drops them (Tune
+        tells the searcher of the completion next; folding is idempotent). On the clock, the
+        trial's last reports go onto it, and the search may end the trial later."""
+        if self.searcher.clock_key(trial_id) is not None:
+            self._on_clock(trial_id, points_of(result) if result else [], finished=True)
+        else:
+            self.searcher.on_trial_result(trial_id, result)
+        self._forget_unless_on_clock(trial_id)
+
     def on_trial_error(self, tune_controller, trial) -> None:
-        # (also called for a trial Tune retries: its state is kept; errors are rare)
+        # Not called for a trial Tune retries (it restarts, and sends its steps again).
         super().on_trial_error(tune_controller, trial)
+        if self.searcher.clock_key(trial.trial_id) is not None:
+            self._on_clock(trial.trial_id, [], error=True)
         drop_cancelled_actor_tasks(tune_controller)
 
     def on_trial_remove(self, tune_controller, trial) -> None:
         super().on_trial_remove(tune_controller, trial)
-        self.smoothed.pop(trial.trial_id, None)
-        self.curves.pop(trial.trial_id, None)
-        self.lr_since.pop(trial.trial_id, None)
+        self._forget_unless_on_clock(trial.trial_id)
         self.added.pop(trial.trial_id, None)
         release_finished_trial(tune_controller, trial)
+
+    def _forget_unless_on_clock(self, trial_id: str) -> None:
+        key = self.searcher.clock_key(trial_id)
+        if key is None or not self.searcher.clock.is_live(key):
+            self._forget(trial_id)
+
+    def _forget(self, trial_id: str) -> None:
+        """Drop a trial's stop-rule state (once the search has ended it)."""
+        self.smoothed.pop(trial_id, None)
+        self.curves.pop(trial_id, None)
+        self.lr_since.pop(trial_id, None)
+        self.last_point.pop(trial_id, None)
 
     def _smooth(self, trial_id: str, step: float, value: float) -> float:
         """The trial's target metric as its stop rule sees it (:class:`trainables.api.StopRule`:

@@ -24,6 +24,7 @@ from tune_jobs.config import JobConfig
 from tune_jobs.confirm import PHASE, Confirmation
 from tune_jobs.journal import ASK, EVENT, WITHDRAW, append_record
 from tune_jobs.lr_search import WAIT, LRSearch, Outcome, Proposal, objective
+from tune_jobs.vclock import VirtualClock
 
 
 def _must_match(what: str, trial_id: str, lr: float, p: Proposal, number: int | None = None):
@@ -103,6 +104,12 @@ class SweepSearcher(Searcher):
         self.exhausted = False  # replay found every trial finished: nothing left to run
         self.withdrawn: set[str] = set()  # parallel search: trials taken back while running
         self.used_ids: set[str] = set()  # every trial id given out in this sweep (suggest)
+        # The parallel search runs on a virtual clock (tune_jobs/vclock.py): it asks, and
+        # ends trials, as the scheduler hands it their reports in virtual-time order; what it
+        # asked waits in `requeue` for Tune's next suggest. None in the other modes.
+        self.clock = VirtualClock() if self.search.parallel else None
+        self.clock_started = False  # the first asks made (at virtual time 0, or by a replay)
+        self.settled: dict[str, float] = {}  # clock: trial id -> step its result is known to
 
     # ---- Tune API ------------------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
@@ -131,6 +138,17 @@ class SweepSearcher(Searcher):
 
                 p = Proposal(p.study, p.batch_size, p.seed,
                              peak_lr(self.job.schedule(), p.batch_size), p.number)  # fmt: skip
+        elif self.clock is not None:
+            if not self.clock_started:  # the first asks, every study at virtual time 0
+                self.clock_started = True
+                self.ask_on_clock()
+            if not self.requeue and not self.clock.live:  # (cannot happen: asked on each end)
+                self.ask_on_clock()
+            if not self.requeue:
+                if self.clock.live or self.confirm.pending(self.search):
+                    return None  # Tune asks again once the clock has moved
+                return Searcher.FINISHED
+            p = self.requeue.pop(0)
         elif self.requeue:
             p = self.requeue.pop(0)
         else:
@@ -139,8 +157,6 @@ class SweepSearcher(Searcher):
                 return None if self.confirm.pending(self.search) else Searcher.FINISHED
             if p == WAIT:
                 return None  # Tune asks again once a running trial reports
-            if self.search.parallel:  # its proposals depend on timing: replayed from the journal
-                self._event(ASK, trial_id, p)
         if not extra:
             self.proposals[trial_id] = p
         return {
@@ -164,7 +180,48 @@ class SweepSearcher(Searcher):
             )
         return p
 
+    def ask_on_clock(self) -> None:
+        """Parallel search: ask every study that may ask now, at the clock's virtual time (the
+        trials start there on the clock), journaled in that order; Tune's next suggests hand
+        them out."""
+        assert self.clock is not None
+        while isinstance(p := self._ask(), Proposal):
+            order = self.clock.asked
+            at = self.clock.start((p.study, p.number))
+            self._event(ASK, None, p, at=at, order=order)
+            self.requeue.append(p)
+
+    def clock_key(self, trial_id: str) -> tuple[str, int] | None:
+        """The clock's key of a search trial (None: not on the clock, or a confirmation run)."""
+        p = self.proposals.get(trial_id) if self.clock is not None else None
+        return None if p is None else (p.study, p.number)
+
+    def settled_step(self, trial_id: str) -> float:
+        """The step up to which a trial's reports are part of its result for sure: the last one
+        the clock handed out, or where the search ended it (every step, off the clock)."""
+        if self.clock_key(trial_id) is None:
+            return math.inf
+        return self.settled.get(trial_id, -math.inf)
+
+    def fold(self, trial_id: str, point: dict) -> None:
+        """Clock: one report, handed out in virtual order, into the trial's curve and best."""
+        self.settled[trial_id] = float(point.get("step", 0))
+        self._fold(trial_id, point)
+
+    def conclude(self, trial_id: str, last: dict | None, error: bool = False) -> None:
+        """Clock: the search ends a trial at its report ``last`` (its own end, a stop, a
+        withdrawal; None or ``error``: it errored), journals and tells it, then asks again."""
+        assert self.clock is not None
+        p = self.proposals[trial_id]
+        self.clock.end((p.study, p.number))
+        if last is not None:
+            self.settled[trial_id] = float(last.get("step", 0))
+        self._complete(trial_id, p, last, error or last is None)
+        self.ask_on_clock()
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if self.clock_key(trial_id) is not None:  # folded as the clock hands reports out
+            return
         stop = self.stopped_at.get(trial_id, {}).get("step", math.inf)
         for point in points_of(result):  # a packet: each of its reports, in order
             if point.get("step", 0) <= stop:  # none past the report it was stopped at
@@ -197,15 +254,24 @@ class SweepSearcher(Searcher):
         self.withdrawn.add(trial_id)
         return True
 
-    def _event(self, kind: str, trial_id: str, p: Proposal) -> None:
+    def _event(self, kind: str, trial_id: str | None, p: Proposal, **extra: Any) -> None:
+        if self.clock is not None:
+            extra.setdefault("at", self.clock.now)
         if self.journal is not None:
             append_record(self.journal, {EVENT: kind, "trial_id": trial_id, "study": p.study,
-                                         "number": p.number, "lr": p.lr})  # fmt: skip
+                                         "number": p.number, "lr": p.lr, **extra})  # fmt: skip
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
         p = self.proposals.get(trial_id)
+        if p is not None and self.clock is not None:
+            return  # the clock ends search trials (conclude), in virtual order
+        self._complete(trial_id, p, result, error)
+
+    def _complete(
+        self, trial_id: str, p: Proposal | None, result: dict | None, error: bool
+    ) -> None:
         if p is not None and trial_id in self.withdrawn:  # no result: journaled for the table
             self.curves.pop(trial_id, None)
             record = self._record(trial_id, p, result, None)
@@ -258,6 +324,8 @@ class SweepSearcher(Searcher):
         t, metric = self.job.target, self.job.target.metric
         max_steps = self.job.max_steps_for(p.batch_size, self.train_sizes.get(p.batch_size))
         return {
+            # the virtual time a search trial ended at (confirmation runs are off the clock)
+            **({"at": self.clock.now} if self.clock_key(trial_id) is not None else {}),
             "trial_id": trial_id, "proposal": dataclasses.asdict(p), "status": status,
             "outcome": None if outcome is None else dataclasses.asdict(outcome),
             "objective": None if outcome is None else objective(outcome, max_steps, t.value, t.direction),
@@ -317,13 +385,17 @@ class SweepSearcher(Searcher):
         the journaled LR), each withdrawal and result applied where it happened; asks with
         neither (running when the driver died) are owed first."""
         asked: dict[tuple, Proposal] = {}
+        on_clock: dict[tuple, tuple[float, int]] = {}  # clock: ask -> (virtual start, order)
         for ev in events:
             kind = ev.get(EVENT)
             key = (ev["study"], ev["number"]) if kind else None
+            if self.clock is not None and ev.get("at") is not None:
+                self.clock.now = max(self.clock.now, float(ev["at"]))
             if kind == ASK:
                 p = self.search.ask_study(ev["study"])
-                _must_match("trial", ev["trial_id"], ev["lr"], p, ev["number"])
+                _must_match("trial", ev.get("trial_id") or "(asked)", ev["lr"], p, ev["number"])
                 asked[key] = p
+                on_clock[key] = (float(ev.get("at") or 0.0), int(ev.get("order", len(on_clock))))
             elif kind == WITHDRAW:
                 if key not in asked:
                     raise RuntimeError(f"journal: {ev['trial_id']} withdrawn but never asked")
@@ -334,6 +406,16 @@ class SweepSearcher(Searcher):
                     raise RuntimeError(f"journal: trial {ev['trial_id']} finished but never asked")
                 self._tell_record(asked.pop(key), by_key.pop(key))
         self.requeue = list(asked.values())
+        if self.clock is not None and on_clock:
+            # the trials in flight restart where they started on the clock (so they report at
+            # the same virtual times), and asks owed by a driver killed between a result and
+            # its asks are made now, where they were due
+            self.clock.asked = len(on_clock)
+            for p in self.requeue:
+                at, order = on_clock[(p.study, p.number)]
+                self.clock.start((p.study, p.number), at, order)
+            self.clock_started = True
+            self.ask_on_clock()
         self.exhausted = not self.requeue and self.search.remaining() == 0
 
     def _replay_confirmations(self, confirmed: dict[tuple, dict[str, Any]]) -> None:
@@ -367,6 +449,7 @@ class SweepSearcher(Searcher):
             "confirm_requeue": self.confirm_requeue,
             "withdrawn": self.withdrawn,
             "used_ids": self.used_ids,
+            "clock": (self.clock, self.clock_started, self.settled, self.requeue),
         }
         with open(checkpoint_path, "wb") as f:
             pickle.dump(state, f)
@@ -383,6 +466,8 @@ class SweepSearcher(Searcher):
         self.confirming = state.get("confirming", {})
         self.confirm_requeue = state.get("confirm_requeue", [])
         self.withdrawn = state.get("withdrawn", set())
+        if state.get("clock") and self.clock is not None:
+            self.clock, self.clock_started, self.settled, self.requeue = state["clock"]
         self.used_ids = state.get("used_ids", set(self.proposals) | set(self.confirming))
         if state.get("studies"):
             self.search.studies.update(state["studies"])

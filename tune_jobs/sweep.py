@@ -280,7 +280,10 @@ def _fit(
                       child_params(job))  # fmt: skip
     tracker.fresh = not restore
     writer = MlflowWriter(tracker, run_dir / SPILL_FILE)
-    callbacks = [RunFolderJsonLogger(), MlflowCallback(writer, tracker, searcher.records)]
+    callbacks = [
+        RunFolderJsonLogger(),
+        MlflowCallback(writer, tracker, searcher.records, searcher.settled_step),
+    ]
     if progress:
         callbacks.append(ProgressCallback(job))
     run_config = tune.RunConfig(
@@ -299,7 +302,9 @@ def _fit(
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=scheduler,
-            num_samples=max(1, job.total_trials - len(finished)),
+            # The parallel search's withdrawn trials are Tune trials beyond its count: it runs
+            # until its searcher says it is finished.
+            num_samples=-1 if job.lr_search.parallel else max(1, job.total_trials - len(finished)),
             max_concurrent_trials=job.max_concurrent or None,
             reuse_actors=True,
         ),

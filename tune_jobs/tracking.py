@@ -17,7 +17,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -185,16 +185,25 @@ def final_parts(
 class MlflowCallback(Callback):
     """Tune callback on the driver: queues each trial event for the MLflow writer, nothing
     more (no request is made inside Tune's event loop). ``records``: the searcher's journal
-    records by trial id (written before Tune tells the callbacks a trial completed)."""
+    records by trial id (written before Tune tells the callbacks a trial completed, except for
+    the parallel search's trials, which its virtual clock may end later: their end waits for
+    the record). ``settled(trial id)``: the step up to which the trial's reports are part of
+    its result (:meth:`tune_jobs.searcher.SweepSearcher.settled_step`; default: every step):
+    later ones wait, and those past where the search ended the trial are never logged, so
+    MLflow holds each trial's result as the search saw it, whatever the real timing."""
 
-    def __init__(self, writer, tracker: Tracker, records: dict[str, dict[str, Any]]):
+    def __init__(self, writer, tracker: Tracker, records: dict[str, dict[str, Any]],
+                 settled: Callable[[str], float] | None = None):  # fmt: skip
         self.writer = writer
         self.tracker = tracker
         self.records = records
-        self.logged_step: dict[str, int] = {}  # trial -> last step queued
+        self.settled = settled or (lambda trial_id: math.inf)
+        self.logged_step: dict[str, int] = {}  # trial -> last step taken from its results
+        self.waiting: dict[str, list[dict[str, Any]]] = {}  # trial -> its reports not yet logged
+        self.ends: dict[str, tuple[Any, str | None]] = {}  # trial -> (trial, error): no record yet
 
     def __getstate__(self):  # Tune pickles its callbacks with the experiment: not the thread
-        return {**self.__dict__, "writer": None}
+        return {**self.__dict__, "writer": None, "settled": None}
 
     def on_trial_start(self, iteration, trials, trial, **info):
         run_name = child_run_name(trial.config)
@@ -210,7 +219,34 @@ class MlflowCallback(Callback):
         if trial.trial_id not in self.logged_step and "device_name" in result:
             self.writer.put(("params", trial.trial_id, device_params(result)))
         self.logged_step[trial.trial_id] = int(new[-1].get("step", 0))
-        self.writer.put(("points", trial.trial_id, [m for p in new for m in metric_points(p)]))
+        self.waiting.setdefault(trial.trial_id, []).extend(new)
+        self._log(trial.trial_id)
+
+    def on_step_end(self, iteration, trials, **info):
+        for trial_id in list(self.waiting):
+            self._log(trial_id)
+        for trial_id in [t for t in self.ends if t in self.records]:
+            self._end(*self.ends.pop(trial_id))
+
+    def on_experiment_end(self, trials, **info):
+        for trial, error in list(self.ends.values()):  # (cannot happen: every trial recorded)
+            self._end(trial, error, final=True)
+        self.ends.clear()
+
+    def _log(self, trial_id: str, upto: float | None = None) -> None:
+        """Log the trial's waiting reports up to ``upto`` (default: as far as settled)."""
+        waiting = self.waiting.get(trial_id)
+        if not waiting:
+            return
+        upto = self.settled(trial_id) if upto is None else upto
+        k = next((i for i, p in enumerate(waiting) if int(p.get("step", 0)) > upto), len(waiting))
+        if k:
+            self.writer.put(
+                ("points", trial_id, [m for p in waiting[:k] for m in metric_points(p)])
+            )
+            del waiting[:k]
+        if not waiting:
+            del self.waiting[trial_id]
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._end(trial, None)
@@ -221,16 +257,22 @@ class MlflowCallback(Callback):
             err = Path(trial.error_file).read_text()
         self._end(trial, err or "error")
 
-    def _end(self, trial, error: str | None) -> None:
-        self.logged_step.pop(trial.trial_id, None)
+    def _end(self, trial, error: str | None, final: bool = False) -> None:
         record = self.records.pop(trial.trial_id, None)
+        if record is None and not final and self.settled(trial.trial_id) < math.inf:
+            self.ends[trial.trial_id] = (trial, error)  # the search ends it later
+            return
+        self.logged_step.pop(trial.trial_id, None)
         if record is None:  # not from the searcher (cannot happen): status from Tune alone
+            self._log(trial.trial_id, math.inf)
             status = final_status(
                 (trial.last_result or {}).get("status"), errored=error is not None
             )
             record = {"row": {"steps_run": (trial.last_result or {}).get("step")}}
         else:
             status = record["status"]
+            self._log(trial.trial_id, _result_end(record))
+        self.waiting.pop(trial.trial_id, None)  # past the end the search gave it: not its result
         metrics, tags = final_parts(record, trial.last_result, error)
         self.writer.put(("end", trial.trial_id, status, metrics, tags))
 
@@ -333,13 +375,14 @@ def reconcile(
             tracker.client.log_batch(run_id, params=missing[i : i + MAX_PARAMS])
         have = logged_points(tracker.client, run)
         points = []
+        rec = records.get(trial_id)
+        end = _result_end(rec)
         for r in rows:  # result.json may repeat steps after a restore: each (metric, step) once
             for m in metric_points(r):
-                if (m.key, m.step) not in have:
+                if (m.key, m.step) not in have and m.step <= end:
                     points.append(m)
                     have.add((m.key, m.step))
         sent += _log_points(tracker.client, run_id, points)
-        rec = records.get(trial_id)
         if rec is not None:
             err = trial_dir / "error.txt"
             error = err.read_text() if rec["status"] == Status.ERRORED and err.exists() else None
@@ -353,6 +396,15 @@ def reconcile(
                 tracker.end_run(trial_id, rec["status"], final, tags)
     _delete_orphans(tracker, known)
     return {"runs_created": created, "points_sent": sent}
+
+
+def _result_end(record: dict[str, Any] | None) -> float:
+    """The last step of a trial's result that MLflow holds: where the parallel search's virtual
+    clock ended it (its record has ``at``; the steps it ran past that are not its result, and
+    the live callback never logged them), else every step."""
+    if record is None or "at" not in record or record["row"].get("steps_run") is None:
+        return math.inf
+    return float(record["row"]["steps_run"])
 
 
 def _log_points(client: MlflowClient, run_id: str, points: Iterable[Metric]) -> int:
