@@ -119,10 +119,10 @@ def _search_events(run_dir: Path) -> tuple[list[tuple], list[str]]:
 @pytest.mark.slow
 def test_parallel_sweep_is_the_same_whatever_the_real_timing(ray_local, tmp_path):
     """The parallel search on its virtual clock (tune_jobs/vclock.py) through real Ray: the same
-    job run unpaced on 2 slots (each trial runs to its end before its first report is read;
-    3 of 5 studies wait for a worker) and paced on 8 (every study in flight, stops acting
-    mid-trial) proposes, stops, withdraws and journals the same trials, and prints the same
-    B_crit."""
+    job (``max_concurrent: 5``, so 5 virtual workers) run unpaced on 2 real workers (each
+    trial runs to its end before its first report is read; 3 of 5 studies wait for a worker)
+    and paced on 5 (every study in flight, stops acting mid-trial) proposes, stops, withdraws
+    and journals the same trials, and prints the same B_crit."""
     runs = []
     for name, pace, cpus in (("unpaced", 0.0, 1.0), ("paced", 2e-6, 0.25)):
         d = yaml.safe_load(JOB.read_text())
@@ -132,6 +132,7 @@ def test_parallel_sweep_is_the_same_whatever_the_real_timing(ray_local, tmp_path
         d["lr_search"] |= {"trials_per_batch_size": 8, "cascade": False, "parallel": True}
         d["options"] |= {"seconds_per_step": pace}
         d["resources"] |= {"cpus": cpus}
+        d["max_concurrent"] = 5
         job = parse_job(d)
         res = run_sweep(job, progress=False)
         summary, _ = sweep_summary(res, job)

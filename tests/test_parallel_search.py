@@ -117,11 +117,13 @@ class Driver:
             self.fill(now)
 
 
-def _pair(tmp_path: Path, name: str, **lr_search) -> tuple[SweepSearcher, PerBatchSizeScheduler]:
+def _pair(
+    tmp_path: Path, name: str, slots: int = 0, **lr_search
+) -> tuple[SweepSearcher, PerBatchSizeScheduler]:
     job = parse_job(_data(tmp_path, **lr_search))
     d = tmp_path / name
     d.mkdir()
-    searcher = SweepSearcher(job, None, dict.fromkeys(BATCH_SIZES, 10**6), journal_path(d))
+    searcher = SweepSearcher(job, None, dict.fromkeys(BATCH_SIZES, 10**6), journal_path(d), slots)
     return searcher, PerBatchSizeScheduler(job, searcher, MAX_STEPS)
 
 
@@ -187,6 +189,36 @@ def test_the_search_is_the_same_whatever_speed_each_trial_runs_at(
     on_clock = [r["trial_id"] for r in read_records(journal_path(run_dir))]
     assert driver.ended != on_clock, "the real order must differ, or this shows nothing"
     assert sorted(driver.ended) == sorted(on_clock)
+
+
+def test_with_fewer_workers_than_studies_the_search_is_the_same_whatever_the_speeds(
+    tmp_path: Path,
+) -> None:
+    # 2 virtual workers for 5 studies: a trial asked while both are busy starts on the clock
+    # when the search ends one; the driver here lends every trial a worker at once, so most
+    # run before their virtual start (their reports held until then)
+    runs = []
+    rng = random.Random(7)
+    for name, speed in (("one", lambda cfg: 1.0), ("any", lambda cfg: rng.uniform(0.2, 5.0))):
+        searcher, scheduler = _pair(tmp_path, name, slots=2)
+        Driver(searcher, scheduler, "t", speed=speed).run()
+        runs.append(read_events(journal_path(tmp_path / name)))
+        assert set(searcher.search.stop_bound) == set(searcher.search.studies)
+    assert runs[0] == runs[1]
+    unlimited = _pair(tmp_path, "all")
+    Driver(*unlimited, "t").run()
+    assert runs[0] != read_events(journal_path(tmp_path / "all")), "slots must matter here"
+    # a resumed driver rebuilds the clock's workers as they were
+    total = sum(1 for _ in runs[0])
+    killed, k_sched = _pair(tmp_path, "k2", slots=2)
+    Driver(killed, k_sched, "t").run(stop_after=total // 2)
+    resumed, _ = _pair(tmp_path, "r2", slots=2)
+    resumed.journal = journal_path(tmp_path / "k2")
+    resumed.replay(read_events(journal_path(tmp_path / "k2")))
+    assert {k: (t.start, t.order) for k, t in resumed.clock.live.items()} == {
+        k: (t.start, t.order) for k, t in killed.clock.live.items()
+    }
+    assert sum(t.start is not None for t in killed.clock.live.values()) <= 2
 
 
 @pytest.mark.parametrize("fraction", [0.05, 0.2, 0.35, 0.5, 0.65, 0.8, 0.95])

@@ -288,9 +288,9 @@ def test_the_searcher_folds_in_every_report_of_a_packet(tmp_path: Path) -> None:
     assert s.searcher.best_metric["t"] == 0.2  # not the packet's top level (0.4)
 
 
-def test_the_mlflow_callback_queues_every_report_of_a_packet_once(tmp_path: Path) -> None:
-    """The sweep's callback and writer on a real SQLite store (the sweep's end would also
-    fill gaps from result.json, so tests/test_sweep.py cannot tell the callback missed some)."""
+def _callback_on_sqlite(tmp_path: Path, records: dict, settled=None) -> tuple:
+    """The sweep's MLflow callback and writer on a real SQLite store, a trial "t" started:
+    (client, tracker, writer, callback, trial)."""
     from mlflow.tracking import MlflowClient
 
     from tune_jobs.mlflow_writer import MlflowWriter
@@ -302,9 +302,16 @@ def test_the_mlflow_callback_queues_every_report_of_a_packet_once(tmp_path: Path
     tracker = Tracker(uri, exp, client.create_run(exp).info.run_id, {})
     tracker.fresh = True
     writer = MlflowWriter(tracker, tmp_path / "spill.jsonl", linger_s=0.1)
-    cb = MlflowCallback(writer, tracker, {})
+    cb = MlflowCallback(writer, tracker, records, settled)
     trial = SimpleNamespace(trial_id="t", config={"batch_size": 8, "lr": 0.1}, last_result=None)
     cb.on_trial_start(0, [], trial)
+    return client, tracker, writer, cb, trial
+
+
+def test_the_mlflow_callback_queues_every_report_of_a_packet_once(tmp_path: Path) -> None:
+    """The sweep's callback and writer on a real SQLite store (the sweep's end would also
+    fill gaps from result.json, so tests/test_sweep.py cannot tell the callback missed some)."""
+    client, tracker, writer, cb, trial = _callback_on_sqlite(tmp_path, {})
 
     def packet(steps, loss=None):
         points = [_metrics(k) | ({"train_loss": loss} if loss else {}) for k in steps]
@@ -325,22 +332,11 @@ def test_the_mlflow_callback_logs_a_clock_trials_result_as_the_search_ended_it(
     """The parallel search's virtual clock settles a trial's reports later than Tune delivers
     them, and may end it at an earlier step: the callback logs a report once settled, logs
     none past the record's end, and ends the run once the record exists (real SQLite store)."""
-    from mlflow.tracking import MlflowClient
-
-    from tune_jobs.mlflow_writer import MlflowWriter
-    from tune_jobs.tracking import MlflowCallback, Tracker
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    exp = client.create_experiment("clock")
-    tracker = Tracker(uri, exp, client.create_run(exp).info.run_id, {})
-    tracker.fresh = True
-    writer = MlflowWriter(tracker, tmp_path / "spill.jsonl", linger_s=0.1)
     records: dict = {}
     settled = {"t": 10.0}
-    cb = MlflowCallback(writer, tracker, records, lambda tid: settled.get(tid, -math.inf))
-    trial = SimpleNamespace(trial_id="t", config={"batch_size": 8, "lr": 0.1}, last_result=None)
-    cb.on_trial_start(0, [], trial)
+    client, tracker, writer, cb, trial = _callback_on_sqlite(
+        tmp_path, records, lambda tid: settled.get(tid, -math.inf)
+    )
     points = [_metrics(k) for k in (10, 20, 30, 40)]
     cb.on_trial_result(0, [], trial, {**points[-1], POINTS: points, "timestamp": 5})
     assert [int(p["step"]) for p in cb.waiting["t"]] == [20, 30, 40]  # 10 logged

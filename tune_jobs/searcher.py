@@ -66,6 +66,7 @@ class SweepSearcher(Searcher):
         storage: str | None,
         train_sizes: dict[int, int],
         journal: Path | None = None,
+        slots: int = 0,
     ):
         # No metric declared to Tune: a diverged trial's report legitimately lacks eval
         # metrics, and the searcher reads the target metric itself.
@@ -107,7 +108,7 @@ class SweepSearcher(Searcher):
         # The parallel search runs on a virtual clock (tune_jobs/vclock.py): it asks, and
         # ends trials, as the scheduler hands it their reports in virtual-time order; what it
         # asked waits in `requeue` for Tune's next suggest. None in the other modes.
-        self.clock = VirtualClock() if self.search.parallel else None
+        self.clock = VirtualClock(slots) if self.search.parallel else None
         self.clock_started = False  # the first asks made (at virtual time 0, or by a replay)
         self.settled: dict[str, float] = {}  # clock: trial id -> step its result is known to
 
@@ -127,36 +128,37 @@ class SweepSearcher(Searcher):
 
     def _suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         extra: dict[str, Any] = {}
-        # a finished study's confirmation runs come first (those a resume owes before new ones)
-        p = self.confirm_requeue.pop(0) if self.confirm_requeue else self.confirm.ask(self.search)
-        if p is not None:
-            self.confirming[trial_id] = p
-            budget = self.job.max_steps_for(p.batch_size, self.train_sizes.get(p.batch_size))
-            extra = self.confirm.trial_fields(self.search, p.study, budget)
-            if not self.job.tuned:
-                from trainables.schedules import peak_lr
+        # On the clock the search's own trials come first: one started on the clock and still
+        # queued in reality holds the clock until it runs.
+        p = self._next_on_clock()
+        if p is None:
+            # a finished study's confirmation runs (those a resume owes before new ones)
+            p = (
+                self.confirm_requeue.pop(0)
+                if self.confirm_requeue
+                else self.confirm.ask(self.search)
+            )
+            if p is not None:
+                self.confirming[trial_id] = p
+                budget = self.job.max_steps_for(p.batch_size, self.train_sizes.get(p.batch_size))
+                extra = self.confirm.trial_fields(self.search, p.study, budget)
+                if not self.job.tuned:
+                    from trainables.schedules import peak_lr
 
-                p = Proposal(p.study, p.batch_size, p.seed,
-                             peak_lr(self.job.schedule(), p.batch_size), p.number)  # fmt: skip
-        elif self.clock is not None:
-            if not self.clock_started:  # the first asks, every study at virtual time 0
-                self.clock_started = True
-                self.ask_on_clock()
-            if not self.requeue and not self.clock.live:  # (cannot happen: asked on each end)
-                self.ask_on_clock()
-            if not self.requeue:
+                    p = Proposal(p.study, p.batch_size, p.seed,
+                                 peak_lr(self.job.schedule(), p.batch_size), p.number)  # fmt: skip
+            elif self.clock is not None:
                 if self.clock.live or self.confirm.pending(self.search):
                     return None  # Tune asks again once the clock has moved
                 return Searcher.FINISHED
-            p = self.requeue.pop(0)
-        elif self.requeue:
-            p = self.requeue.pop(0)
-        else:
-            p = self._ask()
-            if p is None:
-                return None if self.confirm.pending(self.search) else Searcher.FINISHED
-            if p == WAIT:
-                return None  # Tune asks again once a running trial reports
+            elif self.requeue:
+                p = self.requeue.pop(0)
+            else:
+                p = self._ask()
+                if p is None:
+                    return None if self.confirm.pending(self.search) else Searcher.FINISHED
+                if p == WAIT:
+                    return None  # Tune asks again once a running trial reports
         if not extra:
             self.proposals[trial_id] = p
         return {
@@ -180,15 +182,24 @@ class SweepSearcher(Searcher):
             )
         return p
 
+    def _next_on_clock(self) -> Proposal | None:
+        """Parallel search: the next trial asked on the clock (the first asks, every study at
+        virtual time 0, on the first call); None off the clock or with none waiting."""
+        if self.clock is None:
+            return None
+        if not self.clock_started:
+            self.clock_started = True
+            self.ask_on_clock()
+        return self.requeue.pop(0) if self.requeue else None
+
     def ask_on_clock(self) -> None:
         """Parallel search: ask every study that may ask now, at the clock's virtual time (the
         trials start there on the clock), journaled in that order; Tune's next suggests hand
         them out."""
         assert self.clock is not None
         while isinstance(p := self._ask(), Proposal):
-            order = self.clock.asked
-            at = self.clock.start((p.study, p.number))
-            self._event(ASK, None, p, at=at, order=order)
+            self._event(ASK, None, p, order=self.clock.asked)
+            self.clock.start((p.study, p.number))
             self.requeue.append(p)
 
     def clock_key(self, trial_id: str) -> tuple[str, int] | None:
@@ -384,38 +395,39 @@ class SweepSearcher(Searcher):
         """Parallel search: each journaled ask is asked of its study again (and must propose
         the journaled LR), each withdrawal and result applied where it happened; asks with
         neither (running when the driver died) are owed first."""
+        # On the clock, each event moves it as it did live (asks take a virtual worker or
+        # wait, ends free one), so the trials in flight restart where they started on the
+        # clock and report at the same virtual times.
+        clock = self.clock
         asked: dict[tuple, Proposal] = {}
-        on_clock: dict[tuple, tuple[float, int]] = {}  # clock: ask -> (virtual start, order)
         for ev in events:
             kind = ev.get(EVENT)
             key = (ev["study"], ev["number"]) if kind else None
-            if self.clock is not None and ev.get("at") is not None:
-                self.clock.now = max(self.clock.now, float(ev["at"]))
+            if clock is not None and ev.get("at") is not None:
+                clock.now = max(clock.now, float(ev["at"]))
             if kind == ASK:
                 p = self.search.ask_study(ev["study"])
                 _must_match("trial", ev.get("trial_id") or "(asked)", ev["lr"], p, ev["number"])
                 asked[key] = p
-                on_clock[key] = (float(ev.get("at") or 0.0), int(ev.get("order", len(on_clock))))
+                if clock is not None:
+                    clock.start(key, order=ev.get("order"))
+                    self.clock_started = True
             elif kind == WITHDRAW:
                 if key not in asked:
                     raise RuntimeError(f"journal: {ev['trial_id']} withdrawn but never asked")
                 self.search.withdraw(asked.pop(key))
+                if clock is not None:
+                    clock.end(key)
             elif kind is None and ev.get("phase") != PHASE and ev["status"] != Status.WITHDRAWN:
                 key = (ev["proposal"]["study"], ev["proposal"]["number"])
                 if key not in asked:
                     raise RuntimeError(f"journal: trial {ev['trial_id']} finished but never asked")
+                if clock is not None:
+                    clock.end(key)
                 self._tell_record(asked.pop(key), by_key.pop(key))
         self.requeue = list(asked.values())
-        if self.clock is not None and on_clock:
-            # the trials in flight restart where they started on the clock (so they report at
-            # the same virtual times), and asks owed by a driver killed between a result and
-            # its asks are made now, where they were due
-            self.clock.asked = len(on_clock)
-            for p in self.requeue:
-                at, order = on_clock[(p.study, p.number)]
-                self.clock.start((p.study, p.number), at, order)
-            self.clock_started = True
-            self.ask_on_clock()
+        if clock is not None and self.clock_started:
+            self.ask_on_clock()  # owed by a driver killed between a result and its asks
         self.exhausted = not self.requeue and self.search.remaining() == 0
 
     def _replay_confirmations(self, confirmed: dict[tuple, dict[str, Any]]) -> None:

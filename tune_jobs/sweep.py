@@ -233,6 +233,26 @@ def trial_resources(resources: ResourcesConfig, config: dict[str, Any]) -> Any:
     return PlacementGroupFactory([{"CPU": resources.cpus, **({"GPU": gpus} if gpus else {})}])
 
 
+def search_slots(job: JobConfig) -> int:
+    """How many search trials the sweep runs at once: ``max_concurrent`` where the job sets it,
+    else as many as the Ray cluster's CPUs and GPUs hold now (each trial's ``resources``; with
+    ``gpus_from_batch_size``, the smallest ask). The parallel search's virtual clock has as
+    many workers (tune_jobs/vclock.py), so its trials start on the clock as on the cluster;
+    0: no limit known. A cluster that grows later (an autoscaler) is seen at this size: set
+    ``max_concurrent`` to the size it runs at."""
+    import ray
+
+    if job.max_concurrent:
+        return job.max_concurrent
+    have = ray.cluster_resources()
+    r = job.resources
+    gpus = min([r.gpus, *r.gpus_from_batch_size.values()])
+    fits = [int(have.get("CPU", 0) / r.cpus + 1e-9)] if r.cpus > 0 else []
+    if gpus > 0:
+        fits.append(int(have.get("GPU", 0) / gpus + 1e-9))
+    return max(1, min(fits)) if fits else 0
+
+
 def _fit(
     job: JobConfig, run_dir: Path, meta: dict[str, Any], *, restore: bool, progress: bool
 ) -> SweepResult:
@@ -267,7 +287,8 @@ def _fit(
         else {"cpu": job.resources.cpus, "gpu": job.resources.gpus},
     )
     journal = journal_path(run_dir)
-    searcher = SweepSearcher(job, None, train_sizes, journal)
+    slots = search_slots(job) if job.lr_search.parallel else 0
+    searcher = SweepSearcher(job, None, train_sizes, journal, slots)
     scheduler = PerBatchSizeScheduler(job, searcher, max(max_steps.values()))
     events = read_events(journal) if restore else []
     finished = [r for r in events if EVENT not in r]
