@@ -90,17 +90,15 @@ def test_a_final_report_at_the_last_running_step_is_kept() -> None:
     assert events == ["running", "reached", END]
 
 
-def test_with_one_worker_a_trial_asked_meanwhile_starts_when_the_search_ends_the_first() -> None:
+def test_a_worker_frees_when_the_search_ends_its_trial() -> None:
     c = VirtualClock(slots=1)
     a, b = ("A", 0), ("B", 0)
-    assert c.start(a) == 0.0
-    assert c.start(b) is None  # waits for the worker, holding nothing back
-    c.report(b, "b", _r(50))  # a real worker ran it early: held until its virtual start
+    assert c.free() and c.start(a) == 0.0 and not c.free()
     c.report(a, "a", _r(100))
     assert _drain(c) == [("a", 100)]
-    assert c.pop() is None
-    c.end(a)  # at virtual time 100: B starts now, its step 50 at 150
-    assert c.started(b) == 100.0
+    c.end(a)  # at virtual time 100: the worker is free, B starts there, its step 50 at 150
+    assert c.free() and c.start(b) == 100.0
+    c.report(b, "b", _r(50))
     c.finish(b, "b")
     assert _drain(c) == [("b", 50), ("b", END)]
     assert c.now == 150.0

@@ -269,7 +269,10 @@ class JobConfig:
     """Folder put first on the import path for a user workload (`module:function`); default:
     the job file's folder."""
     max_concurrent: int = 0
-    """Trials running at once (0 = as many as the cluster's resources allow)."""
+    """Trials running at once (0 = as many as the cluster's resources allow). The parallel LR
+    search (`lr_search.parallel`) decides as if this many ran (its virtual clock's workers;
+    0: what the cluster holds when the sweep starts): set it on a cluster that grows, so a
+    rerun asks the same trials."""
     checkpoint_every: int = 0
     """Eval points between trial checkpoints (0 = never; trials then restart from scratch)."""
     max_failures: int = 1

@@ -193,11 +193,11 @@ class SweepSearcher(Searcher):
         return self.requeue.pop(0) if self.requeue else None
 
     def ask_on_clock(self) -> None:
-        """Parallel search: ask every study that may ask now, at the clock's virtual time (the
-        trials start there on the clock), journaled in that order; Tune's next suggests hand
-        them out."""
+        """Parallel search: while a virtual worker is free, ask the next study that may ask, at
+        the clock's virtual time (the trial starts there on the clock), journaled in that
+        order; Tune's next suggests hand them out."""
         assert self.clock is not None
-        while isinstance(p := self._ask(), Proposal):
+        while self.clock.free() and isinstance(p := self._ask(), Proposal):
             self._event(ASK, None, p, order=self.clock.asked)
             self.clock.start((p.study, p.number))
             self.requeue.append(p)
@@ -395,9 +395,9 @@ class SweepSearcher(Searcher):
         """Parallel search: each journaled ask is asked of its study again (and must propose
         the journaled LR), each withdrawal and result applied where it happened; asks with
         neither (running when the driver died) are owed first."""
-        # On the clock, each event moves it as it did live (asks take a virtual worker or
-        # wait, ends free one), so the trials in flight restart where they started on the
-        # clock and report at the same virtual times.
+        # On the clock, each event moves it as it did live (an ask takes a virtual worker,
+        # an end frees one), so the trials in flight restart where they started on the clock
+        # and report at the same virtual times.
         clock = self.clock
         asked: dict[tuple, Proposal] = {}
         for ev in events:

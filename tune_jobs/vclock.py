@@ -16,10 +16,10 @@ given the same trials' reports proposes, stops and withdraws the same trials.
 The cost is compute, not the answer: a trial whose report the driver holds back keeps running,
 and when the search then ends it at an earlier step, the steps it ran past that end are spent
 (its result ends at that step; the callbacks log no point past it). The clock has as many
-virtual workers as the sweep runs trials at once (``slots``): a trial asked while all are busy
-starts, on the clock as on the cluster, when the search ends one. A trial started on the clock
-but still queued in reality holds the clock at its start until it runs; a worker lent to it
-early (more real workers than ``slots``) runs ahead, its reports held until its virtual start.
+virtual workers as the sweep runs trials at once (``slots``): the search asks a trial only
+when one is free, on the clock as on the cluster (as ``benchmarks/search_efficiency.py
+--slots`` simulates). A trial started on the clock but still queued in reality (its real
+worker not yet free) holds the clock at its start until it runs.
 
 Ray-free; the sweep's scheduler drives it (:class:`tune_jobs.scheduler.PerBatchSizeScheduler`),
 keyed by proposal (study, number) and told each report's trial id.
@@ -38,19 +38,18 @@ END, ERROR = "end", "error"  # the point of a trial's last event: it ended, or e
 
 @dataclass
 class _Live:
-    start: float | None  # None: waiting for a virtual worker
+    start: float
     order: int  # ask order: ties at one virtual time go to the trial asked first
     step: float = -math.inf  # last step buffered
     status: Any = None  # status of the last report buffered
     finished: bool = False  # its last event is buffered: it holds nothing back
-    early: list[tuple[str, Any]] = field(default_factory=list)  # sent before its virtual start
 
 
 @dataclass
 class VirtualClock:
-    """``slots``: virtual workers (0: one for every trial asked). A trial asked while all are
-    busy waits, holding nothing back, and starts when one frees (the search ends a trial), as
-    the sweep's real workers start its queued trials in the order they were asked."""
+    """``slots``: virtual workers (0: one for every trial asked). The search asks a trial only
+    while one is free (:meth:`free`), and the trial starts at once, so a study asks with
+    every result in hand that came before a worker freed for it."""
 
     slots: int = 0
     now: float = 0.0  # virtual time of the last event handed out
@@ -59,25 +58,17 @@ class VirtualClock:
     heap: list[tuple[float, int, int, Key, str, Any]] = field(default_factory=list)
     seq: int = 0  # pushes so far (a trial's events at one time keep their order)
 
-    def start(self, key: Key, at: float | None = None, order: int | None = None) -> float | None:
-        """Put a trial asked now on the clock, started at virtual time ``at`` (default: now, or
-        when a virtual worker frees); returns its start (None: waiting for a worker).
-        ``order``: its place among the asks (a resumed sweep's replay passes the journaled one,
-        and the start it had; None: it was waiting)."""
+    def free(self) -> bool:
+        """A virtual worker is free."""
+        return not self.slots or len(self.live) < self.slots
+
+    def start(self, key: Key, order: int | None = None) -> float:
+        """Put a trial asked now on the clock, started now; returns its start. ``order``: its
+        place among the asks (a resumed sweep's replay passes the journaled one)."""
         order = self.asked if order is None else order
         self.asked = max(self.asked, order + 1)
-        if at is None and not self._free():
-            self.live[key] = _Live(None, order)
-            return None
-        self.live[key] = _Live(self.now if at is None else at, order)
-        return self.live[key].start
-
-    def _free(self) -> bool:
-        return not self.slots or sum(t.start is not None for t in self.live.values()) < self.slots
-
-    def started(self, key: Key) -> float | None:
-        t = self.live.get(key)
-        return None if t is None else t.start
+        self.live[key] = _Live(self.now, order)
+        return self.now
 
     def is_live(self, key: Key) -> bool:
         return key in self.live
@@ -87,9 +78,6 @@ class VirtualClock:
         dropped, unless it is the same step's final report after a running one."""
         t = self.live.get(key)
         if t is None or t.finished:
-            return
-        if t.start is None:  # running in reality before its virtual start: held until then
-            t.early.append((trial_id, point))
             return
         step = float(point.get("step", 0))
         if step < t.step or (step == t.step and point.get("status") == t.status):
@@ -104,38 +92,18 @@ class VirtualClock:
         t = self.live.get(key)
         if t is None or t.finished:
             return
-        if t.start is None:
-            t.early.append((trial_id, ERROR if error else END))
-            return
         self._push(t, key, trial_id, ERROR if error else END)
         t.finished = True
 
     def end(self, key: Key) -> None:
         """The search ended the trial (a result, a stop, a withdrawal): its later reports, the
-        steps it ran past that end, are never handed out; its worker takes the first trial
-        waiting (asked first), which starts now."""
-        if self.live.pop(key, None) is None:
-            return
-        waiting = [(t.order, k) for k, t in self.live.items() if t.start is None]
-        if waiting and self._free():
-            k = min(waiting)[1]
-            t = self.live[k]
-            t.start = self.now
-            early, t.early = t.early, []
-            for trial_id, point in early:
-                if point in (END, ERROR):
-                    self.finish(k, trial_id, point == ERROR)
-                else:
-                    self.report(k, trial_id, point)
+        steps it ran past that end, are never handed out, and its worker is free."""
+        self.live.pop(key, None)
 
     def frontier(self) -> float:
         """The earliest virtual time a live trial could still report at or before."""
         return min(
-            (
-                t.start + max(t.step, 0.0)
-                for t in self.live.values()
-                if not t.finished and t.start is not None
-            ),  # fmt: skip
+            (t.start + max(t.step, 0.0) for t in self.live.values() if not t.finished),
             default=math.inf,
         )
 
