@@ -121,12 +121,14 @@ class LRSearchConfig:
     batch size through the batch sizes finished so far (a low placeholder until one predicts
     it); a running first trial the fit has since moved away from is stopped and withdrawn
     (status `withdrawn`: no result, not counted against trials_per_batch_size, its steps
-    still spent). On the NQM reference 3.68x the oracle's compute in the simulation and
-    4.2-5.2x in real sweeps of 8 workers (the cascade: 3.15x, 3.11x), B_crit within 1%; on the
-    quickstart's digits at 5 trials per batch size its B_crit spreads +28-32% over training
-    seeds with 2 slots and 25-57% with every batch size in flight (rounds: +6%) and, as
-    trials finish in whatever order, differs run to run for one seed, so it is not the
-    default (BENCHMARKS.md)."""
+    still spent). It decides on a virtual clock (tune_jobs/vclock.py): a trial's report at
+    step s is heard at its virtual start + s, in that order, with as many virtual workers as
+    the sweep runs trials at once (`max_concurrent`), so the same job gives the same trials
+    and B_crit however fast each trial runs. On the NQM reference 3.68x the oracle's compute
+    in the simulation with every batch size in flight, 4.05x with 8 workers (the cascade:
+    3.15x), B_crit within 2%; on the quickstart's digits at 5 trials per batch size its
+    B_crit spreads +47% over training seeds with every batch size in flight (rounds: +6%), so
+    it is not the default (BENCHMARKS.md)."""
 
 
 @dataclass(frozen=True)
