@@ -143,3 +143,23 @@ def test_parallel_sweep_is_the_same_whatever_the_real_timing(ray_local, tmp_path
     assert sa.text() == sb.text()  # what `critbatch run` prints
     ta, tb = (s.steps_table().drop(columns=["trial"]) for s in (sa, sb))  # Tune's random ids
     pd.testing.assert_frame_equal(ta, tb)
+
+
+@pytest.mark.slow
+def test_the_parallel_searchs_workers_are_the_sweeps(ray_local, tmp_path):
+    """The virtual clock's workers (tune_jobs/sweep.py:search_slots) on the local 2-CPU Ray:
+    as many trials as the CPUs hold, or max_concurrent; none known (0: one per study) when the
+    trials ask for GPUs the cluster has none of yet."""
+    from tune_jobs.sweep import search_slots
+
+    def slots(**fields) -> int:
+        d = yaml.safe_load(JOB.read_text())
+        d.update(storage=str(tmp_path), tracking={"uri": f"sqlite:///{tmp_path / 'm.db'}"})
+        for k, v in fields.items():
+            d[k] = {**d[k], **v} if isinstance(v, dict) else v
+        return search_slots(parse_job(d))
+
+    assert slots(resources={"cpus": 0.5}) == 4
+    assert slots(resources={"cpus": 1}) == 2
+    assert slots(resources={"cpus": 0.5}, max_concurrent=3) == 3
+    assert slots(resources={"cpus": 1, "gpus": 1}) == 0

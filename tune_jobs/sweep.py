@@ -238,8 +238,9 @@ def search_slots(job: JobConfig) -> int:
     else as many as the Ray cluster's CPUs and GPUs hold now (each trial's ``resources``; with
     ``gpus_from_batch_size``, the smallest ask). The parallel search's virtual clock has as
     many workers (tune_jobs/vclock.py), so its trials start on the clock as on the cluster;
-    0: no limit known. A cluster that grows later (an autoscaler) is seen at this size: set
-    ``max_concurrent`` to the size it runs at."""
+    0: no limit known (a resource the trials ask for that the cluster has none of yet, as on
+    a cluster whose GPU workers an autoscaler starts later: one worker per study). A cluster
+    that grows later is seen at this size: set ``max_concurrent`` to the size it runs at."""
     import ray
 
     if job.max_concurrent:
@@ -250,7 +251,7 @@ def search_slots(job: JobConfig) -> int:
     fits = [int(have.get("CPU", 0) / r.cpus + 1e-9)] if r.cpus > 0 else []
     if gpus > 0:
         fits.append(int(have.get("GPU", 0) / gpus + 1e-9))
-    return max(1, min(fits)) if fits else 0
+    return min(fits) if fits and min(fits) > 0 else 0
 
 
 def _fit(
