@@ -24,19 +24,8 @@ from tune_jobs.config import JobConfig
 from tune_jobs.confirm import PHASE, Confirmation
 from tune_jobs.journal import ASK, EVENT, WITHDRAW, append_record
 from tune_jobs.lr_search import WAIT, LRSearch, Outcome, Proposal, objective
+from tune_jobs.replay import replay
 from tune_jobs.vclock import VirtualClock
-
-
-def _must_match(what: str, trial_id: str, lr: float, p: Proposal, number: int | None = None):
-    """Replay: a journaled trial (its LR, and for an ask its number in the study) and the
-    proposal the replayed search makes in its place must be the same."""
-    if (number is None or number == p.number) and math.isclose(lr, p.lr, rel_tol=1e-12):
-        return
-    asked = "" if number is None else f" as {p.study} #{number}"
-    raise RuntimeError(
-        f"the journal does not match the search: {what} {trial_id} ran{asked} at lr {lr!r}, "
-        f"the replayed search proposes #{p.number} at lr {p.lr!r}"
-    )
 
 
 def trial_outcome(
@@ -351,100 +340,8 @@ class SweepSearcher(Searcher):
 
     def replay(self, events: list[dict[str, Any]]) -> None:
         """Rebuild the search from the journal of a sweep whose driver died
-        (:func:`tune_jobs.journal.read_events`): ask as the sweep asked (the search is
-        deterministic given what it was told) and tell each journaled trial's outcome as its
-        proposal comes up; proposals with no record (running, or not started, when the driver
-        died) are suggested again first, under new trial ids. A parallel search replays its
-        journaled asks, results and withdrawals in the order they happened
-        (:meth:`_replay_events`)."""
-        records = [r for r in events if EVENT not in r]
-        self.used_ids.update(e["trial_id"] for e in events if e.get("trial_id"))
-        by_key = {(r["proposal"]["study"], r["proposal"]["number"]): r for r in records
-                  if r.get("phase") != PHASE and r["status"] != Status.WITHDRAWN}  # fmt: skip
-        confirmed = {(r["proposal"]["study"], r["proposal"]["number"]): r for r in records
-                     if r.get("phase") == PHASE}  # fmt: skip
-        if self.search.parallel:
-            self._replay_events(events, by_key)
-        else:
-            self._replay_asks(by_key)
-        self._replay_confirmations(confirmed)
-
-    def _replay_asks(self, by_key: dict[tuple, dict[str, Any]]) -> None:
-        while True:
-            p = self._ask()
-            if not isinstance(p, Proposal):
-                self.exhausted = p is None and not self.requeue
-                break
-            rec = by_key.pop((p.study, p.number), None)
-            if rec is None:
-                self.requeue.append(p)
-                continue
-            _must_match("trial", rec["trial_id"], rec["proposal"]["lr"], p)
-            self._tell_record(p, rec)
-        if by_key:
-            raise RuntimeError(f"journaled trials the search never proposed: {sorted(by_key)}")
-
-    def _tell_record(self, p: Proposal, rec: dict[str, Any]) -> None:
-        o = rec["outcome"]
-        if o is not None:
-            o = Outcome(**{**o, "curve": tuple(map(tuple, o["curve"] or ()))})
-        self.proposals[rec["trial_id"]] = p
-        self._tell(p, o)
-
-    def _replay_events(self, events: list[dict[str, Any]], by_key: dict[tuple, dict]) -> None:
-        """Parallel search: each journaled ask is asked of its study again (and must propose
-        the journaled LR), each withdrawal and result applied where it happened; asks with
-        neither (running when the driver died) are owed first."""
-        # On the clock, each event moves it as it did live (an ask takes a virtual worker,
-        # an end frees one), so the trials in flight restart where they started on the clock
-        # and report at the same virtual times.
-        clock = self.clock
-        asked: dict[tuple, Proposal] = {}
-        for ev in events:
-            kind = ev.get(EVENT)
-            key = (ev["study"], ev["number"]) if kind else None
-            if clock is not None and ev.get("at") is not None:
-                clock.now = max(clock.now, float(ev["at"]))
-            if kind == ASK:
-                p = self.search.ask_study(ev["study"])
-                _must_match("trial", ev.get("trial_id") or "(asked)", ev["lr"], p, ev["number"])
-                asked[key] = p
-                if clock is not None:
-                    clock.start(key, order=ev.get("order"))
-                    self.clock_started = True
-            elif kind == WITHDRAW:
-                if key not in asked:
-                    raise RuntimeError(f"journal: {ev['trial_id']} withdrawn but never asked")
-                self.search.withdraw(asked.pop(key))
-                if clock is not None:
-                    clock.end(key)
-            elif kind is None and ev.get("phase") != PHASE and ev["status"] != Status.WITHDRAWN:
-                key = (ev["proposal"]["study"], ev["proposal"]["number"])
-                if key not in asked:
-                    raise RuntimeError(f"journal: trial {ev['trial_id']} finished but never asked")
-                if clock is not None:
-                    clock.end(key)
-                self._tell_record(asked.pop(key), by_key.pop(key))
-        self.requeue = list(asked.values())
-        if clock is not None and self.clock_started:
-            self.ask_on_clock()  # owed by a driver killed between a result and its asks
-        self.exhausted = not self.requeue and self.search.remaining() == 0
-
-    def _replay_confirmations(self, confirmed: dict[tuple, dict[str, Any]]) -> None:
-        # Confirmation runs: those of the studies the replayed search has finished, as the sweep
-        # asked them (deterministic: the study's chosen LR, seeds by number); journaled ones are
-        # done, the others (running, or not started, when the driver died) are owed first.
-        while (c := self.confirm.ask(self.search)) is not None:
-            rec = confirmed.pop((c.study, c.number), None)
-            if rec is None:
-                self.confirm_requeue.append(c)
-            else:
-                _must_match("confirmation run", rec["trial_id"], rec["proposal"]["lr"], c)
-        if confirmed:
-            raise RuntimeError(f"journaled confirmation runs never due: {sorted(confirmed)}")
-        self.exhausted = (
-            self.exhausted and not self.confirm_requeue and not self.confirm.pending(self.search)
-        )
+        (:func:`tune_jobs.replay.replay`)."""
+        replay(self, events)
 
     # ---- resume --------------------------------------------------------------------------
     def save(self, checkpoint_path: str) -> None:
