@@ -65,8 +65,11 @@ class Driver:
     every trial asked): suggest whenever it may, deliver each report to the scheduler then (if
     not stopped) the searcher, and end a trial at its last report or when the scheduler stops
     it (the scheduler's ``trial_ended``, then the searcher's ``on_trial_complete``, as Tune's
-    ``stop_trial``). ``speed(trial config)``: the real time a step of that trial takes (1: a
-    step is one time unit at every batch size)."""
+    ``stop_trial``). A trial the scheduler answers NOOP waits at that report (a function
+    trainable waits inside ``report``) until the scheduler lets it go on
+    (``_schedule_trial_train``) or stops it (``stop_trial``): the driver is the controller the
+    scheduler is handed. ``speed(trial config)``: the real time a step of that trial takes (1:
+    a step is one time unit at every batch size)."""
 
     def __init__(self, searcher: SweepSearcher, scheduler: PerBatchSizeScheduler, prefix: str,
                  speed=lambda cfg: 1.0):  # fmt: skip
@@ -74,9 +77,13 @@ class Driver:
         self.queue: list[tuple] = []
         self.trials: dict[str, tuple[dict, list[dict], float, float]] = {}
         self.n = 0
+        self.now = 0.0
         self.events = 0  # reports and completions delivered
         self.steps = 0  # steps the trials ran in reality (up to where each was stopped)
         self.ended: list[str] = []  # trial ids in the order they ended in reality
+        self.waiting: dict[str, tuple[int, int]] = {}  # held trials: (order, report index)
+        self.holds = 0  # NOOPs answered
+        self.ran: dict[str, int] = {}  # trial id -> the step it ended at in reality
 
     def fill(self, now: float) -> None:
         while True:
@@ -90,31 +97,55 @@ class Driver:
             self.trials[tid] = (cfg, reports, now, pace)
             heapq.heappush(self.queue, (now + pace * reports[0]["step"], self.n, tid, 0))
 
+    # the part of Tune's controller the scheduler calls
+    def _schedule_trial_train(self, trial) -> None:
+        order, k = self.waiting.pop(trial.trial_id)
+        _, reports, _, pace = self.trials[trial.trial_id]
+        step = pace * (reports[k + 1]["step"] - reports[k]["step"])
+        heapq.heappush(self.queue, (self.now + step, order, trial.trial_id, k + 1))
+
+    def stop_trial(self, trial) -> None:
+        _, k = self.waiting.pop(trial.trial_id)
+        self._end(trial.trial_id, self.trials[trial.trial_id][1][k])
+
+    def _end(self, tid: str, result: dict) -> None:
+        self.steps += int(result["step"])
+        self.ran[tid] = int(result["step"])
+        self.ended.append(tid)
+        self.scheduler.trial_ended(tid, result)
+        self.searcher.on_trial_complete(tid, result)
+        del self.trials[tid]
+        self.scheduler.release_held(self)
+        self.fill(self.now)
+
     def run(self, stop_after: int | None = None) -> None:
         self.fill(0.0)
         while self.queue:
             now, order, tid, k = heapq.heappop(self.queue)
+            self.now = now
             cfg, reports, start, pace = self.trials[tid]
             result = reports[k]
             self.events += 1
             if result["status"] == Status.RUNNING and k + 1 < len(reports):
                 trial = SimpleNamespace(trial_id=tid, config=cfg)
-                action = self.scheduler.on_trial_result(None, trial, result)
+                action = self.scheduler.on_trial_result(self, trial, result)
                 if action != TrialScheduler.STOP:
                     self.searcher.on_trial_result(tid, result)
-                    nxt = reports[k + 1]["step"]
-                    heapq.heappush(self.queue, (start + pace * nxt, order, tid, k + 1))
+                    if action == TrialScheduler.NOOP:
+                        self.holds += 1
+                        self.waiting[tid] = (order, k)
+                    else:
+                        nxt = reports[k + 1]["step"]
+                        heapq.heappush(self.queue, (now + pace * (nxt - result["step"]), order,
+                                                    tid, k + 1))  # fmt: skip
+                    self.fill(now)  # Tune asks the searcher at every step of its loop
                     if self.events == stop_after:
                         return
                     continue
-            self.steps += int(result["step"])
-            self.ended.append(tid)
-            self.scheduler.trial_ended(tid, result)
-            self.searcher.on_trial_complete(tid, result)
-            del self.trials[tid]
+            self._end(tid, result)
             if self.events == stop_after:
                 return
-            self.fill(now)
+        assert not self.waiting or stop_after, f"held forever: {self.waiting}"
 
 
 def _pair(
@@ -201,9 +232,16 @@ def test_with_fewer_workers_than_studies_the_search_is_the_same_whatever_the_spe
     rng = random.Random(7)
     for name, speed in (("one", lambda cfg: 1.0), ("any", lambda cfg: rng.uniform(0.2, 5.0))):
         searcher, scheduler = _pair(tmp_path, name, slots=2)
-        Driver(searcher, scheduler, "t", speed=speed).run()
+        driver = Driver(searcher, scheduler, "t", speed=speed)
+        driver.run()
         runs.append(read_events(journal_path(tmp_path / name)))
         assert set(searcher.search.stop_bound) == set(searcher.search.studies)
+        # a trial whose report the clock held back waited there: one the search ended at a
+        # report ran not a step past it (withdrawn trials have no result to end at)
+        ends = {r["trial_id"]: r["outcome"]["steps_run"]
+                for r in read_records(journal_path(tmp_path / name)) if r.get("outcome")}  # fmt: skip
+        assert driver.holds > 0, "no report was held: the wait is not exercised"
+        assert {t: driver.ran[t] for t in ends} == ends
     assert runs[0] == runs[1]
     unlimited = _pair(tmp_path, "all")
     Driver(*unlimited, "t").run()
@@ -239,8 +277,9 @@ def test_a_killed_driver_replays_to_the_same_search(tmp_path: Path, whole, fract
     # owed first: exactly the trials asked and not ended when the driver died (running, or
     # asked on the virtual clock and not started yet; withdrawn ones are not), each where it
     # started on the clock
+    concluded = {r["trial_id"] for r in read_records(journal_path(tmp_path / "k"))}
     running = {(p.study, p.number) for tid, p in killed.proposals.items() if tid in driver.trials
-               and tid not in killed.withdrawn}  # fmt: skip
+               and tid not in killed.withdrawn and tid not in concluded}  # fmt: skip
     live = set(killed.clock.live)
     assert running <= live
     assert {(p.study, p.number) for p in resumed.requeue} == live

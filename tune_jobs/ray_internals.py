@@ -11,6 +11,9 @@ Ray offers no public API for these three needs, so they use private modules:
 - letting go of what Tune's controller keeps of a finished trial that nothing reads again
   (:func:`release_finished_trial`): a driver of a 10,000-trial sweep otherwise grows by
   ~90 KiB per trial.
+- letting a trial the scheduler held at a report (``TrialScheduler.NOOP``) go on later
+  (:func:`resume_training`): Tune's schedulers may stop another trial (``stop_trial``) but
+  have no call to continue one.
 - a fit that does not read every trial's results into pandas at its end
   (:func:`no_result_frames`): ~0.4 GiB and ~20 s at 10,000 trials, for a ``ResultGrid``
   critbatch never reads.
@@ -137,6 +140,16 @@ def release_finished_trial(tune_controller: Any, trial: Any) -> None:
         meta.metric_n_steps = {}
         tune_controller._mark_trial_to_checkpoint(trial)  # its snapshot entry, recomputed
     drop_cancelled_actor_tasks(tune_controller)
+
+
+def resume_training(tune_controller: Any, trial: Any) -> None:
+    """Let ``trial`` go on past the report its scheduler answered ``NOOP`` to: what Tune does
+    for a ``CONTINUE`` (``TuneController._schedule_trial_train``). A function trainable waits
+    inside its ``report`` until then (Tune's function sessions report synchronously), so a
+    held trial spends nothing while it waits. ``tune_controller``: what Tune hands the
+    scheduler (its restricted wrapper, or the controller itself)."""
+    controller = getattr(tune_controller, "_tune_controller", tune_controller)
+    controller._schedule_trial_train(trial)
 
 
 @contextmanager

@@ -22,11 +22,16 @@ from tune_jobs.ray_internals import (
     asha_bracket,
     drop_cancelled_actor_tasks,
     release_finished_trial,
+    resume_training,
 )
 from tune_jobs.searcher import SweepSearcher
 from tune_jobs.vclock import END, ERROR
 
 _PACED = "paced"  # _judge: a report of a paced search that no rule stopped (no ASHA)
+# A trial of the clock waiting this long to start (Tune: PENDING) while others wait at held
+# reports: the cluster holds fewer trials than the clock has workers (it lost a node, or
+# `max_concurrent` is larger than it), so the held trials go on instead of waiting.
+HOLD_PENDING_S = 10.0
 
 
 class PerBatchSizeScheduler(FIFOScheduler):
@@ -47,8 +52,13 @@ class PerBatchSizeScheduler(FIFOScheduler):
     it in virtual time (:meth:`_on_clock`), so its decisions do not hang on the real timing.
     """
 
-    def __init__(self, job: JobConfig, searcher: SweepSearcher, max_steps: int):
+    def __init__(
+        self, job: JobConfig, searcher: SweepSearcher, max_steps: int, hold: bool = True
+    ):
         super().__init__()
+        # the parallel search's trials wait at reports its clock holds back (:meth:`_holds`);
+        # False where the cluster may run fewer trials at once than the clock has workers
+        self.hold = hold
         es = job.early_stopping
         self.enabled = es.enabled and job.tuned
         self.grace = es.grace_steps or 5 * job.eval_every
@@ -69,6 +79,10 @@ class PerBatchSizeScheduler(FIFOScheduler):
         self.plateau = es.plateau if s.decay == "constant" and not s.decay_epochs else 0.0
         self.added: dict[str, int] = {}  # trial -> when Tune added it (choose_trial_to_run)
         self.last_point: dict[str, dict] = {}  # clock: trial -> its last report handed out
+        self.held: dict[str, Trial] = {}  # clock: trials waiting at a report held back
+        self.pending_since: dict[str, float] = {}  # clock: trial -> when Tune first had it PENDING
+        self.starved = False  # a trial of the clock waits to start: hold nothing
+        self._releasing = False
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         # A packet (analysis/packets.py) is judged report by report, in order, as if each had
@@ -81,7 +95,12 @@ class PerBatchSizeScheduler(FIFOScheduler):
         # The parallel search judges on its virtual clock instead (_on_clock).
         reports = points_of(result)
         if self.searcher.clock_key(trial.trial_id) is not None:
-            return self._on_clock(trial.trial_id, reports)
+            action = self._on_clock(trial.trial_id, reports)
+            if action == TrialScheduler.CONTINUE and self._holds(trial.trial_id):
+                self.held[trial.trial_id] = trial
+                action = TrialScheduler.NOOP
+            self.release_held(tune_controller)
+            return action
         points = [p for p in reports if p.get("status") == Status.RUNNING]
         if not points or trial.config.get("phase") == PHASE:  # confirmation: its stop rule
             return TrialScheduler.CONTINUE
@@ -123,6 +142,36 @@ class PerBatchSizeScheduler(FIFOScheduler):
             clock.finish(key, trial_id, error)
         self._advance()
         return TrialScheduler.CONTINUE if clock.is_live(key) else TrialScheduler.STOP
+
+    def _holds(self, trial_id: str) -> bool:
+        """Does a live trial of the clock wait at its last report (NOOP: Tune's function
+        trainable waits inside ``report``) until the clock hands it out? Yes when the report is
+        held back, so that a trial the search ends there has run no step past it; not when the
+        clock's workers are not known to fit the cluster (``slots`` 0) or a trial of the clock
+        is waiting to start (:attr:`starved`): held trials could keep it from ever starting."""
+        clock = self.searcher.clock
+        return self.hold and clock.slots > 0 and not self.starved and not clock.settled(
+            self.searcher.clock_key(trial_id)
+        )
+
+    def release_held(self, tune_controller) -> None:
+        """Let each held trial go on once its report is handed out (or when nothing may be held
+        now), or stop it where the search ended it (Tune's ``stop_trial``, as for a STOP)."""
+        if self._releasing or not self.held:
+            return
+        self._releasing = True
+        try:
+            clock = self.searcher.clock
+            for trial_id, trial in list(self.held.items()):
+                key = self.searcher.clock_key(trial_id)
+                if not clock.is_live(key):
+                    del self.held[trial_id]
+                    tune_controller.stop_trial(trial)
+                elif not self._holds(trial_id):
+                    del self.held[trial_id]
+                    resume_training(tune_controller, trial)
+        finally:
+            self._releasing = False
 
     def _advance(self) -> None:
         while (event := self.searcher.clock.pop()) is not None:
@@ -209,6 +258,8 @@ class PerBatchSizeScheduler(FIFOScheduler):
 
     def choose_trial_to_run(self, tune_controller):
         live = tune_controller.get_live_trials()
+        if self.held or self.pending_since:
+            self._watch_starts(tune_controller, live)
         for status in (Trial.PENDING, Trial.PAUSED):
             waiting = [t for t in live if t.status == status]
             if waiting:
@@ -217,6 +268,23 @@ class PerBatchSizeScheduler(FIFOScheduler):
                 )
         return None
 
+    def _watch_starts(self, tune_controller, live) -> None:
+        """Tune calls :meth:`choose_trial_to_run` at every step of its loop: note since when
+        each trial of the clock has been waiting to start, and let the held trials go on once
+        one has waited :data:`HOLD_PENDING_S`, and hold none until it starts."""
+        import time
+
+        now, waiting = time.monotonic(), set()
+        for t in live:
+            if t.status == Trial.PENDING and self.searcher.clock_key(t.trial_id) is not None:
+                waiting.add(t.trial_id)
+                self.pending_since.setdefault(t.trial_id, now)
+        for trial_id in [t for t in self.pending_since if t not in waiting]:
+            del self.pending_since[trial_id]
+        self.starved = any(now - t0 > HOLD_PENDING_S for t0 in self.pending_since.values())
+        if self.starved:
+            self.release_held(tune_controller)
+
     # Tune's per-trial state of finished trials, released (driver memory stays bounded over
     # long sweeps: tune_jobs/ray_internals.py). Tune calls these after the trial's last result.
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
@@ -224,6 +292,7 @@ class PerBatchSizeScheduler(FIFOScheduler):
         self.trial_ended(trial.trial_id, result)
         self.added.pop(trial.trial_id, None)
         release_finished_trial(tune_controller, trial)
+        self.release_held(tune_controller)
 
     def trial_ended(self, trial_id: str, result: dict | None) -> None:
         """A trial's end as Tune reports it (the part of :meth:`on_trial_complete` that needs no
@@ -242,13 +311,17 @@ class PerBatchSizeScheduler(FIFOScheduler):
         super().on_trial_error(tune_controller, trial)
         if self.searcher.clock_key(trial.trial_id) is not None:
             self._on_clock(trial.trial_id, [], error=True)
+        self.held.pop(trial.trial_id, None)
         drop_cancelled_actor_tasks(tune_controller)
+        self.release_held(tune_controller)
 
     def on_trial_remove(self, tune_controller, trial) -> None:
         super().on_trial_remove(tune_controller, trial)
         self._forget_unless_on_clock(trial.trial_id)
         self.added.pop(trial.trial_id, None)
+        self.held.pop(trial.trial_id, None)
         release_finished_trial(tune_controller, trial)
+        self.release_held(tune_controller)
 
     def _forget_unless_on_clock(self, trial_id: str) -> None:
         key = self.searcher.clock_key(trial_id)

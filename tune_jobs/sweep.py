@@ -235,16 +235,20 @@ def trial_resources(resources: ResourcesConfig, config: dict[str, Any]) -> Any:
 
 def search_slots(job: JobConfig) -> int:
     """How many search trials the sweep runs at once: ``max_concurrent`` where the job sets it,
-    else as many as the Ray cluster's CPUs and GPUs hold now (each trial's ``resources``; with
-    ``gpus_from_batch_size``, the smallest ask). The parallel search's virtual clock has as
-    many workers (tune_jobs/vclock.py), so its trials start on the clock as on the cluster;
-    0: no limit known (a resource the trials ask for that the cluster has none of yet, as on
-    a cluster whose GPU workers an autoscaler starts later: one worker per study). A cluster
-    that grows later is seen at this size: set ``max_concurrent`` to the size it runs at."""
+    else as many as the Ray cluster holds now (:func:`cluster_fits`). The parallel search's
+    virtual clock has as many workers (tune_jobs/vclock.py), so its trials start on the clock
+    as on the cluster; 0: no limit known (one worker per study). A cluster that grows later is
+    seen at this size: set ``max_concurrent`` to the size it runs at."""
+    return job.max_concurrent or cluster_fits(job)
+
+
+def cluster_fits(job: JobConfig) -> int:
+    """How many trials the Ray cluster's CPUs and GPUs hold now (each trial's ``resources``;
+    with ``gpus_from_batch_size``, the smallest ask); 0: not known (a resource the trials ask
+    for that the cluster has none of yet, as on a cluster whose GPU workers an autoscaler
+    starts later)."""
     import ray
 
-    if job.max_concurrent:
-        return job.max_concurrent
     have = ray.cluster_resources()
     r = job.resources
     gpus = min([r.gpus, *r.gpus_from_batch_size.values()])
@@ -290,7 +294,11 @@ def _fit(
     journal = journal_path(run_dir)
     slots = search_slots(job) if job.lr_search.parallel else 0
     searcher = SweepSearcher(job, None, train_sizes, journal, slots)
-    scheduler = PerBatchSizeScheduler(job, searcher, max(max_steps.values()))
+    # a trial waits at a report the clock holds back only where the cluster runs every one of
+    # the clock's workers at once: else a waiting trial could keep the one the clock waits
+    # for from starting
+    hold = 0 < slots <= cluster_fits(job)
+    scheduler = PerBatchSizeScheduler(job, searcher, max(max_steps.values()), hold=hold)
     events = read_events(journal) if restore else []
     finished = [r for r in events if EVENT not in r]
     if restore:  # the search as of the last result it acted on (tune_jobs/journal.py)

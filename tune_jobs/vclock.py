@@ -13,9 +13,13 @@ reported at or past it, or has ended (conservative synchronisation, as in parall
 simulation). So the search sees the same events in the same order whatever the real timing, and
 given the same trials' reports proposes, stops and withdraws the same trials.
 
-The cost is compute, not the answer: a trial whose report the driver holds back keeps running,
-and when the search then ends it at an earlier step, the steps it ran past that end are spent
-(its result ends at that step; the callbacks log no point past it). The clock has as many
+The cost is time, not the answer: a trial whose report the clock holds back waits at that
+report (the sweep's scheduler does not let it go on until the report is handed out,
+:meth:`settled`), so a trial the search ends there has run no step past its end. Where waiting
+could keep a trial from ever starting (the cluster holds fewer trials than the clock has
+workers), the scheduler lets held trials run on instead, and a trial the search then ends at
+an earlier step has spent the steps past it (its result ends at that step; the callbacks log
+no point past it). The clock has as many
 virtual workers as the sweep runs trials at once (``slots``): the search asks a trial only
 when one is free, on the clock as on the cluster (as ``benchmarks/search_efficiency.py
 --slots`` simulates). A trial started on the clock but still queued in reality (its real
@@ -43,6 +47,7 @@ class _Live:
     step: float = -math.inf  # last step buffered
     status: Any = None  # status of the last report buffered
     finished: bool = False  # its last event is buffered: it holds nothing back
+    queued: int = 0  # its events buffered and not yet handed out
 
 
 @dataclass
@@ -95,6 +100,12 @@ class VirtualClock:
         self._push(t, key, trial_id, ERROR if error else END)
         t.finished = True
 
+    def settled(self, key: Key) -> bool:
+        """Every event the trial sent has been handed out (or the search has ended it): a
+        trial held at its last report (the sweep's scheduler holds it) may go on."""
+        t = self.live.get(key)
+        return t is None or t.queued == 0
+
     def end(self, key: Key) -> None:
         """The search ended the trial (a result, a stop, a withdrawal): its later reports, the
         steps it ran past that end, are never handed out, and its worker is free."""
@@ -120,10 +131,12 @@ class VirtualClock:
                 return None
             heapq.heappop(self.heap)
             self.now = max(self.now, at)
+            self.live[key].queued -= 1
             return key, trial_id, point
         return None
 
     def _push(self, t: _Live, key: Key, trial_id: str, point: Any) -> None:
         self.seq += 1
+        t.queued += 1
         at = t.start + max(t.step, 0.0)
         heapq.heappush(self.heap, (at, t.order, self.seq, key, trial_id, point))
