@@ -52,9 +52,7 @@ class PerBatchSizeScheduler(FIFOScheduler):
     it in virtual time (:meth:`_on_clock`), so its decisions do not hang on the real timing.
     """
 
-    def __init__(
-        self, job: JobConfig, searcher: SweepSearcher, max_steps: int, hold: bool = True
-    ):
+    def __init__(self, job: JobConfig, searcher: SweepSearcher, max_steps: int, hold: bool = True):
         super().__init__()
         # the parallel search's trials wait at reports its clock holds back (:meth:`_holds`);
         # False where the cluster may run fewer trials at once than the clock has workers
@@ -150,8 +148,11 @@ class PerBatchSizeScheduler(FIFOScheduler):
         clock's workers are not known to fit the cluster (``slots`` 0) or a trial of the clock
         is waiting to start (:attr:`starved`): held trials could keep it from ever starting."""
         clock = self.searcher.clock
-        return self.hold and clock.slots > 0 and not self.starved and not clock.settled(
-            self.searcher.clock_key(trial_id)
+        return (
+            self.hold
+            and clock.slots > 0
+            and not self.starved
+            and not clock.settled(self.searcher.clock_key(trial_id))
         )
 
     def release_held(self, tune_controller) -> None:
