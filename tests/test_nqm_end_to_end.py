@@ -9,6 +9,7 @@ B_crit within 10%.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -117,14 +118,20 @@ def _search_events(run_dir: Path) -> tuple[list[tuple], list[str]]:
 
 
 @pytest.mark.slow
-def test_parallel_sweep_is_the_same_whatever_the_real_timing(ray_local, tmp_path):
+def test_parallel_sweep_is_the_same_whatever_the_real_timing(ray_local, tmp_path, monkeypatch,
+                                                            caplog):  # fmt: skip
     """The parallel search on its virtual clock (tune_jobs/vclock.py) through real Ray: the same
     job (``max_concurrent: 5``, so 5 virtual workers) run unpaced on 2 real workers (each
-    trial runs to its end before its first report is read; 3 of 5 studies wait for a worker)
-    and paced on 5 (every study in flight, stops acting mid-trial) proposes, stops, withdraws
-    and journals the same trials, and prints the same B_crit."""
+    trial runs to its end before its first report is read; 3 of 5 studies wait for a worker;
+    no trial waits at a held report, as the cluster cannot run all 5), paced on 5 (every study
+    in flight, stops acting mid-trial; trials wait at reports the clock holds back), and paced
+    on 2 real workers as if the cluster had held 5 at launch (as after a lost node: trials
+    wait at held reports until one of the clock's waits too long to start, then go on)
+    proposes, stops, withdraws and journals the same trials, and prints the same B_crit."""
+    from tune_jobs import scheduler, sweep
+
     runs = []
-    for name, pace, cpus in (("unpaced", 0.0, 1.0), ("paced", 2e-6, 0.25)):
+    for name, pace, cpus in (("unpaced", 0.0, 1.0), ("paced", 2e-6, 0.25), ("lost", 2e-6, 1.0)):
         d = yaml.safe_load(JOB.read_text())
         d.update(name=name, batch_sizes=[64, 256, 1024, 4096, 16384],
                  storage=str(tmp_path / name),
@@ -134,15 +141,23 @@ def test_parallel_sweep_is_the_same_whatever_the_real_timing(ray_local, tmp_path
         d["resources"] |= {"cpus": cpus}
         d["max_concurrent"] = 5
         job = parse_job(d)
-        res = run_sweep(job, progress=False)
+        if name == "lost":
+            monkeypatch.setattr(sweep, "cluster_fits", lambda job: 5)
+            monkeypatch.setattr(scheduler, "HOLD_PENDING_S", 1.0)
+        with caplog.at_level(logging.WARNING, logger="critbatch.search"):
+            res = run_sweep(job, progress=False)
         summary, _ = sweep_summary(res, job)
         runs.append((res, summary))
-    (a, sa), (b, sb) = runs
-    assert _search_events(a.run_dir) == _search_events(b.run_dir)
-    assert sa.cbs.b_crit == sb.cbs.b_crit
-    assert sa.text() == sb.text()  # what `critbatch run` prints
-    ta, tb = (s.steps_table().drop(columns=["trial"]) for s in (sa, sb))  # Tune's random ids
-    pd.testing.assert_frame_equal(ta, tb)
+        waited = [r for r in caplog.records if "waited 1 s to start" in r.getMessage()]
+        assert bool(waited) == (name == "lost"), name
+        caplog.clear()
+    (a, sa) = runs[0]
+    for b, sb in runs[1:]:
+        assert _search_events(a.run_dir) == _search_events(b.run_dir)
+        assert sa.cbs.b_crit == sb.cbs.b_crit
+        assert sa.text() == sb.text()  # what `critbatch run` prints
+        ta, tb = (s.steps_table().drop(columns=["trial"]) for s in (sa, sb))  # Tune's random ids
+        pd.testing.assert_frame_equal(ta, tb)
 
 
 @pytest.mark.slow

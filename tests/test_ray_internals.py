@@ -4,6 +4,7 @@ here, not on a cluster. Each test also exercises the adapter for real."""
 from __future__ import annotations
 
 import inspect
+import json
 
 import mlflow
 import pytest
@@ -88,8 +89,6 @@ def test_release_finished_trial_leaves_tune_nothing_per_trial_it_does_not_read(r
     (tune_jobs.scheduler.PerBatchSizeScheduler): Tune's per-metric statistics and the
     auto-filled-metrics ObjectRef are gone, also from the experiment snapshot Tune wrote,
     while ``last_result`` (which the callbacks read) is kept."""
-    import json
-
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
@@ -190,3 +189,58 @@ def test_no_result_frames_skips_only_the_per_trial_dataframes(ray_local, tmp_pat
     assert all(r.metrics_dataframe is None and r.metrics["step"] == 3 for r in grid)
     grid = fit("framed")
     assert all(len(r.metrics_dataframe) == 3 for r in grid)
+
+
+def test_a_trial_answered_noop_waits_in_its_report_until_resumed_or_stopped(ray_local, tmp_path):
+    """A real Tuner whose scheduler answers NOOP to two trials' first report, as the parallel
+    search's scheduler holds a trial at a report its clock holds back: each waits inside
+    ``tune.report`` (no step past it) until a third trial ends; then one goes on
+    (:func:`resume_training`, Tune's own CONTINUE) to its end and the other is stopped where it
+    waited (Tune's ``stop_trial``)."""
+    import time
+
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
+    from tune_jobs.ray_internals import resume_training
+
+    def trainable(config):
+        for step in range(1, 4):
+            if config["x"] == 2:
+                time.sleep(1.0)  # the trial the others wait for
+            tune.report({"step": step, "at": time.time()})
+
+    held: dict = {}
+    ended: dict = {}
+    seen: dict = {0: [], 1: [], 2: []}  # x -> (step, when it was reported) of each report
+
+    class Holding(FIFOScheduler):
+        def on_trial_result(self, tune_controller, trial, result):
+            seen[trial.config["x"]].append((result["step"], result["at"]))
+            if trial.config["x"] < 2 and result["step"] == 1 and not ended:
+                held[trial.config["x"]] = trial
+                return TrialScheduler.NOOP
+            return TrialScheduler.CONTINUE
+
+        def on_trial_complete(self, tune_controller, trial, result):
+            super().on_trial_complete(tune_controller, trial, result)
+            ended[trial.config["x"]] = (result["step"], time.time())
+            if trial.config["x"] == 2:
+                resume_training(tune_controller, held.pop(0))
+                tune_controller.stop_trial(held.pop(1))
+
+    assert list(inspect.signature(
+        ray.tune.execution.tune_controller.TuneController._schedule_trial_train
+    ).parameters) == ["self", "trial"]  # fmt: skip
+    tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 0.5}),  # all three at once on 2 CPUs
+        param_space={"x": tune.grid_search([0, 1, 2])},
+        tune_config=tune.TuneConfig(scheduler=Holding(), reuse_actors=True),
+        run_config=tune.RunConfig(name="hold", storage_path=str(tmp_path), verbose=0),
+    ).fit()
+    assert not held and set(ended) == {0, 1, 2}
+    assert ended[0][0] == 3  # resumed: ran to its end
+    assert ended[1][0] == 1  # stopped where it waited: no step past it
+    # the resumed one took its second step only after the slow trial ended
+    assert [s for s, _ in seen[0]] == [1, 2, 3] and seen[0][1][1] >= ended[2][1] - 0.05
+    assert [s for s, _ in seen[1]] == [1]

@@ -5,6 +5,7 @@ ones; the searcher it consults is :mod:`tune_jobs.searcher`.
 
 from __future__ import annotations
 
+import logging
 import math
 from types import SimpleNamespace
 from typing import Any
@@ -27,6 +28,7 @@ from tune_jobs.ray_internals import (
 from tune_jobs.searcher import SweepSearcher
 from tune_jobs.vclock import END, ERROR
 
+log = logging.getLogger("critbatch.search")
 _PACED = "paced"  # _judge: a report of a paced search that no rule stopped (no ASHA)
 # A trial of the clock waiting this long to start (Tune: PENDING) while others wait at held
 # reports: the cluster holds fewer trials than the clock has workers (it lost a node, or
@@ -77,9 +79,10 @@ class PerBatchSizeScheduler(FIFOScheduler):
         self.plateau = es.plateau if s.decay == "constant" and not s.decay_epochs else 0.0
         self.added: dict[str, int] = {}  # trial -> when Tune added it (choose_trial_to_run)
         self.last_point: dict[str, dict] = {}  # clock: trial -> its last report handed out
-        self.held: dict[str, Trial] = {}  # clock: trials waiting at a report held back
-        self.pending_since: dict[str, float] = {}  # clock: trial -> when Tune first had it PENDING
+        self.held: dict[str, tuple[Trial, float]] = {}  # clock: waiting trials (trial, before)
+        self.pending_since: dict[Any, float] = {}  # clock: key -> since when it is not running
         self.starved = False  # a trial of the clock waits to start: hold nothing
+        self.warned = False  # (once a sweep)
         self._releasing = False
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
@@ -92,10 +95,12 @@ class PerBatchSizeScheduler(FIFOScheduler):
         # A trial's final report (status not `running`) and confirmation runs are not judged.
         # The parallel search judges on its virtual clock instead (_on_clock).
         reports = points_of(result)
-        if self.searcher.clock_key(trial.trial_id) is not None:
+        key = self.searcher.clock_key(trial.trial_id)
+        if key is not None:
+            before = self.searcher.clock.buffered_to(key)  # its previous report's virtual time
             action = self._on_clock(trial.trial_id, reports)
-            if action == TrialScheduler.CONTINUE and self._holds(trial.trial_id):
-                self.held[trial.trial_id] = trial
+            if action == TrialScheduler.CONTINUE and self._holds(trial.trial_id, before):
+                self.held[trial.trial_id] = (trial, before)
                 action = TrialScheduler.NOOP
             self.release_held(tune_controller)
             return action
@@ -141,34 +146,37 @@ class PerBatchSizeScheduler(FIFOScheduler):
         self._advance()
         return TrialScheduler.CONTINUE if clock.is_live(key) else TrialScheduler.STOP
 
-    def _holds(self, trial_id: str) -> bool:
-        """Does a live trial of the clock wait at its last report (NOOP: Tune's function
-        trainable waits inside ``report``) until the clock hands it out? Yes when the report is
-        held back, so that a trial the search ends there has run no step past it; not when the
-        clock's workers are not known to fit the cluster (``slots`` 0) or a trial of the clock
-        is waiting to start (:attr:`starved`): held trials could keep it from ever starting."""
+    def _holds(self, trial_id: str, before: float | None) -> bool:
+        """Does a live trial of the clock wait at its report (NOOP: Tune's function trainable
+        waits inside ``report``) until the clock has handed out its previous report (at virtual
+        time ``before``)? Then a trial the search ends at a report held back runs at most one
+        report past it (tune_jobs/vclock.py). Not when the clock's workers are not known to fit
+        the cluster (:attr:`hold`, ``slots`` 0) or a trial of the clock is waiting to start
+        (:attr:`starved`): waiting trials could keep it from ever starting."""
         clock = self.searcher.clock
         return (
             self.hold
             and clock.slots > 0
             and not self.starved
-            and not clock.settled(self.searcher.clock_key(trial_id))
+            and before is not None
+            and clock.handed_to(self.searcher.clock_key(trial_id)) < before
         )
 
     def release_held(self, tune_controller) -> None:
-        """Let each held trial go on once its report is handed out (or when nothing may be held
-        now), or stop it where the search ended it (Tune's ``stop_trial``, as for a STOP)."""
+        """Let each waiting trial go on once its previous report is handed out (or when none
+        may wait now), or stop it where the search ended it (Tune's ``stop_trial``, as for a
+        STOP)."""
         if self._releasing or not self.held:
             return
         self._releasing = True
         try:
             clock = self.searcher.clock
-            for trial_id, trial in list(self.held.items()):
+            for trial_id, (trial, before) in list(self.held.items()):
                 key = self.searcher.clock_key(trial_id)
                 if not clock.is_live(key):
                     del self.held[trial_id]
                     tune_controller.stop_trial(trial)
-                elif not self._holds(trial_id):
+                elif not self._holds(trial_id, before):
                     del self.held[trial_id]
                     resume_training(tune_controller, trial)
         finally:
@@ -271,19 +279,30 @@ class PerBatchSizeScheduler(FIFOScheduler):
 
     def _watch_starts(self, tune_controller, live) -> None:
         """Tune calls :meth:`choose_trial_to_run` at every step of its loop: note since when
-        each trial of the clock has been waiting to start, and let the held trials go on once
-        one has waited :data:`HOLD_PENDING_S`, and hold none until it starts."""
+        each trial on the clock has not been running in Tune (queued for resources, or not yet
+        handed to Tune: Tune's pending trials, such as confirmation runs, can fill its
+        queue), and let the waiting trials go on once one has waited :data:`HOLD_PENDING_S`,
+        and make none wait until it runs."""
         import time
 
-        now, waiting = time.monotonic(), set()
-        for t in live:
-            if t.status == Trial.PENDING and self.searcher.clock_key(t.trial_id) is not None:
-                waiting.add(t.trial_id)
-                self.pending_since.setdefault(t.trial_id, now)
-        for trial_id in [t for t in self.pending_since if t not in waiting]:
-            del self.pending_since[trial_id]
-        self.starved = any(now - t0 > HOLD_PENDING_S for t0 in self.pending_since.values())
-        if self.starved:
+        now = time.monotonic()
+        running = {self.searcher.clock_key(t.trial_id) for t in live if t.status == Trial.RUNNING}
+        waiting = {k for k in self.searcher.clock.running() if k not in running}
+        for key in [k for k in self.pending_since if k not in waiting]:
+            del self.pending_since[key]
+        for key in waiting:
+            self.pending_since.setdefault(key, now)
+        starved = any(now - t0 > HOLD_PENDING_S for t0 in self.pending_since.values())
+        if starved and not self.warned and self.held:
+            self.warned = True
+            log.warning(
+                "a trial of the parallel search has waited %.0f s to start: the trials waiting "
+                "for the search's clock go on meanwhile (the cluster runs fewer trials at once "
+                "than it did at launch; their extra steps are spent, the answer is the same)",
+                HOLD_PENDING_S,
+            )
+        self.starved = starved
+        if starved:
             self.release_held(tune_controller)
 
     # Tune's per-trial state of finished trials, released (driver memory stays bounded over

@@ -13,13 +13,14 @@ reported at or past it, or has ended (conservative synchronisation, as in parall
 simulation). So the search sees the same events in the same order whatever the real timing, and
 given the same trials' reports proposes, stops and withdraws the same trials.
 
-The cost is time, not the answer: a trial whose report the clock holds back waits at that
-report (the sweep's scheduler does not let it go on until the report is handed out,
-:meth:`settled`), so a trial the search ends there has run no step past its end. Where waiting
-could keep a trial from ever starting (the cluster holds fewer trials than the clock has
-workers), the scheduler lets held trials run on instead, and a trial the search then ends at
-an earlier step has spent the steps past it (its result ends at that step; the callbacks log
-no point past it). The clock has as many
+The cost is compute, not the answer: a trial whose report the driver holds back runs on, and
+when the search then ends it at that report, the steps it ran past its end are spent (its
+result ends at that step; the callbacks log no point past it). The sweep's scheduler bounds
+them: a trial runs on past one held report but waits at the next while the first is still
+held (:meth:`handed_to`), so it runs at most one report past its end; waiting at the first
+would make trials whose reports interleave take turns instead of running together. Where
+waiting could keep a trial from ever starting (the cluster holds fewer trials than the clock
+has workers), the scheduler lets waiting trials run on instead. The clock has as many
 virtual workers as the sweep runs trials at once (``slots``): the search asks a trial only
 when one is free, on the clock as on the cluster (as ``benchmarks/search_efficiency.py
 --slots`` simulates). A trial started on the clock but still queued in reality (its real
@@ -47,7 +48,7 @@ class _Live:
     step: float = -math.inf  # last step buffered
     status: Any = None  # status of the last report buffered
     finished: bool = False  # its last event is buffered: it holds nothing back
-    queued: int = 0  # its events buffered and not yet handed out
+    handed: float = -math.inf  # virtual time of its last event handed out
 
 
 @dataclass
@@ -100,11 +101,20 @@ class VirtualClock:
         self._push(t, key, trial_id, ERROR if error else END)
         t.finished = True
 
-    def settled(self, key: Key) -> bool:
-        """Every event the trial sent has been handed out (or the search has ended it): a
-        trial held at its last report (the sweep's scheduler holds it) may go on."""
+    def running(self) -> list[Key]:
+        """The live trials still to send events (not ended in reality)."""
+        return [k for k, t in self.live.items() if not t.finished]
+
+    def buffered_to(self, key: Key) -> float | None:
+        """Virtual time of the trial's last event buffered (None: none yet, or not live)."""
         t = self.live.get(key)
-        return t is None or t.queued == 0
+        return None if t is None or t.step == -math.inf else t.start + t.step
+
+    def handed_to(self, key: Key) -> float:
+        """Virtual time up to which the trial's events have been handed out (inf once the
+        search has ended it: nothing of it is held back)."""
+        t = self.live.get(key)
+        return math.inf if t is None else t.handed
 
     def end(self, key: Key) -> None:
         """The search ended the trial (a result, a stop, a withdrawal): its later reports, the
@@ -131,12 +141,11 @@ class VirtualClock:
                 return None
             heapq.heappop(self.heap)
             self.now = max(self.now, at)
-            self.live[key].queued -= 1
+            self.live[key].handed = at
             return key, trial_id, point
         return None
 
     def _push(self, t: _Live, key: Key, trial_id: str, point: Any) -> None:
         self.seq += 1
-        t.queued += 1
         at = t.start + max(t.step, 0.0)
         heapq.heappush(self.heap, (at, t.order, self.seq, key, trial_id, point))
