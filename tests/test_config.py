@@ -157,7 +157,7 @@ def test_gpus_from_batch_size_gives_large_batches_more_gpu():
     assert [job.resources.gpus_for(b) for b in job.batch_sizes] == [0.25, 0.5, 1, 1]
     assert parse_job(GOOD).resources.gpus_for(16) == 0.0  # no mapping: `gpus` everywhere
     from tune_jobs.cli.run import plan_text
-    from tune_jobs.sweep import trial_resources  # what Tune is given, per trial config
+    from tune_jobs.placement import trial_resources  # what Tune is given, per trial config
 
     assert [trial_resources(job.resources, {"batch_size": b}).bundles for b in (64, 512)] == [
         [{"CPU": 1.0, "GPU": 0.25}], [{"CPU": 1.0, "GPU": 1.0}]]  # fmt: skip

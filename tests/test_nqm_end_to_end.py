@@ -162,10 +162,10 @@ def test_parallel_sweep_is_the_same_whatever_the_real_timing(ray_local, tmp_path
 
 @pytest.mark.slow
 def test_the_parallel_searchs_workers_are_the_sweeps(ray_local, tmp_path):
-    """The virtual clock's workers (tune_jobs/sweep.py:search_slots) on the local 2-CPU Ray:
+    """The virtual clock's workers (tune_jobs/placement.py:search_slots) on the local 2-CPU Ray:
     as many trials as the CPUs hold, or max_concurrent; none known (0: one per study) when the
     trials ask for GPUs the cluster has none of yet."""
-    from tune_jobs.sweep import search_slots
+    from tune_jobs.placement import search_slots
 
     def slots(**fields) -> int:
         d = yaml.safe_load(JOB.read_text())

@@ -37,7 +37,8 @@ from analysis.branch import batch_size_schedule, local_cbs, steps_saved
 from analysis.mlflow_layout import ROLE_BRANCH
 from trainables.branching import BranchPlan
 from tune_jobs.config import JobConfig, JobError
-from tune_jobs.sweep import started_sweep, trial_resources
+from tune_jobs.placement import trial_resources
+from tune_jobs.sweep import started_sweep
 from tune_jobs.sweep_params import child_params
 
 NEVER = -1e300  # the branches' target value: no loss reaches it, so each trains its whole window

@@ -51,7 +51,9 @@ class PerBatchSizeScheduler(FIFOScheduler):
     search's obsolete first trials are stopped and withdrawn, with or without early stopping
     (:meth:`SweepSearcher.withdraw_if_obsolete`). The parallel search's trials are judged on
     its virtual clock (:mod:`tune_jobs.vclock`), each report once no live trial can precede
-    it in virtual time (:meth:`_on_clock`), so its decisions do not hang on the real timing.
+    it in virtual time (:meth:`_on_clock`), so its decisions do not hang on the real timing;
+    a trial waits at a report while its previous one is still held back (:meth:`_holds`), so
+    the search's decisions cost at most one report's steps past the step a trial is ended at.
     """
 
     def __init__(self, job: JobConfig, searcher: SweepSearcher, max_steps: int, hold: bool = True):

@@ -30,9 +30,10 @@ from analysis.mlflow_layout import (
     RUN_DIR_TAG,
     VERSION_TAG_PREFIX,
 )
-from tune_jobs.config import JobConfig, JobError, ResourcesConfig
+from tune_jobs.config import JobConfig, JobError
 from tune_jobs.job_file import parse_stored_job
 from tune_jobs.mlflow_view import experiment_tags
+from tune_jobs.placement import cluster_fits, search_slots, trial_resources
 from tune_jobs.preflight import (  # noqa: F401  (re-exported: tests and tools import them from here)
     AUTOSCALING_CONFIG,
     SWEEP_FILE,
@@ -217,45 +218,6 @@ def resume_sweep(name_or_dir: str, storage: str = "critbatch_runs", *, address: 
         return _fit(job, run_dir, meta, restore=True, progress=progress)
     finally:
         claim.release()
-
-
-def trial_resources(resources: ResourcesConfig, config: dict[str, Any]) -> Any:
-    """Tune's resource request for one trial: ``resources.gpus_from_batch_size`` gives the
-    large batch sizes more of a GPU than the small ones, which pack several to a GPU."""
-    from ray.tune import PlacementGroupFactory
-
-    b = config.get("batch_size")
-    gpus = (
-        resources.gpus_for(b)
-        if b is not None  # Tune may ask without a trial's config: the largest ask then
-        else max([resources.gpus, *resources.gpus_from_batch_size.values()])
-    )
-    return PlacementGroupFactory([{"CPU": resources.cpus, **({"GPU": gpus} if gpus else {})}])
-
-
-def search_slots(job: JobConfig) -> int:
-    """How many search trials the sweep runs at once: ``max_concurrent`` where the job sets it,
-    else as many as the Ray cluster holds now (:func:`cluster_fits`). The parallel search's
-    virtual clock has as many workers (tune_jobs/vclock.py), so its trials start on the clock
-    as on the cluster; 0: no limit known (one worker per study). A cluster that grows later is
-    seen at this size: set ``max_concurrent`` to the size it runs at."""
-    return job.max_concurrent or cluster_fits(job)
-
-
-def cluster_fits(job: JobConfig) -> int:
-    """How many trials the Ray cluster's CPUs and GPUs hold now (each trial's ``resources``;
-    with ``gpus_from_batch_size``, the smallest ask); 0: not known (a resource the trials ask
-    for that the cluster has none of yet, as on a cluster whose GPU workers an autoscaler
-    starts later)."""
-    import ray
-
-    have = ray.cluster_resources()
-    r = job.resources
-    gpus = min([r.gpus, *r.gpus_from_batch_size.values()])
-    fits = [int(have.get("CPU", 0) / r.cpus + 1e-9)] if r.cpus > 0 else []
-    if gpus > 0:
-        fits.append(int(have.get("GPU", 0) / gpus + 1e-9))
-    return min(fits) if fits and min(fits) > 0 else 0
 
 
 def _fit(
