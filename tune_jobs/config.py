@@ -126,9 +126,10 @@ class LRSearchConfig:
     the sweep runs trials at once (`max_concurrent`), so the same job gives the same trials
     and B_crit however fast each trial runs. On the NQM reference 3.68x the oracle's compute
     in the simulation with every batch size in flight, 4.05x with 8 workers (the cascade:
-    3.15x), B_crit within 2%; on the quickstart's digits at 5 trials per batch size its
-    B_crit spreads +47% over training seeds with every batch size in flight (rounds: +6%), so
-    it is not the default (BENCHMARKS.md)."""
+    3.15x), B_crit within 2%; a real sweep with 8 workers ran 3.94x, B_crit -0.2%. On the
+    quickstart's digits at 5 trials per batch size its B_crit spreads +47% over training
+    seeds with every batch size in flight (rounds: +6%), so it is not the default
+    (BENCHMARKS.md)."""
 
 
 @dataclass(frozen=True)
