@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -30,9 +31,9 @@ from tune_jobs.vclock import END, ERROR
 
 log = logging.getLogger("critbatch.search")
 _PACED = "paced"  # _judge: a report of a paced search that no rule stopped (no ASHA)
-# A trial of the clock waiting this long to start (Tune: PENDING) while others wait at held
-# reports: the cluster holds fewer trials than the clock has workers (it lost a node, or
-# `max_concurrent` is larger than it), so the held trials go on instead of waiting.
+# A trial of the clock not running this long (queued for resources, or not yet handed to Tune)
+# while others wait at held reports: the cluster holds fewer trials than the clock has workers
+# (it lost a node since launch), so the waiting trials go on instead.
 HOLD_PENDING_S = 10.0
 
 
@@ -285,11 +286,9 @@ class PerBatchSizeScheduler(FIFOScheduler):
         handed to Tune: Tune's pending trials, such as confirmation runs, can fill its
         queue), and let the waiting trials go on once one has waited :data:`HOLD_PENDING_S`,
         and make none wait until it runs."""
-        import time
-
         now = time.monotonic()
         running = {self.searcher.clock_key(t.trial_id) for t in live if t.status == Trial.RUNNING}
-        waiting = {k for k in self.searcher.clock.running() if k not in running}
+        waiting = {k for k in self.searcher.clock.unfinished() if k not in running}
         for key in [k for k in self.pending_since if k not in waiting]:
             del self.pending_since[key]
         for key in waiting:

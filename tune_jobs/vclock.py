@@ -101,7 +101,7 @@ class VirtualClock:
         self._push(t, key, trial_id, ERROR if error else END)
         t.finished = True
 
-    def running(self) -> list[Key]:
+    def unfinished(self) -> list[Key]:
         """The live trials still to send events (not ended in reality)."""
         return [k for k, t in self.live.items() if not t.finished]
 
