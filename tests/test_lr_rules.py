@@ -13,6 +13,7 @@ from tune_jobs.lr_rules import (
     bracket_converged,
     bracket_lr,
     cross_bound,
+    fit_error,
     fit_trusted,
     fresh,
     golden_step,
@@ -215,6 +216,23 @@ def test_off_fit_needs_a_nearer_basis_and_a_prediction_past_the_factor():
     assert off_fit(far, 1.0, basis=3.0, nearest=1.0)  # either way
     assert not off_fit(1.0, 0.99 * OBSOLETE, basis=math.inf, nearest=2.0)  # close enough
     assert not off_fit(1.0, 10.0, basis=1.0, nearest=1.0)  # no nearer batch size finished
+    # within the fit's own error on this problem: as good a start as the fit's, kept
+    assert not off_fit(1.0, 1.9, basis=math.inf, nearest=2.0, error=math.log(2))
+    assert off_fit(1.0, 2.1, basis=math.inf, nearest=2.0, error=math.log(2))
+
+
+def test_fit_error_is_the_median_leave_one_out_miss_of_the_finished_best_lrs():
+    def curve(b):  # McCandlish's eps_max / (1 + B_noise / B): the fit's own form
+        return 0.5 / (1 + 64 / b)
+
+    exact = [(b, curve(b)) for b in (16, 64, 256)]
+    assert fit_error(exact) < 1e-12  # two points of the curve predict the third exactly
+    assert fit_error(exact[:2]) == 0.0  # too few to tell
+    # the middle best LR 2x off: predicted 2x low from the ends; each end, from the middle
+    # and the other end (an LR falling with B: the power law, kept at the nearest one's LR),
+    # 5x high: median 5x
+    scattered = [(16, curve(16)), (64, 2 * curve(64)), (256, curve(256))]
+    assert fit_error(scattered) == pytest.approx(math.log(5))
 
 
 def test_fit_trusted_near_bracketed_or_on_the_linear_part():

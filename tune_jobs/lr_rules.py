@@ -28,6 +28,7 @@ COARSE_TRIALS = 2  # parallel: first trials of a study, down from the top of the
 COARSE_STEP = SEED_STEP**2  # LR factor between them
 FEASIBLE_MARGIN = 1.25  # parallel: a placeholder LR at least this x the least time seen / max_steps
 LINEAR_SLOPE = 0.75  # log-log slope of best LR vs B from which the fit extrapolates down
+FIT_CHECK = 3  # parallel: finished batch sizes from which the fit's own error is measured
 
 Point = tuple[float, float]  # (log LR, objective)
 
@@ -245,13 +246,37 @@ def cross_bound(
     return slack * min(other, default=math.inf)
 
 
-def off_fit(lr: float, predicted: float, basis: float, nearest: float) -> bool:
+def fit_error(neighbours: Sequence[tuple[int, float]]) -> float:
+    """How far the fit through the batch sizes' best LRs misses on this problem, in log LR:
+    each of ``neighbours`` ((batch size, best LR) of finished batch sizes, sorted by batch
+    size) predicted from the others (:func:`seed_lrs`'s first guess), the median of
+    |log(predicted / found)|. 0 with fewer than :data:`FIT_CHECK`: too little to tell.
+
+    On a smooth problem (the NQM) the best LR follows the fit to the line search's precision;
+    on a noisy one (digits at a few hundred steps, steps to target counted at evals) the
+    best LRs found scatter around it by 1.5-2x, and a search that trusts the fit to 10%
+    spends its few trials on steps too small to find the optimum."""
+    if len(neighbours) < FIT_CHECK:
+        return 0.0
+    errors = []
+    for i, (b, lr) in enumerate(neighbours):
+        rest = [*neighbours[:i], *neighbours[i + 1 :]]
+        errors.append(abs(math.log(seed_lrs(rest, b)[0] / lr)))
+    errors.sort()
+    mid = len(errors) // 2
+    return errors[mid] if len(errors) % 2 else (errors[mid - 1] + errors[mid]) / 2
+
+
+def off_fit(lr: float, predicted: float, basis: float, nearest: float, error: float = 0.0) -> bool:
     """Is a running seeding trial at ``lr`` obsolete: proposed when the nearest finished batch
     size was ``basis`` away (log batch size; inf: none), a nearer one (``nearest``) has
     finished since, and the fit through the finished ones now predicts a best LR
-    ``predicted`` more than :data:`OBSOLETE` from ``lr`` (either way)? Each withdrawal needs
-    a strictly nearer basis, so a study withdraws at most once per batch size finishing."""
-    return nearest < basis - 1e-9 and abs(math.log(lr / predicted)) > math.log(OBSOLETE)
+    ``predicted`` more than :data:`OBSOLETE` from ``lr`` (either way), and more than the
+    fit's own ``error`` (log LR, :func:`fit_error`: a trial within the fit's scatter is as
+    good a start as the fit's)? Each withdrawal needs a strictly nearer basis, so a study
+    withdraws at most once per batch size finishing."""
+    far = max(math.log(OBSOLETE), error)
+    return nearest < basis - 1e-9 and abs(math.log(lr / predicted)) > far
 
 
 def fit_trusted(nearest: float, bracketed: bool, above: Sequence[tuple[int, float]] = ()) -> bool:
