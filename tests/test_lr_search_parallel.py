@@ -205,18 +205,21 @@ def test_parallel_placeholder_never_below_the_jobs_lr_min_nor_withdrawn_for_a_tr
     assert not s.obsolete(below)
 
 
-@pytest.mark.parametrize("scatter, step", [(1.0, 1.1), (2.0, 2.0)])
-def test_parallel_first_step_from_a_predicted_seed_is_the_fits_own_error(scatter, step):
+@pytest.mark.parametrize(
+    "finished, scatter, step",
+    [((64, 256, 1024), 1.0, 1.1), ((64, 256, 1024), 2.0, 2.0), ((64, 1024), 1.0, 2.0)],
+)
+def test_parallel_first_step_from_a_predicted_seed_is_the_fits_own_error(finished, scatter, step):
     """Finished batch sizes whose best LRs lie on the fit's curve: the line search steps out
     of its seed by SEED_STEP (the NQM); scattered 2x around it (digits): by 2x, as far as the
     fit is measured to miss (steps of 1.1x left digits' small batch sizes short of their
-    optimum in three trials)."""
+    optimum in three trials); two finished, the error not measured yet: 2x."""
 
     def curve(b):
         return 0.5 / (1 + 64 / b)
 
     s = LRSearch([16, 64, 256, 1024], [0], 1e-3, 2.0, 8, converge_tol=0.01, parallel=True)
-    for b in (64, 256, 1024):
+    for b in finished:
         st = s.states[f"bs{b}-seed0"]
         st.best = (100.0, curve(b) * (scatter if b == 256 else 1.0))
         st.converged = True

@@ -286,17 +286,22 @@ class LinePolicy:
 
     def _first_step(self, b: int, s: int) -> float:
         """The first step out of a line search (log LR): 2x where the neighbours do not
-        predict the best LR (:meth:`_predicted`), ``SEED_STEP`` where they do; in parallel
+        predict the best LR (:meth:`_predicted`), ``SEED_STEP`` where they do. In parallel
         mode, where they do, the fit's own error on this problem if larger
-        (:func:`~tune_jobs.lr_rules.fit_error`, at most 2x): on digits the finished batch
-        sizes' best LRs scatter 1.5-2x around the fit, and steps of 1.1x left the small
-        batch sizes' line searches climbing 1.33x in three trials, short of the optimum."""
+        (:func:`~tune_jobs.lr_rules.fit_error`, at most 2x), and 2x while too few batch
+        sizes have finished to measure it (the seed is then a placeholder, not the fit's):
+        on digits the finished batch sizes' best LRs scatter 1.5-2x around the fit, and
+        steps of 1.1x left the small batch sizes' line searches climbing 1.33x in three
+        trials, short of their optimum. On the NQM the fit is exact and the step stays
+        ``SEED_STEP``."""
         if not self._predicted(b, s):
             return math.log(2)
         if not self.parallel:
             return math.log(SEED_STEP)
-        error = lr_rules.fit_error(sorted(self._neighbour_bests(b, s)))
-        return min(max(math.log(SEED_STEP), error), math.log(2))
+        done = sorted(self._neighbour_bests(b, s))
+        if len(done) < lr_rules.FIT_CHECK:
+            return math.log(2)  # the fit's error not measured yet: no finer than unpredicted
+        return min(max(math.log(SEED_STEP), lr_rules.fit_error(done)), math.log(2))
 
     def _predicted(self, b: int, s: int) -> bool:
         """Can the neighbours predict this batch size's best LR: has the nearest study with a
