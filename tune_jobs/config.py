@@ -127,9 +127,9 @@ class LRSearchConfig:
     and B_crit however fast each trial runs. On the NQM reference 3.68x the oracle's compute
     in the simulation with every batch size in flight, 4.05x with 8 workers (the cascade:
     3.15x), B_crit within 2%; a real sweep with 8 workers ran 3.94x, B_crit -0.2%. On the
-    quickstart's digits at 5 trials per batch size its B_crit spreads +47% over training
-    seeds with every batch size in flight (rounds: +6%), so it is not the default
-    (BENCHMARKS.md)."""
+    quickstart's digits at 5 trials per batch size its B_crit spreads +26% over training
+    seeds with every batch size in flight, +39% with 2 workers (rounds: +6%), so it is not
+    the default (BENCHMARKS.md)."""
 
 
 @dataclass(frozen=True)
