@@ -14,6 +14,7 @@ steps) near the optimum.
 from __future__ import annotations
 
 import math
+import statistics
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 
@@ -258,13 +259,10 @@ def fit_error(neighbours: Sequence[tuple[int, float]]) -> float:
     spends its few trials on steps too small to find the optimum."""
     if len(neighbours) < FIT_CHECK:
         return 0.0
-    errors = []
-    for i, (b, lr) in enumerate(neighbours):
-        rest = [*neighbours[:i], *neighbours[i + 1 :]]
-        errors.append(abs(math.log(seed_lrs(rest, b)[0] / lr)))
-    errors.sort()
-    mid = len(errors) // 2
-    return errors[mid] if len(errors) % 2 else (errors[mid - 1] + errors[mid]) / 2
+    return statistics.median(
+        abs(math.log(seed_lrs([*neighbours[:i], *neighbours[i + 1 :]], b)[0] / lr))
+        for i, (b, lr) in enumerate(neighbours)
+    )
 
 
 def off_fit(lr: float, predicted: float, basis: float, nearest: float, error: float = 0.0) -> bool:
