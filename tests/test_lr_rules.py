@@ -227,7 +227,7 @@ def test_fit_error_is_the_median_leave_one_out_miss_of_the_finished_best_lrs():
 
     exact = [(b, curve(b)) for b in (16, 64, 256)]
     assert fit_error(exact) < 1e-12  # two points of the curve predict the third exactly
-    assert fit_error(exact[:2]) == 0.0  # too few to tell
+    assert fit_error(exact[:2]) is None  # too few to tell
     # the middle best LR 2x off: predicted 2x low from the ends; each end, from the middle
     # and the other end (an LR falling with B: the power law, kept at the nearest one's LR),
     # 5x high: median 5x

@@ -281,7 +281,7 @@ class LinePolicy:
         basis = st.basis.get(proposal.number, math.inf)
         now = self._fit_distance(b, s)
         seeds = self._seed_lrs(b, s)
-        error = lr_rules.fit_error(sorted(self._neighbour_bests(b, s)))
+        error = lr_rules.fit_error(sorted(self._neighbour_bests(b, s))) or 0.0
         return bool(seeds) and lr_rules.off_fit(proposal.lr, seeds[0], basis, now, error)
 
     def _first_step(self, b: int, s: int) -> float:
@@ -298,10 +298,10 @@ class LinePolicy:
             return math.log(2)
         if not self.parallel:
             return math.log(SEED_STEP)
-        done = sorted(self._neighbour_bests(b, s))
-        if len(done) < lr_rules.FIT_CHECK:
+        error = lr_rules.fit_error(sorted(self._neighbour_bests(b, s)))
+        if error is None:
             return math.log(2)  # the fit's error not measured yet: no finer than unpredicted
-        return min(max(math.log(SEED_STEP), lr_rules.fit_error(done)), math.log(2))
+        return min(max(math.log(SEED_STEP), error), math.log(2))
 
     def _predicted(self, b: int, s: int) -> bool:
         """Can the neighbours predict this batch size's best LR: has the nearest study with a

@@ -247,18 +247,18 @@ def cross_bound(
     return slack * min(other, default=math.inf)
 
 
-def fit_error(neighbours: Sequence[tuple[int, float]]) -> float:
+def fit_error(neighbours: Sequence[tuple[int, float]]) -> float | None:
     """How far the fit through the batch sizes' best LRs misses on this problem, in log LR:
     each of ``neighbours`` ((batch size, best LR) of finished batch sizes, sorted by batch
     size) predicted from the others (:func:`seed_lrs`'s first guess), the median of
-    |log(predicted / found)|. 0 with fewer than :data:`FIT_CHECK`: too little to tell.
+    |log(predicted / found)|. None with fewer than :data:`FIT_CHECK`: too little to tell.
 
     On a smooth problem (the NQM) the best LR follows the fit to the line search's precision;
     on a noisy one (digits at a few hundred steps, steps to target counted at evals) the
     best LRs found scatter around it by 1.5-2x, and a search that trusts the fit to 10%
     spends its few trials on steps too small to find the optimum."""
     if len(neighbours) < FIT_CHECK:
-        return 0.0
+        return None
     return statistics.median(
         abs(math.log(seed_lrs([*neighbours[:i], *neighbours[i + 1 :]], b)[0] / lr))
         for i, (b, lr) in enumerate(neighbours)
