@@ -227,3 +227,44 @@ def test_parallel_first_step_from_a_predicted_seed_is_the_fits_own_error(finishe
     assert seed.lr == pytest.approx(s._seed_lrs(16, 0)[0])  # the fit, no coarse pass
     s.tell(seed, Outcome("reached", 500, 0.1, 500), 10**6, 0.2, "min")
     assert s.ask_study("bs16-seed0").lr == pytest.approx(seed.lr * step)
+
+
+def test_parallel_failed_coarse_trials_do_not_count_against_the_budget():
+    # A study of 3 trials: its two coarse-pass trials (down from the top of the range) fail
+    # at a noise floor (on digits such a trial runs 400 steps at chance level before the
+    # plateau rule stops it); the study still asks 3 line-search trials after them.
+    s = LRSearch([8, 64], [0], 1e-3, 2.0, 3, converge_tol=0.01, parallel=True)
+    _two_coarse_failures(s, "bs8-seed0")
+    st = s.states["bs8-seed0"]
+    assert st.free == 2 and len(st.coarse) == 2 and not s.finished("bs8-seed0")
+    later = []
+    for _ in range(3):
+        p = s.ask_study("bs8-seed0")
+        later.append(p.number)
+        s.tell(p, Outcome("not_reached", None, 0.3, 1000), 1000, 0.2, "min")
+    assert not set(later) & set(st.coarse) and st.free == 2  # later failures count
+    assert s.finished("bs8-seed0") and st.told == 5
+    nxt = s.ask()
+    assert nxt.batch_size == 64 and s.ask() == WAIT  # bs8 asks no more
+    # a coarse trial that reached counts as any other; the largest halves from the top,
+    # a coarse pass of its own
+    s = LRSearch([8, 64], [0], 1e-3, 2.0, 3, converge_tol=0.01, parallel=True)
+    top = s.ask_study("bs64-seed0")
+    s.tell(top, Outcome("diverged", None, None, 9), 1000, 0.2, "min")
+    half = s.ask_study("bs64-seed0")
+    s.tell(half, Outcome("reached", 200, 0.1, 200), 1000, 0.2, "min")
+    st = s.states["bs64-seed0"]
+    assert st.coarse == [top.number, half.number] and st.free == 1
+    state = s.state()
+    s2 = LRSearch([8, 64], [0], 1e-3, 2.0, 3, converge_tol=0.01, parallel=True)
+    s2.load_state(state, {})
+    assert s2.states["bs64-seed0"].coarse == st.coarse and s2.states["bs64-seed0"].free == 1
+
+
+def test_no_trial_is_free_outside_the_parallel_mode():
+    for kw in ({"cascade": True}, {"pipeline": 2}, {"synchronous": False}):
+        s = LRSearch([8, 64], [0], 1e-3, 2.0, 3, converge_tol=0.01, **kw)
+        for _ in range(2):
+            p = s.ask_study("bs64-seed0")
+            s.tell(p, Outcome("diverged", None, None, 9), 1000, 0.2, "min")
+        assert s.states["bs64-seed0"].free == 0 and not s.states["bs64-seed0"].coarse

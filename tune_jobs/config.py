@@ -73,7 +73,8 @@ class LRSearchConfig:
     """Search the LR on a log scale (almost always right)."""
     trials_per_batch_size: int = 8
     """Trials in each study (one study per batch size and seed); a maximum when
-    stop_when_converged is on."""
+    stop_when_converged is on. With `parallel`, withdrawn trials and failed trials of a
+    study's coarse pass (at most two) do not count."""
     seed: int = 0
     """Seed of the samplers (each study gets seed + its index)."""
     algorithm: str = LINE_SEARCH
@@ -115,21 +116,22 @@ class LRSearchConfig:
     compute than the cascade for no gain in wall time (BENCHMARKS.md); a middle ground for
     batch sizes of similar cost (past B_crit)."""
     parallel: bool = False
-    """`line_search` only, not with cascade or pipeline: every batch size in flight at once,
-    one trial per study, from the first moment. Each study opens with a coarse pass down from
-    the top of the range, then takes its first LRs from a provisional fit of best LR against
-    batch size through the batch sizes finished so far (a low placeholder until one predicts
-    it); a running first trial the fit has since moved away from is stopped and withdrawn
-    (status `withdrawn`: no result, not counted against trials_per_batch_size, its steps
-    still spent). It decides on a virtual clock (tune_jobs/vclock.py): a trial's report at
-    step s is heard at its virtual start + s, in that order, with as many virtual workers as
-    the sweep runs trials at once (`max_concurrent`), so the same job gives the same trials
-    and B_crit however fast each trial runs. On the NQM reference 3.68x the oracle's compute
-    in the simulation with every batch size in flight, 4.05x with 8 workers (the cascade:
-    3.15x), B_crit within 2%; a real sweep with 8 workers ran 3.94x, B_crit -0.2%. On the
-    quickstart's digits at 5 trials per batch size its B_crit spreads +26% over training
-    seeds with every batch size in flight, +39% with 2 workers (rounds: +6%), so it is not
-    the default (BENCHMARKS.md)."""
+    """`line_search` only, not with cascade or pipeline: every batch size in flight at once, one
+    trial per study, from the first moment. Each study opens with a coarse pass down from
+    the top of the range (its failures probe the stability edge and the noise floor, not the
+    optimum, and do not count against trials_per_batch_size), then takes its first LRs from
+    a provisional fit of best LR against batch size through the batch sizes finished so far
+    (a low placeholder until one predicts it); a running first trial the fit has since moved
+    away from is stopped and withdrawn (status `withdrawn`: no result, not counted against
+    trials_per_batch_size, its steps still spent). It decides on a virtual clock
+    (tune_jobs/vclock.py): a trial's report at step s is heard at its virtual start + s, in
+    that order, with as many virtual workers as the sweep runs trials at once
+    (`max_concurrent`), so the same job gives the same trials and B_crit however fast each
+    trial runs. On the NQM reference 3.68x the oracle's compute in the simulation with every
+    batch size in flight, 4.05x with 8 workers (the cascade: 3.15x), B_crit within 2%; a
+    real sweep with 8 workers ran 3.94x, B_crit -0.2%. On the quickstart's digits at 5
+    trials per batch size its B_crit spreads +26% over training seeds with every batch size
+    in flight, +39% with 2 workers (rounds: +6%), so it is not the default (BENCHMARKS.md)."""
 
 
 @dataclass(frozen=True)

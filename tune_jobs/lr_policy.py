@@ -34,11 +34,12 @@ class LinePolicy:
     parallel: bool
     reached_cut: float
     visible: dict[str, int]
+    coarse_pick: bool = False  # the last _next_lr proposal was a coarse-pass trial
 
     def finished(self, name: str) -> bool:
         """Converged, or all its trials asked and told."""
         st = self.states[name]
-        return st.converged or st.told >= self.n_trials
+        return st.converged or st.told >= self.n_trials + st.free
 
     def _grid(self, n: int) -> list[float]:
         if n == 1:
@@ -70,6 +71,7 @@ class LinePolicy:
         The numbers come from :mod:`tune_jobs.lr_rules` (:func:`~tune_jobs.lr_rules.step_out`,
         :func:`~tune_jobs.lr_rules.bracket_lr`); this picks the points and the step.
         """
+        self.coarse_pick = False
         results = self.states[name].results
         pts = sorted((math.log(lr), v) for lr, v in results.items())
         tried = [x for x, _ in pts]
@@ -87,6 +89,7 @@ class LinePolicy:
                         return lr
             low = self._low_guess(name, b, s) if self.parallel else None
             if low is not None and lr_rules.fresh(math.log(low), tried):
+                self.coarse_pick = low == self._coarse_lr(name, b, s)
                 return low
             for lr in self._seed_lrs(b, s):
                 if lr_rules.fresh(math.log(lr), tried):
@@ -99,6 +102,7 @@ class LinePolicy:
                 # and halve until a trial reaches the target. The largest batch size has the
                 # largest best LR, and a too large LR fails fast (diverges, or stalls at its
                 # noise floor: early stopping) where a too small one runs for long.
+                self.coarse_pick = self.parallel and len(pts) < lr_rules.COARSE_TRIALS
                 return self.states[name].range[1] if not pts else math.exp(pts[0][0]) / 2
             if not pts or min(v for _, v in pts) > self.reached_cut:
                 # Nothing reached here yet, the neighbours' LRs tried: split the widest
@@ -187,17 +191,26 @@ class LinePolicy:
         done = self._neighbour_bests(b, s, finished_only=False)
         if not done and b == self.batch_sizes[-1]:
             return None
-        st = self.states[name]
+        coarse = self._coarse_lr(name, b, s)
+        if coarse is not None:
+            return coarse
         lo = max(self.lr_min, self._feasible_floor(s))
-        if len(st.results) < lr_rules.COARSE_TRIALS:  # the coarse pass: down from the top
-            top = st.range[1] if not st.results else min(st.results) / lr_rules.COARSE_STEP
-            top = max(min(top, self._failed_above(b, s) / lr_rules.COARSE_STEP), lo)
-            if lr_rules.fresh(math.log(top), [math.log(lr) for lr in st.results]):
-                return top  # else at the floor already: on to the placeholder
         if not done:
             return lo
         nb, lr_nb = lr_rules.nearest(done, b)
         return max(min(lr_nb * b / nb, lr_nb), lo)  # from a smaller one: its LR, not more
+
+    def _coarse_lr(self, name: str, b: int, s: int) -> float | None:
+        """Parallel: the LR of the study's next coarse-pass trial (:meth:`_low_guess`), or
+        ``None`` once its first :data:`~tune_jobs.lr_rules.COARSE_TRIALS` results are in or
+        the pass has reached the floor. Only meaningful where no fit is trusted."""
+        st = self.states[name]
+        if len(st.results) >= lr_rules.COARSE_TRIALS:
+            return None
+        lo = max(self.lr_min, self._feasible_floor(s))
+        top = st.range[1] if not st.results else min(st.results) / lr_rules.COARSE_STEP
+        top = max(min(top, self._failed_above(b, s) / lr_rules.COARSE_STEP), lo)
+        return top if lr_rules.fresh(math.log(top), [math.log(lr) for lr in st.results]) else None
 
     def _failed_above(self, b: int, s: int) -> float:
         """Parallel: the lowest LR of a larger batch size's coarse pass (its first

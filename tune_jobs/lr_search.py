@@ -184,7 +184,9 @@ class LRSearch(LinePolicy):
 
     # ---- proposals ---------------------------------------------------------------------------
     def remaining(self) -> int:
-        return sum(self.n_trials - st.asked for st in self.states.values() if not st.converged)
+        return sum(
+            self.n_trials + st.free - st.asked for st in self.states.values() if not st.converged
+        )
 
     def _may_start(self, name: str) -> bool:
         """Cascade: a study starts once the next larger batch size's study (same seed) has
@@ -214,7 +216,9 @@ class LRSearch(LinePolicy):
         Deterministic whatever the completion order (a study sees only finished larger ones).
         """
         states = self.states
-        open_ = [n for n, st in states.items() if st.asked < self.n_trials and not st.converged]
+        open_ = [
+            n for n, st in states.items() if st.asked < self.n_trials + st.free and not st.converged
+        ]
         if not open_:
             return None
         if self.paced:
@@ -245,6 +249,8 @@ class LRSearch(LinePolicy):
         trial = study.ask()
         lr = trial.suggest_float("lr", lo, hi, log=self.log)
         st.asked += 1
+        if self.parallel and self.coarse_pick and lr_next is not None:
+            st.coarse.append(trial.number)  # a failure here does not count (_apply)
         if self.parallel:  # what the fit stood on when this trial was proposed (obsolete())
             trusted = self._fit_trusted(b, s)
             st.basis[trial.number] = self._fit_distance(b, s) if trusted else math.inf
@@ -333,6 +339,8 @@ class LRSearch(LinePolicy):
         st.results[proposal.lr] = value
         self.studies[proposal.study].tell(proposal.number, value)
         st.told += 1
+        if value > self.reached_cut and proposal.number in st.coarse:
+            st.free += 1  # a failed coarse-pass trial: the study may ask one more
         if st.best is None or value < st.best[0]:
             st.best = (value, proposal.lr)
         if outcome.steps_to_target is not None:

@@ -34,6 +34,8 @@ def dump(search: Any) -> dict:
         "history": {k: list(v.history) for k, v in st.items() if v.history},
         "basis": {k: dict(v.basis) for k, v in st.items() if v.basis},
         "withdrawn": {k: v.withdrawn for k, v in st.items() if v.withdrawn},
+        "coarse": {k: list(v.coarse) for k, v in st.items() if v.coarse},
+        "free": {k: v.free for k, v in st.items() if v.free},
     }
 
 
@@ -75,6 +77,10 @@ def restore(search: Any, state: dict) -> None:
         st.basis = {int(n): float(d) for n, d in v.items()}
     for st, v in each("withdrawn"):
         st.withdrawn = v
+    for st, v in each("coarse"):
+        st.coarse = [int(n) for n in v]
+    for st, v in each("free"):
+        st.free = v
     search.reached_cut = state.get("reached_cut", search.reached_cut)
     search.sign = state.get("sign", search.sign)
     search.pending = list(state.get("pending", []))

@@ -117,6 +117,12 @@ class StudyState:
     batch size when that running trial was proposed (:meth:`LRSearch.obsolete`)."""
     withdrawn: int = 0
     """Parallel: running trials withdrawn as obsolete (not counted in ``asked``)."""
+    coarse: list[int] = field(default_factory=list)
+    """Parallel: Optuna trial numbers of its coarse-pass trials (down from the top of the
+    range while nothing predicts its best LR)."""
+    free: int = 0
+    """Parallel: coarse-pass trials that failed; the study may ask this many trials more
+    than ``trials_per_batch_size``."""
 
     def snapshot(self) -> tuple:
         """What the other studies see of this one now (a ``history`` entry)."""
