@@ -205,7 +205,8 @@ class LRSearch(LinePolicy):
         return asked > 0 or self.finished(nxt)
 
     def ask(self) -> Proposal | str | None:
-        """Next trial to run, from the study with the fewest trials asked; ``None`` when every
+        """Next trial to run, from the study with the fewest trials asked (parallel: the
+        largest batch size first, a placeholder last, :meth:`_fills`); ``None`` when every
         study has asked its trials or converged; :data:`WAIT` when (synchronous) the round is
         in flight, or (cascade) the studies that may run wait for their trials or neighbours.
 
@@ -232,6 +233,19 @@ class LRSearch(LinePolicy):
             if not open_:
                 return WAIT
         order = list(states)
+        if self.parallel:
+            # Informative trials first, the largest batch sizes (cheapest, and what the fit
+            # stands on) first among them; a placeholder only to fill a worker left idle.
+            name = min(
+                open_,
+                key=lambda n: (
+                    self._fills(n),
+                    -parse_study_name(n)[0],
+                    states[n].asked,
+                    order.index(n),
+                ),
+            )
+            return self.ask_study(name)
         name = min(open_, key=lambda n: (states[n].asked, order.index(n)))
         return self.ask_study(name)
 
