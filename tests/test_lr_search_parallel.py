@@ -132,12 +132,13 @@ def test_parallel_study_slower_than_a_smaller_batch_size_tries_the_neighbours_be
     assert s._low_guess("bs256-seed0", 256, 0) == fast.lr
 
 
-@pytest.mark.parametrize(("steps", "factor"), [(6990, 2), (5000, 4)])
+@pytest.mark.parametrize(("steps", "factor"), [(6990, 2), (5000, 2)])
 def test_parallel_steps_out_by_one_step_from_a_flat_bottom(steps, factor):
     # 2.0 fails; the coarse step (1.65) reaches in 8000, one step down (1.5) in 7000, a 2x
     # step down (0.75) in `steps`. A gain under converge_tol (0.1%) is the curve's flat
     # bottom, where doubling the step would overshoot the optimum: one step (2x) again. A
-    # real gain (29%) is a slope: the step doubles the last gap (4x).
+    # real gain (29%) is a slope, whose step would double the last gap (4x), but no step
+    # goes past STEP_MAX (2x) in parallel mode (test_parallel_expanding_step_stops_at_step_max).
     s = LRSearch([4, 64], [0], 1e-3, 2.0, 8, converge_tol=0.01, parallel=True)
     top = s.ask_study("bs4-seed0")
     s.tell(top, Outcome("stopped_early", None, 0.3, 900, 900.0), 10**6, 0.2, "min")
@@ -292,3 +293,14 @@ def test_parallel_gives_a_free_worker_to_the_largest_batch_sizes_and_placeholder
     assert s3.ask().batch_size == 512  # the cascade starts at the largest on its own
     s4 = LRSearch([8, 64, 512], [0], 1e-3, 2.0, 8, converge_tol=0.01, synchronous=False)
     assert s4.ask().batch_size == 8
+
+
+def test_parallel_expanding_step_stops_at_step_max():
+    # 0.1 then 0.2 (a 2x step) gained 10%: a slope to follow. The other modes double the
+    # step (0.8); the parallel search steps 2x again (STEP_MAX), which on digits would have
+    # kept a trial of five that 4x past a gain lost to a failure.
+    for kw, expect in (({"parallel": True}, 0.4), ({"synchronous": False}, 0.8)):
+        s = LRSearch([8, 64], [0], 1e-3, 2.0, 8, converge_tol=0.01, **kw)
+        s.reached_cut = 1000.0
+        s.states["bs64-seed0"].results = {0.1: 200.0, 0.2: 180.0}
+        assert s._next_lr("bs64-seed0", 64, 0) == pytest.approx(expect)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from tune_jobs import lr_rules
-from tune_jobs.lr_rules import COARSE_STEP, SEED_STEP
+from tune_jobs.lr_rules import COARSE_STEP, SEED_STEP, STEP_MAX
 from tune_jobs.lr_study import CENSORED_MAX, StudyState, parse_study_name, study_name
 
 
@@ -66,7 +66,8 @@ class LinePolicy:
         its neighbours (log steps against log LR; golden section, at most one step, when a
         neighbour did not reach); if it is the largest or smallest LR tried, step out: by ``SEED_STEP`` from a
         seed the neighbours predicted, 2x from one they did not, then twice the distance to
-        the next LR tried (an expanding search). ``None``: nothing to suggest (TPE proposes:
+        the next LR tried (an expanding search; in parallel mode no step past ``STEP_MAX``).
+        ``None``: nothing to suggest (TPE proposes:
         the first trial of a study with no neighbour to start from, or a range used up).
         The numbers come from :mod:`tune_jobs.lr_rules` (:func:`~tune_jobs.lr_rules.step_out`,
         :func:`~tune_jobs.lr_rules.bracket_lr`); this picks the points and the step.
@@ -134,6 +135,11 @@ class LinePolicy:
                     gap = abs(xb - inner)
                     if self.parallel and self._flat(pts[j][1], pts[i][1]):
                         gap = None  # a flat bottom: expanding would overshoot the optimum
+                    elif self.parallel:
+                        # no step past STEP_MAX: on digits a 2x step that gained was
+                        # followed by 4x into a failure, a trial of five lost (the NQM's
+                        # parallel search never expands that far)
+                        gap = min(gap, math.log(STEP_MAX) / 2)
             return lr_rules.step_out(xb, step, up=i == len(pts) - 1, slope_gap=gap)
         return lr_rules.bracket_lr(pts[i - 1], pts[i], pts[i + 1], self.reached_cut, step, tried)
 
@@ -325,7 +331,7 @@ class LinePolicy:
         error = lr_rules.fit_error(sorted(self._neighbour_bests(b, s)))
         if error is None:
             return math.log(2)  # the fit's error not measured yet: no finer than unpredicted
-        return min(max(math.log(SEED_STEP), error), math.log(2))
+        return min(max(math.log(SEED_STEP), error), math.log(STEP_MAX))
 
     def _predicted(self, b: int, s: int) -> bool:
         """Can the neighbours predict this batch size's best LR: has the nearest study with a

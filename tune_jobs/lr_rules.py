@@ -30,6 +30,7 @@ COARSE_STEP = SEED_STEP**2  # LR factor between them
 FEASIBLE_MARGIN = 1.25  # parallel: a placeholder LR at least this x the least time seen / max_steps
 LINEAR_SLOPE = 0.75  # log-log slope of best LR vs B from which the fit extrapolates down
 FIT_CHECK = 3  # parallel: finished batch sizes from which the fit's own error is measured
+STEP_MAX = 2.0  # parallel: the largest step out of a line search (LR factor), expanding or not
 
 Point = tuple[float, float]  # (log LR, objective)
 
