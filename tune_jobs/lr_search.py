@@ -236,15 +236,12 @@ class LRSearch(LinePolicy):
         if self.parallel:
             # Informative trials first, the largest batch sizes (cheapest, and what the fit
             # stands on) first among them; a placeholder only to fill a worker left idle.
-            name = min(
-                open_,
-                key=lambda n: (
-                    self._fills(n),
-                    -parse_study_name(n)[0],
-                    states[n].asked,
-                    order.index(n),
-                ),
+            # (_fills only until the first study that does not: it computes the fit.)
+            rank = {n: i for i, n in enumerate(order)}
+            by_size = sorted(
+                open_, key=lambda n: (-parse_study_name(n)[0], states[n].asked, rank[n])
             )
+            name = next((n for n in by_size if not self._fills(n)), by_size[0])
             return self.ask_study(name)
         name = min(open_, key=lambda n: (states[n].asked, order.index(n)))
         return self.ask_study(name)
