@@ -304,3 +304,29 @@ def test_parallel_expanding_step_stops_at_step_max():
         s.reached_cut = 1000.0
         s.states["bs64-seed0"].results = {0.1: 200.0, 0.2: 180.0}
         assert s._next_lr("bs64-seed0", 64, 0) == pytest.approx(expect)
+
+
+def test_parallel_tie_between_bests_follows_the_neighbours():
+    # bs16 tied at 0.094 and 0.103 (420 steps each, as on digits, seed 1); bs8 and bs32
+    # reached fastest at 0.26 and 0.28. The parallel search takes the tied best nearer
+    # their guess (0.103) and steps up from it; the other modes keep the lowest LR and step
+    # down. Nor has the parallel study converged, its best at the top of what it tried.
+    def search(**kw):
+        s = LRSearch([8, 16, 32], [0], 1e-3, 2.0, 8, converge_tol=0.01, **kw)
+        s.reached_cut = 1000.0
+        for b, lr in ((8, 0.26), (32, 0.28)):
+            s.states[f"bs{b}-seed0"].results = {lr: 300.0}
+            s.states[f"bs{b}-seed0"].best = (300.0, lr)
+        s.states["bs16-seed0"].results = {0.094: 420.0, 0.0894: 1e6, 0.103: 420.0}
+        return s
+
+    par = search(parallel=True)
+    assert par._next_lr("bs16-seed0", 16, 0) > 0.103
+    assert not par.converged("bs16-seed0")
+    other = search(synchronous=False)
+    assert other._next_lr("bs16-seed0", 16, 0) < 0.103  # inside the bracket or below
+    # no neighbours: of tied bests the highest LR
+    lone = LRSearch([16], [0], 1e-3, 2.0, 8, converge_tol=0.01, parallel=True)
+    pts = [(math.log(0.094), 420.0), (math.log(0.103), 420.0)]
+    assert lone._best_index(pts, 16, 0) == 1
+    assert LRSearch([16], [0], 1e-3, 2.0, 8)._best_index(pts, 16, 0) == 0

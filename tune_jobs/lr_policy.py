@@ -112,7 +112,7 @@ class LinePolicy:
                 x = lr_rules.widest_gap(tried, math.log(lo), math.log(hi))
                 return None if x is None else math.exp(x)
         pts = self._near_best(pts)
-        i = min(range(len(pts)), key=lambda j: pts[j][1])
+        i = self._best_index(pts, b, s)
         xb = pts[i][0]
         step = self._first_step(b, s)
         if self.parallel and len(pts) > 1 and i in (0, len(pts) - 1):
@@ -142,6 +142,25 @@ class LinePolicy:
                         gap = min(gap, math.log(STEP_MAX) / 2)
             return lr_rules.step_out(xb, step, up=i == len(pts) - 1, slope_gap=gap)
         return lr_rules.bracket_lr(pts[i - 1], pts[i], pts[i + 1], self.reached_cut, step, tried)
+
+    def _best_index(self, pts: list[tuple[float, float]], b: int, s: int) -> int:
+        """Index of the best of a study's (log LR, objective) points, sorted by LR. Of equal
+        bests (steps are counted at eval reports, so ties are common near the optimum) the
+        lowest LR, except in parallel mode: there the tie says nothing of which side the
+        optimum lies on, so the one nearest the neighbours' best guess
+        (:meth:`_seed_lrs`, finished or not), else the highest (a too low LR is the
+        parallel search's usual miss: its placeholders are low on purpose). On digits, bs16
+        tied at 0.094 and 0.103 (420 steps each) and stepped down from 0.094 three times,
+        its neighbours' best LRs being 0.26 and 0.28."""
+        v = min(p[1] for p in pts)
+        ties = [j for j, p in enumerate(pts) if p[1] == v]
+        if not self.parallel or len(ties) == 1:
+            return ties[0]
+        guess = self._seed_lrs(b, s, finished_only=False)
+        if not guess:
+            return ties[-1]
+        x = math.log(guess[0])
+        return min(ties, key=lambda j: (abs(pts[j][0] - x), -j))
 
     def _flat(self, inner: float, best: float) -> bool:
         """Parallel: did the last step gain (``inner`` to ``best`` steps) less than the
@@ -386,7 +405,7 @@ class LinePolicy:
         pts = self._near_best(sorted((math.log(lr), v) for lr, v in st.results.items()))
         if len(pts) < 3:
             return False
-        i = min(range(len(pts)), key=lambda j: pts[j][1])
+        i = self._best_index(pts, b, s)
         cut = min(self.reached_cut, self._cross_bound(b, s, examples=self.parallel))
         if not 0 < i < len(pts) - 1 or pts[i][1] > cut:
             return False
