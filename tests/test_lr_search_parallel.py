@@ -306,7 +306,7 @@ def test_parallel_expanding_step_stops_at_step_max():
         assert s._next_lr("bs64-seed0", 64, 0) == pytest.approx(expect)
 
 
-def test_parallel_tie_between_bests_follows_the_neighbours():
+def test_parallel_tie_between_bests_and_a_flat_step_follow_the_neighbours():
     # bs16 tied at 0.094 and 0.103 (420 steps each, as on digits, seed 1); bs8 and bs32
     # reached fastest at 0.26 and 0.28. The parallel search takes the tied best nearer
     # their guess (0.103) and steps up from it; the other modes keep the lowest LR and step
@@ -321,7 +321,10 @@ def test_parallel_tie_between_bests_follows_the_neighbours():
         return s
 
     par = search(parallel=True)
-    assert par._next_lr("bs16-seed0", 16, 0) > 0.103
+    assert par._seed_lrs(16, 0, finished_only=False)[0] > 0.25
+    # no gain from 0.094 to 0.103: its own trials say nothing of how far the optimum is,
+    # the neighbours say 2.5x: a full STEP_MAX (2x), not the fit's error
+    assert par._next_lr("bs16-seed0", 16, 0) == pytest.approx(0.206)
     assert not par.converged("bs16-seed0")
     other = search(synchronous=False)
     assert other._next_lr("bs16-seed0", 16, 0) < 0.103  # inside the bracket or below
