@@ -271,30 +271,6 @@ def test_no_trial_is_free_outside_the_parallel_mode():
         assert s.states["bs64-seed0"].free == 0 and not s.states["bs64-seed0"].coarse
 
 
-def test_parallel_gives_a_free_worker_to_the_largest_batch_sizes_and_placeholders_last():
-    s = LRSearch([8, 64, 512], [0], 1e-3, 2.0, 8, converge_tol=0.01, parallel=True)
-    # one worker at a time (as a sweep with fewer workers than studies asks): the largest
-    # batch size first, the cheapest and what the fit stands on
-    assert [s.ask().batch_size for _ in range(3)] == [512, 64, 8]
-    s2 = LRSearch([8, 64, 512], [0], 1e-3, 2.0, 8, converge_tol=0.01, parallel=True)
-    big = s2.ask_study("bs512-seed0")  # in flight
-    _two_coarse_failures(s2, "bs64-seed0")  # its next trial: a placeholder
-    first = s2.ask_study("bs8-seed0")
-    s2.tell(first, Outcome("stopped_early", None, 0.3, 400, 400.0), 1000, 0.2, "min")
-    assert s2._fills("bs64-seed0") and not s2._fills("bs8-seed0")
-    # bs8's second coarse trial (it may show where the noise floor starts) before bs64's
-    # placeholder, which only waits for the fit
-    nxt = s2.ask()
-    assert nxt.batch_size == 8 and nxt.lr == pytest.approx(first.lr / 1.1**2)
-    assert s2.ask().batch_size == 64 and s2.ask() == WAIT
-    assert big.batch_size == 512
-    # the other modes keep their order: the fewest trials asked, the smallest batch size first
-    s3 = LRSearch([8, 64, 512], [0], 1e-3, 2.0, 8, converge_tol=0.01, cascade=True)
-    assert s3.ask().batch_size == 512  # the cascade starts at the largest on its own
-    s4 = LRSearch([8, 64, 512], [0], 1e-3, 2.0, 8, converge_tol=0.01, synchronous=False)
-    assert s4.ask().batch_size == 8
-
-
 def test_parallel_expanding_step_stops_at_step_max():
     # 0.1 then 0.2 (a 2x step) gained 10%: a slope to follow. The other modes double the
     # step (0.8); the parallel search steps 2x again (STEP_MAX), which on digits would have

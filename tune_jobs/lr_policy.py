@@ -245,17 +245,6 @@ class LinePolicy:
         nb, lr_nb = lr_rules.nearest(done, b)
         return max(min(lr_nb * b / nb, lr_nb), lo)  # from a smaller one: its LR, not more
 
-    def _fills(self, name: str) -> bool:
-        """Parallel: would the study's next trial be a placeholder (:meth:`_low_guess` past
-        its coarse pass: no trial of its own reached the target, no fit predicts it)? Such a
-        trial only keeps a worker busy until the fit arrives: :meth:`LRSearch.ask` gives a
-        free worker to every other study first."""
-        b, s = parse_study_name(name)
-        st = self.states[name]
-        if any(v <= self.reached_cut for v in st.results.values()):
-            return False
-        return self._low_guess(name, b, s) is not None and self._coarse_lr(name, b, s) is None
-
     def _coarse_lr(self, name: str, b: int, s: int) -> float | None:
         """Parallel: the LR of the study's next coarse-pass trial (:meth:`_low_guess`), or
         ``None`` once its first :data:`~tune_jobs.lr_rules.COARSE_TRIALS` results are in or

@@ -205,8 +205,7 @@ class LRSearch(LinePolicy):
         return asked > 0 or self.finished(nxt)
 
     def ask(self) -> Proposal | str | None:
-        """Next trial to run, from the study with the fewest trials asked (parallel: the
-        largest batch size first, a placeholder last, :meth:`_fills`); ``None`` when every
+        """Next trial to run, from the study with the fewest trials asked; ``None`` when every
         study has asked its trials or converged; :data:`WAIT` when (synchronous) the round is
         in flight, or (cascade) the studies that may run wait for their trials or neighbours.
 
@@ -233,16 +232,6 @@ class LRSearch(LinePolicy):
             if not open_:
                 return WAIT
         order = list(states)
-        if self.parallel:
-            # Informative trials first, the largest batch sizes (cheapest, and what the fit
-            # stands on) first among them; a placeholder only to fill a worker left idle.
-            # (_fills only until the first study that does not: it computes the fit.)
-            rank = {n: i for i, n in enumerate(order)}
-            by_size = sorted(
-                open_, key=lambda n: (-parse_study_name(n)[0], states[n].asked, rank[n])
-            )
-            name = next((n for n in by_size if not self._fills(n)), by_size[0])
-            return self.ask_study(name)
         name = min(open_, key=lambda n: (states[n].asked, order.index(n)))
         return self.ask_study(name)
 
