@@ -127,11 +127,12 @@ class LRSearchConfig:
     (tune_jobs/vclock.py): a trial's report at step s is heard at its virtual start + s, in
     that order, with as many virtual workers as the sweep runs trials at once
     (`max_concurrent`), so the same job gives the same trials and B_crit however fast each
-    trial runs. On the NQM reference 3.68x the oracle's compute in the simulation with every
-    batch size in flight, 4.05x with 8 workers (the cascade: 3.15x), B_crit within 2%; a
-    real sweep with 8 workers ran 3.94x, B_crit -0.2%. On the quickstart's digits at 5
-    trials per batch size its B_crit spreads +26% over training seeds with every batch size
-    in flight, +39% with 2 workers (rounds: +6%), so it is not the default (BENCHMARKS.md)."""
+    trial runs. On the NQM reference at 8 trials 3.80x the oracle's compute in the
+    simulation with every batch size in flight, 4.24x with 8 workers (the cascade: 3.15x),
+    B_crit within 2%; a real sweep with 8 workers 3.64x (the trials ran 3.68x), B_crit
+    -0.2%. On the quickstart's digits at 5 trials per batch size four training seeds of five
+    agree within 12% of their median and the fifth is 43-53% above it, with 2 workers or 8
+    (rounds: all five within 6%), so it is not the default (BENCHMARKS.md)."""
 
 
 @dataclass(frozen=True)
