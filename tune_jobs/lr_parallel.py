@@ -35,13 +35,16 @@ class ParallelRules:
         the neighbours say how far. (On digits bs16 climbed from 0.094 in steps of the fit's
         error, 1.13x, all at 420 steps, and ran out of trials at 0.15; its neighbours' best
         LRs were 0.26 and 0.28.)"""
+        x = self._guess(b, s)
+        if x is None or (x > xb) != up:
+            return step
+        return max(step, min(abs(x - xb), math.log(STEP_MAX)))
+
+    def _guess(self, b: int, s: int) -> float | None:
+        """Parallel: the neighbours' best guess of ``b``'s best LR (log; the first of
+        :meth:`_seed_lrs`, finished studies or not), ``None`` with no neighbour reached."""
         guess = self._seed_lrs(b, s, finished_only=False)
-        if not guess:
-            return step
-        d = math.log(guess[0]) - xb
-        if (d > 0) != up:
-            return step
-        return max(step, min(abs(d), math.log(STEP_MAX)))
+        return math.log(guess[0]) if guess else None
 
     def _best_index(self, pts: list[tuple[float, float]], b: int, s: int) -> int:
         """Index of the best of a study's (log LR, objective) points, sorted by LR. Of equal
@@ -56,10 +59,9 @@ class ParallelRules:
         ties = [j for j, p in enumerate(pts) if p[1] == v]
         if not self.parallel or len(ties) == 1:
             return ties[0]
-        guess = self._seed_lrs(b, s, finished_only=False)
-        if not guess:
+        x = self._guess(b, s)
+        if x is None:
             return ties[-1]
-        x = math.log(guess[0])
         return min(ties, key=lambda j: (abs(pts[j][0] - x), -j))
 
     def _fit_trusted(self, b: int, s: int) -> bool:
@@ -97,7 +99,7 @@ class ParallelRules:
         coarse = self._coarse_lr(name, b, s)
         if coarse is not None:
             return coarse
-        lo = max(self.lr_min, self._feasible_floor(s))
+        lo = self._floor(s)
         if not done:
             return lo
         nb, lr_nb = lr_rules.nearest(done, b)
@@ -110,10 +112,15 @@ class ParallelRules:
         st = self.states[name]
         if len(st.results) >= lr_rules.COARSE_TRIALS:
             return None
-        lo = max(self.lr_min, self._feasible_floor(s))
+        lo = self._floor(s)
         top = st.range[1] if not st.results else min(st.results) / lr_rules.COARSE_STEP
         top = max(min(top, self._failed_above(b, s) / lr_rules.COARSE_STEP), lo)
         return top if lr_rules.fresh(math.log(top), [math.log(lr) for lr in st.results]) else None
+
+    def _floor(self, s: int) -> float:
+        """Parallel: the lowest LR a coarse-pass trial or placeholder may have: the job's
+        ``lr_search.min`` or, if higher, :meth:`_feasible_floor`."""
+        return max(self.lr_min, self._feasible_floor(s))
 
     def _failed_above(self, b: int, s: int) -> float:
         """Parallel: the lowest LR of a larger batch size's coarse pass (its first

@@ -122,9 +122,9 @@ class LinePolicy(ParallelRules):
             # from the top by COARSE_STEP): the optimum is near it, step out finely.
             side = pts[1] if i == 0 else pts[-2]
             near = abs(side[0] - xb) <= math.log(COARSE_STEP) + 1e-9
-            if len(pts) > 1 and side[1] > self.reached_cut and near:
+            if side[1] > self.reached_cut and near:
                 step = math.log(SEED_STEP)
-            elif len(pts) > 1 and side[1] <= self.reached_cut and self._flat(side[1], pts[i][1]):
+            elif side[1] <= self.reached_cut and self._flat(side[1], pts[i][1]):
                 step = self._toward_guess(xb, step, i == len(pts) - 1, b, s)
         if i in (0, len(pts) - 1):
             gap = None
